@@ -1,0 +1,307 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CameraState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CAMERA_STATE_UNSPECIFIED: _ClassVar[CameraState]
+    CAMERA_STATE_CONNECTING: _ClassVar[CameraState]
+    CAMERA_STATE_ONLINE: _ClassVar[CameraState]
+    CAMERA_STATE_STALLED: _ClassVar[CameraState]
+    CAMERA_STATE_OFFLINE: _ClassVar[CameraState]
+CAMERA_STATE_UNSPECIFIED: CameraState
+CAMERA_STATE_CONNECTING: CameraState
+CAMERA_STATE_ONLINE: CameraState
+CAMERA_STATE_STALLED: CameraState
+CAMERA_STATE_OFFLINE: CameraState
+
+class Envelope(_message.Message):
+    __slots__ = ("event_id", "source", "event_time", "ingest_time", "schema_version", "trace_id", "producer")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    INGEST_TIME_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    source: str
+    event_time: _timestamp_pb2.Timestamp
+    ingest_time: _timestamp_pb2.Timestamp
+    schema_version: int
+    trace_id: str
+    producer: str
+    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ingest_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_version: _Optional[int] = ..., trace_id: _Optional[str] = ..., producer: _Optional[str] = ...) -> None: ...
+
+class ObjectRef(_message.Message):
+    __slots__ = ("bucket", "key", "size", "sha256")
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("envelope", "camera_id", "sequence", "width", "height", "encoding", "data", "ref", "capture_time_from_stream")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_TIME_FROM_STREAM_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    camera_id: str
+    sequence: int
+    width: int
+    height: int
+    encoding: str
+    data: bytes
+    ref: ObjectRef
+    capture_time_from_stream: bool
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., sequence: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoding: _Optional[str] = ..., data: _Optional[bytes] = ..., ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., capture_time_from_stream: _Optional[bool] = ...) -> None: ...
+
+class SensorReading(_message.Message):
+    __slots__ = ("envelope", "sensor_id", "quantity", "value", "unit", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    sensor_id: str
+    quantity: str
+    value: float
+    unit: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., sensor_id: _Optional[str] = ..., quantity: _Optional[str] = ..., value: _Optional[float] = ..., unit: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x1", "y1", "x2", "y2")
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    X2_FIELD_NUMBER: _ClassVar[int]
+    Y2_FIELD_NUMBER: _ClassVar[int]
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
+
+class Detection(_message.Message):
+    __slots__ = ("label", "class_id", "score", "box")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    class_id: int
+    score: float
+    box: Box
+    def __init__(self, label: _Optional[str] = ..., class_id: _Optional[int] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name", "version", "precision")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
+
+class InferenceResult(_message.Message):
+    __slots__ = ("envelope", "camera_id", "frame_event_id", "frame_sequence", "model", "detections", "stage_latency_ms", "width", "height", "shadow", "sensor_id", "anomaly_score")
+    class StageLatencyMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    camera_id: str
+    frame_event_id: str
+    frame_sequence: int
+    model: ModelRef
+    detections: _containers.RepeatedCompositeFieldContainer[Detection]
+    stage_latency_ms: _containers.ScalarMap[str, float]
+    width: int
+    height: int
+    shadow: bool
+    sensor_id: str
+    anomaly_score: float
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame_sequence: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., stage_latency_ms: _Optional[_Mapping[str, float]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., shadow: _Optional[bool] = ..., sensor_id: _Optional[str] = ..., anomaly_score: _Optional[float] = ...) -> None: ...
+
+class CameraStatus(_message.Message):
+    __slots__ = ("camera_id", "state", "reason", "fps_read", "fps_produced", "frames_dropped", "frames_skipped", "reconnects", "last_frame_time")
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FPS_READ_FIELD_NUMBER: _ClassVar[int]
+    FPS_PRODUCED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FRAME_TIME_FIELD_NUMBER: _ClassVar[int]
+    camera_id: str
+    state: CameraState
+    reason: str
+    fps_read: float
+    fps_produced: float
+    frames_dropped: int
+    frames_skipped: int
+    reconnects: int
+    last_frame_time: _timestamp_pb2.Timestamp
+    def __init__(self, camera_id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., reason: _Optional[str] = ..., fps_read: _Optional[float] = ..., fps_produced: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., frames_skipped: _Optional[int] = ..., reconnects: _Optional[int] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DriftAlert(_message.Message):
+    __slots__ = ("model_name", "feature", "metric", "score", "threshold", "window_start", "window_end", "camera_id")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    feature: str
+    metric: str
+    score: float
+    threshold: float
+    window_start: _timestamp_pb2.Timestamp
+    window_end: _timestamp_pb2.Timestamp
+    camera_id: str
+    def __init__(self, model_name: _Optional[str] = ..., feature: _Optional[str] = ..., metric: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., camera_id: _Optional[str] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("model", "state", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    state: str
+    reason: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class MonitoringEvent(_message.Message):
+    __slots__ = ("envelope", "camera_status", "drift_alert", "model_status")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_ALERT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATUS_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    camera_status: CameraStatus
+    drift_alert: DriftAlert
+    model_status: ModelStatus
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_status: _Optional[_Union[CameraStatus, _Mapping]] = ..., drift_alert: _Optional[_Union[DriftAlert, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ...) -> None: ...
+
+class AnnotationTask(_message.Message):
+    __slots__ = ("envelope", "task_id", "camera_id", "frame_event_id", "frame", "reason", "proposals", "priority", "model")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    task_id: str
+    camera_id: str
+    frame_event_id: str
+    frame: ObjectRef
+    reason: str
+    proposals: _containers.RepeatedCompositeFieldContainer[Detection]
+    priority: float
+    model: ModelRef
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame: _Optional[_Union[ObjectRef, _Mapping]] = ..., reason: _Optional[str] = ..., proposals: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., priority: _Optional[float] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+
+class AnnotationLabel(_message.Message):
+    __slots__ = ("envelope", "task_id", "annotator", "labels", "rejected")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    task_id: str
+    annotator: str
+    labels: _containers.RepeatedCompositeFieldContainer[Detection]
+    rejected: bool
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., annotator: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., rejected: _Optional[bool] = ...) -> None: ...
+
+class DatasetVersion(_message.Message):
+    __slots__ = ("envelope", "dataset", "version", "manifest", "item_count", "parent_versions")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    dataset: str
+    version: str
+    manifest: ObjectRef
+    item_count: int
+    parent_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., dataset: _Optional[str] = ..., version: _Optional[str] = ..., manifest: _Optional[_Union[ObjectRef, _Mapping]] = ..., item_count: _Optional[int] = ..., parent_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("envelope", "model", "stage", "artifact", "metadata", "trained_on")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_ON_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    model: ModelRef
+    stage: str
+    artifact: ObjectRef
+    metadata: _containers.ScalarMap[str, str]
+    trained_on: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., stage: _Optional[str] = ..., artifact: _Optional[_Union[ObjectRef, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., trained_on: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -1,0 +1,24 @@
+"""Settings of the metrics sink (prefix VIGIL_METRICS_)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.settings import ServiceSettings
+
+
+class MetricsSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_METRICS_", extra="ignore")
+
+    store_path: Path = Field(Path(".state/data/clickhouse"),
+                             description="Data directory of the embedded ClickHouse engine (chdb).")
+    clickhouse_url: str | None = Field(None, description="A ClickHouse server, e.g. http://user:pass@host:8123; "
+                                                         "when set, used instead of the embedded engine.")
+    batch_max_events: int = Field(5000, description="Insert after this many events...")
+    batch_max_wait_s: float = Field(1.0, description="...or after this long, whichever comes first.")
+    api_host: str = Field("127.0.0.1", description="Address of the query API.")
+    api_port: int = Field(8088, description="Port of the query API.")
+    query_max_rows: int = Field(10_000, description="Most rows an ad-hoc query may return.")
+    query_max_seconds: float = Field(10.0, description="Longest an ad-hoc query may run.")

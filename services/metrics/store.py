@@ -1,0 +1,98 @@
+"""The metrics store: ClickHouse through clickhouse-connect, either the embedded engine (chdb, owned by this
+process: one writer per data directory) or a ClickHouse server by URL. Same SQL either way."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from libs.common.logs import get_logger
+from services.metrics.migrations import MIGRATIONS
+
+log = get_logger(__name__)
+
+INFERENCE_COLUMNS = (
+    "event_id", "trace_id", "camera_id", "frame_event_id", "frame_sequence", "model_name", "model_version",
+    "model_precision", "event_time", "ingest_time", "produced_time", "width", "height", "shadow",
+    "detection_count", "labels", "scores", "boxes", "stage_latency_ms",
+)
+
+
+class QueryRefused(ValueError):
+    """An ad-hoc query the store will not run (it writes, or it broke a limit)."""
+
+
+def open_client(store_path: Path, clickhouse_url: str | None) -> Client:
+    if clickhouse_url:
+        return clickhouse_connect.get_client(dsn=clickhouse_url)
+    store_path.mkdir(parents=True, exist_ok=True)
+    return clickhouse_connect.get_client(interface="chdb", path=str(store_path))
+
+
+class MetricsStore:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        # The chdb client is synchronous and not safe to share between threads; the query API and the
+        # sink take turns.
+        self._lock = threading.Lock()
+
+    def migrate(self) -> list[int]:
+        with self._lock:
+            self._client.command(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
+                "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
+            )
+            applied = {row[0] for row in self._client.query("SELECT version FROM schema_migrations").result_rows}
+            done = []
+            for version, name, sql in MIGRATIONS:
+                if version in applied:
+                    continue
+                self._client.command(sql)
+                self._client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
+                log.info("migration applied", version=version, name=name)
+                done.append(version)
+            return done
+
+    def stored_event_ids(self, table: str, event_ids: Sequence[str], time_range: tuple[Any, Any]) -> set[str]:
+        """Which of these event ids the table already holds. The time range (the events' own event_time
+        span) lets the engine skip all but a few granules."""
+        if not event_ids:
+            return set()
+        with self._lock:
+            rows = self._client.query(
+                f"SELECT DISTINCT toString(event_id) FROM {table} "
+                "WHERE event_time BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')} "
+                "AND event_id IN {ids:Array(UUID)}",
+                parameters={"lo": time_range[0], "hi": time_range[1], "ids": list(event_ids)},
+            ).result_rows
+        return {row[0] for row in rows}
+
+    def insert_columns(self, table: str, column_names: Sequence[str], columns: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            self._client.insert(table, list(columns), column_names=list(column_names), column_oriented=True)
+
+    def query_readonly(self, sql: str, max_rows: int, max_seconds: float,
+                       parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        settings = {
+            # Enforced by the engine itself: no writes, no setting changes, bounded time and size.
+            "readonly": 1,
+            "max_execution_time": max_seconds,
+            "max_result_rows": max_rows,
+            "result_overflow_mode": "throw",
+        }
+        with self._lock:
+            try:
+                result = self._client.query(sql, parameters=parameters, settings=settings)
+            except Exception as exc:
+                message = str(exc)
+                if "READONLY" in message or "readonly" in message:
+                    raise QueryRefused("refused: the query API is read-only") from exc
+                raise
+        return {"columns": list(result.column_names), "rows": [list(r) for r in result.result_rows]}
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
