@@ -7,6 +7,8 @@ from libs.common.settings import ObjectStoreSettings
 
 
 def object_store_client(settings: ObjectStoreSettings) -> Minio:
+    if settings.secret_key is None:
+        raise ValueError("VIGIL_S3_SECRET_KEY is not set: the object store needs credentials")
     return Minio(
         settings.endpoint,
         access_key=settings.access_key,

@@ -38,7 +38,8 @@ class ObjectStoreSettings(BaseSettings):
 
     endpoint: str = Field("127.0.0.1:8333", description="S3 endpoint as host:port.")
     access_key: str = Field("vigil", description="S3 access key.")
-    secret_key: SecretStr = Field(SecretStr("vigil-local-secret"), description="S3 secret key.")
+    # No default: a secret never lives in code. The local stack generates one per state directory.
+    secret_key: SecretStr | None = Field(None, description="S3 secret key (required by services that use S3).")
     secure: bool = Field(False, description="Use HTTPS.")
     region: str = Field("us-east-1", description="S3 region.")
 

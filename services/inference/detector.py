@@ -126,6 +126,11 @@ class YoloDetector:
         compiled = (core or ov.Core()).compile_model(model_dir / "model.xml", device, config)
         return cls(compiled, metadata, labels, score_threshold, nms_iou)
 
+    @property
+    def inference_precision(self) -> str:
+        """What the device really computes in, e.g. "bf16" on CPUs with BF16 unless "f32" was asked for."""
+        return self.compiled_model.get_property("INFERENCE_PRECISION_HINT").to_string()
+
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, ResizeInfo]:
         """BGR uint8 frame [H, W, 3] -> network input [1, 3, h, w] RGB float32 in 0..1, plus how to map back."""
         if bgr.ndim != 3 or bgr.shape[2] != 3:

@@ -13,7 +13,7 @@ from services.metrics.api import QueryApi
 from services.metrics.kafka_adapter import inference_batch_handler
 from services.metrics.settings import MetricsSettings
 from services.metrics.sink import InferenceEventSink
-from services.metrics.store import MetricsStore, open_client
+from services.metrics.store import MetricsStore
 
 
 def main() -> None:
@@ -21,14 +21,14 @@ def main() -> None:
     kafka = KafkaSettings()
     runtime = start_service("metrics", settings)
     log = get_logger()
-    store = MetricsStore(open_client(settings.store_path, settings.clickhouse_url))
+    store = MetricsStore.open(settings.store_path, settings.clickhouse_url, settings.query_max_rows,
+                             settings.query_max_seconds)
     store.migrate()
     store_open = threading.Event()
     store_open.set()
     if kafka.create_topics:
         ensure_topics(kafka.client_config(), kafka.replication_factor)
-    api = QueryApi(store, settings.api_host, settings.api_port, settings.query_max_rows,
-                   settings.query_max_seconds).start()
+    api = QueryApi(store, settings.api_host, settings.api_port).start()
     log.info("query api listening", url=f"http://{settings.api_host}:{api.port}/api/query")
 
     runner = KafkaRunner(

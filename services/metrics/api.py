@@ -32,7 +32,7 @@ def _json_default(value: Any) -> Any:
 
 
 class QueryApi:
-    def __init__(self, store: MetricsStore, host: str, port: int, max_rows: int, max_seconds: float) -> None:
+    def __init__(self, store: MetricsStore, host: str, port: int) -> None:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,8 +67,6 @@ class QueryApi:
                 pass
 
         self.store = store
-        self.max_rows = max_rows
-        self.max_seconds = max_seconds
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="query-api", daemon=True)
@@ -81,7 +79,7 @@ class QueryApi:
         if not sql.strip():
             return 400, {"error": "missing sql"}
         try:
-            return 200, self.store.query_readonly(sql, self.max_rows, self.max_seconds, parameters)
+            return 200, self.store.query_readonly(sql, parameters)
         except QueryRefused as exc:
             return 403, {"error": str(exc)}
         except Exception as exc:

@@ -25,18 +25,35 @@ class QueryRefused(ValueError):
     """An ad-hoc query the store will not run (it writes, or it broke a limit)."""
 
 
-def open_client(store_path: Path, clickhouse_url: str | None) -> Client:
+def open_client(store_path: Path, clickhouse_url: str | None, settings: dict[str, Any] | None = None) -> Client:
     if clickhouse_url:
-        return clickhouse_connect.get_client(dsn=clickhouse_url)
+        return clickhouse_connect.get_client(dsn=clickhouse_url, settings=settings)
     store_path.mkdir(parents=True, exist_ok=True)
-    return clickhouse_connect.get_client(interface="chdb", path=str(store_path))
+    return clickhouse_connect.get_client(interface="chdb", path=str(store_path), settings=settings)
+
+
+def readonly_settings(max_rows: int, max_seconds: float) -> dict[str, Any]:
+    # Enforced by the engine for the whole session of the reading client. `readonly` comes last: once
+    # it is set, the session may change no other setting.
+    return {"max_execution_time": max_seconds, "max_result_rows": max_rows, "result_overflow_mode": "throw",
+            "readonly": 1}
 
 
 class MetricsStore:
-    def __init__(self, client: Client) -> None:
+    """The sink writes through one client; ad-hoc queries go through a second one whose session is
+    read-only from its first statement, so no query text can ever write."""
+
+    @classmethod
+    def open(cls, store_path: Path, clickhouse_url: str | None = None, query_max_rows: int = 10_000,
+             query_max_seconds: float = 10.0) -> "MetricsStore":
+        writer = open_client(store_path, clickhouse_url)
+        reader = open_client(store_path, clickhouse_url, readonly_settings(query_max_rows, query_max_seconds))
+        return cls(writer, reader)
+
+    def __init__(self, client: Client, reader: Client) -> None:
         self._client = client
-        # The chdb client is synchronous and not safe to share between threads; the query API and the
-        # sink take turns.
+        self._reader = reader
+        # The clients are synchronous and share one engine; the query API and the sink take turns.
         self._lock = threading.Lock()
 
     def migrate(self) -> list[int]:
@@ -74,25 +91,18 @@ class MetricsStore:
         with self._lock:
             self._client.insert(table, list(columns), column_names=list(column_names), column_oriented=True)
 
-    def query_readonly(self, sql: str, max_rows: int, max_seconds: float,
-                       parameters: dict[str, Any] | None = None) -> dict[str, Any]:
-        settings = {
-            # Enforced by the engine itself: no writes, no setting changes, bounded time and size.
-            "readonly": 1,
-            "max_execution_time": max_seconds,
-            "max_result_rows": max_rows,
-            "result_overflow_mode": "throw",
-        }
+    def query_readonly(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         with self._lock:
             try:
-                result = self._client.query(sql, parameters=parameters, settings=settings)
+                result = self._reader.query(sql, parameters=parameters)
             except Exception as exc:
                 message = str(exc)
-                if "READONLY" in message or "readonly" in message:
+                if "(READONLY)" in message:
                     raise QueryRefused("refused: the query API is read-only") from exc
                 raise
         return {"columns": list(result.column_names), "rows": [list(r) for r in result.result_rows]}
 
     def close(self) -> None:
         with self._lock:
+            self._reader.close()
             self._client.close()

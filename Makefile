@@ -1,0 +1,50 @@
+# Vigil: `make up` runs the local stack, `make test` runs the tests. Both install what is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+VIGIL := $(VENV)/bin/vigil
+STAMP := $(VENV)/.installed
+
+.PHONY: install up down status test test-unit test-integration bench protos lock clean-state
+
+$(STAMP): requirements.lock pyproject.toml tools/install_system_packages.sh
+	bash tools/install_system_packages.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
+	$(VENV)/bin/uv pip install -q -p $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install -q -p $(PY) --no-deps -e .
+	touch $(STAMP)
+
+# Python dependencies, Debian packages, and the stack's downloads (Kafka jars, footage, the default model).
+install: $(STAMP)
+	$(PY) -m cli.install
+
+up: install
+	$(VIGIL) up
+
+down:
+	@if [ -x $(VIGIL) ]; then $(VIGIL) down; else echo "nothing to stop (not installed)"; fi
+
+status:
+	$(VIGIL) status
+
+test: install
+	$(PY) -m pytest -ra
+
+test-unit: install
+	$(PY) -m pytest -ra tests/unit
+
+test-integration: install
+	$(PY) -m pytest -ra tests/integration
+
+bench: install
+	$(PY) -m bench
+
+# Regenerate protos/*_pb2*.py from protos/*.proto (a test fails when they are stale).
+protos:
+	$(PY) -m tools.gen_protos
+
+# Re-resolve requirements.in into the pinned requirements.lock.
+lock:
+	$(VENV)/bin/uv pip compile requirements.in -p 3.11 -o requirements.lock

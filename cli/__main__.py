@@ -1,0 +1,133 @@
+"""`vigil`: run the local stack and look inside it.
+
+  vigil up | down | status [--json]      the local stack (state in $VIGIL_STATE_DIR, default .state/)
+  vigil tail TOPIC [--count N] [--from-beginning]
+  vigil query SQL                        read-only SQL against the metrics store
+  vigil config                           every setting, its variable and default
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cli.events import tail_topic
+from cli.stack.local import LocalStack
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_up(stack: LocalStack, _args: argparse.Namespace) -> int:
+    _progress(f"vigil: installing what is missing (cache {stack.paths.cache})")
+    stack.install()
+    _progress(f"vigil: starting the stack (state {stack.paths.state})")
+    try:
+        stack.supervisor.up(progress=_progress)
+    except (RuntimeError, TimeoutError) as exc:
+        _progress(f"vigil: start failed: {exc}")
+        _progress("vigil: stopping what was started")
+        stack.supervisor.down(progress=_progress)
+        return 1
+    print("Vigil is up. Where to look:")
+    for what, where in stack.where_to_look():
+        print(f"  {what:<22} {where}")
+    print("Try: .venv/bin/vigil tail vigil.inference --count 5")
+    print('     .venv/bin/vigil query "SELECT count() FROM inference_events"')
+    return 0
+
+
+def cmd_down(stack: LocalStack, _args: argparse.Namespace) -> int:
+    stack.supervisor.down(progress=_progress)
+    return 0
+
+
+def cmd_status(stack: LocalStack, args: argparse.Namespace) -> int:
+    statuses = stack.supervisor.status()
+    if args.json:
+        print(json.dumps({
+            "state_dir": str(stack.paths.state),
+            "components": [s.__dict__ for s in statuses],
+            "endpoints": dict(stack.where_to_look()),
+        }, indent=2))
+    else:
+        for s in statuses:
+            state = "healthy" if s.healthy else ("running, not healthy" if s.running else "stopped")
+            print(f"{s.name:<12} {state:<22} {'pid ' + str(s.pid) if s.pid else ''}")
+        for what, where in stack.where_to_look():
+            print(f"  {what:<22} {where}")
+    return 0 if all(s.healthy for s in statuses) else 3
+
+
+def cmd_tail(stack: LocalStack, args: argparse.Namespace) -> int:
+    count = tail_topic(stack.config.kafka_bootstrap, args.topic, args.count, args.from_beginning, args.timeout,
+                       out=sys.stdout)
+    if count < args.count:
+        _progress(f"vigil: {count} of {args.count} events within {args.timeout:.0f}s")
+        return 4
+    return 0
+
+
+def cmd_query(stack: LocalStack, args: argparse.Namespace) -> int:
+    request = urllib.request.Request(
+        f"{stack.config.query_api_url}/api/query", data=json.dumps({"sql": args.sql}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        _progress(f"vigil: query failed: {json.loads(exc.read() or b'{}').get('error', exc.reason)}")
+        return 2
+    except urllib.error.URLError as exc:
+        _progress(f"vigil: the metrics service does not answer at {stack.config.query_api_url} ({exc.reason}); "
+                  "is the stack up? (make up)")
+        return 2
+    for row in payload["rows"]:
+        print(json.dumps(dict(zip(payload["columns"], row))))
+    return 0
+
+
+def cmd_config(_stack: LocalStack | None, _args: argparse.Namespace) -> int:
+    from cli.settings_reference import settings_reference_markdown
+    print(settings_reference_markdown())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", type=Path, help="the stack's state directory (default $VIGIL_STATE_DIR or .state/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="install what is missing, start everything, wait until healthy")
+    sub.add_parser("down", help="stop everything `up` started")
+    status = sub.add_parser("status", help="health of each component")
+    status.add_argument("--json", action="store_true")
+    tail = sub.add_parser("tail", help="print the next events of a topic as JSON lines")
+    tail.add_argument("topic")
+    tail.add_argument("--count", type=int, default=10)
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
+    query = sub.add_parser("query", help="run read-only SQL on the metrics store, print JSON rows")
+    query.add_argument("sql")
+    sub.add_parser("config", help="print the configuration reference (Markdown)")
+    return parser
+
+
+COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail, "query": cmd_query,
+            "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        return cmd_config(None, args)
+    stack = LocalStack(state=args.state_dir)
+    return COMMANDS[args.command](stack, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Settings of the inference service (prefix VIGIL_INFERENCE_)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_INFERENCE_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path | None = Field(None, description="Directory of the converted default model; unset builds "
+                                                     "yolov3-tiny into the cache on first start.")
+    device: str = Field("CPU", description="OpenVINO device.")
+    precision_hint: str | None = Field(None, description="OpenVINO INFERENCE_PRECISION_HINT, e.g. f32 (default: "
+                                                         "the device's choice, bf16 on CPUs that have it).")
+    score_threshold: float = Field(0.25, description="Detections scoring below this are dropped.")
+    grpc_host: str = Field("127.0.0.1", description="Address of the gRPC (Open Inference Protocol) server.")
+    grpc_port: int = Field(8001, description="Port of the gRPC server.")
+    grpc_workers: int = Field(8, description="Threads serving gRPC requests.")
+    max_input_bytes: int = Field(32 * 1024 * 1024, description="Largest request or frame accepted.")
+    batch_max_frames: int = Field(16, description="Most frames taken from Kafka for one batch.")
+    batch_max_wait_s: float = Field(0.02, description="Longest wait to fill a batch from Kafka.")
+    consume: bool = Field(True, description="Consume vigil.frames (off: serve gRPC only).")
