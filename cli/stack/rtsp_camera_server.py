@@ -180,8 +180,7 @@ class LoopingCameraFactory(GstRtspServer.RTSPMediaFactory):
         caps = f"{footage.caps},framerate={num}/{den}"
         self.set_launch(
             f'( appsrc name=camera is-live=true format=time do-timestamp=true caps="{caps}" '
-            "! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 config-interval=-1 "
-            f'! application/x-rtp,a-framerate=(string)"{fps:g}" )'
+            "! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
         )
         self.set_shared(True)
         self.connect("media-configure", self._on_media_configure)

@@ -1,0 +1,182 @@
+"""The thin path on real infrastructure: RTSP camera → ingest → Kafka → OpenVINO → Kafka → ClickHouse."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from libs.common.envelope import new_envelope
+from libs.common.kafka import DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_TOPIC, DLQ_REASON
+from libs.common.topics import DLQ, FRAMES, INFERENCE
+from protos import events_pb2
+from tests.integration.conftest import query, wait_for
+from tests.integration.kafka_tools import end_offsets, produce, read_range
+
+pytestmark = pytest.mark.integration
+
+
+def inference_results(stack) -> list[events_pb2.InferenceResult]:
+    bootstrap = stack.config.kafka_bootstrap
+    return [events_pb2.InferenceResult.FromString(m.value())
+            for m in read_range(bootstrap, INFERENCE, None, end_offsets(bootstrap, INFERENCE))]
+
+
+def test_a_camera_frame_becomes_an_inference_event_and_a_row_with_the_persons_in_the_footage(stack):
+    rows = wait_for(lambda: query(stack, (
+        "SELECT toString(event_id) AS event_id, toString(frame_event_id) AS frame_event_id, trace_id, labels "
+        "FROM inference_events WHERE countEqual(labels, 'person') >= 2 LIMIT 1")), 120, what="a row with persons")
+    row = rows[0]
+
+    bootstrap = stack.config.kafka_bootstrap
+    frames = [events_pb2.Frame.FromString(m.value())
+              for m in read_range(bootstrap, FRAMES, None, end_offsets(bootstrap, FRAMES))]
+    frame = next(f for f in frames if f.envelope.event_id == row["frame_event_id"])
+    assert frame.camera_id == stack.config.camera_id
+    assert (frame.width, frame.height) == (768, 576)
+    assert cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR).shape == (576, 768, 3)
+
+    result = next(r for r in inference_results(stack) if r.envelope.event_id == row["event_id"])
+    assert result.frame_event_id == frame.envelope.event_id
+    # One trace from the camera frame to the stored row.
+    assert result.envelope.trace_id == frame.envelope.trace_id == row["trace_id"]
+    assert result.model.name == "yolov3-tiny"
+    persons = [d for d in result.detections if d.label == "person"]
+    assert len(persons) >= 2
+    for d in persons:
+        assert 0 <= d.box.x1 < d.box.x2 <= 768 and 0 <= d.box.y1 < d.box.y2 <= 576
+    assert set(result.stage_latency_ms) == {"queue", "decode", "preprocess", "infer", "postprocess"}
+
+
+def test_malformed_frame_events_are_dead_lettered_with_a_reason_and_good_frames_keep_flowing(stack):
+    bootstrap = stack.config.kafka_bootstrap
+    not_a_jpeg = events_pb2.Frame(envelope=new_envelope("camera/bad", "test"), camera_id="bad", encoding="jpeg",
+                                  data=b"this is not an image", width=10, height=10)
+    empty = events_pb2.Frame(envelope=new_envelope("camera/bad", "test"), camera_id="bad", encoding="jpeg")
+    bad = {
+        b"random-bytes": bytes(range(256)) * 3,
+        b"not-a-jpeg": not_a_jpeg.SerializeToString(),
+        b"empty": empty.SerializeToString(),
+    }
+    dlq_start = end_offsets(bootstrap, DLQ)
+    results_before = stack_row_count(stack)
+    produce(bootstrap, FRAMES, list(bad.items()))
+
+    def dead_letters():
+        letters = read_range(bootstrap, DLQ, dlq_start, end_offsets(bootstrap, DLQ))
+        return letters if len(letters) >= 3 else None
+
+    letters = {m.key(): m for m in wait_for(dead_letters, 60, what="three dead letters")}
+    assert set(letters) == set(bad)
+    reasons = {key: dict(m.headers())[DLQ_REASON].decode() for key, m in letters.items()}
+    assert reasons == {b"random-bytes": "malformed_event", b"not-a-jpeg": "undecodable_image",
+                       b"empty": "empty_payload"}
+    for key, message in letters.items():
+        headers = dict(message.headers())
+        assert message.value() == bad[key], "the dead letter keeps the original bytes"
+        assert headers[DLQ_ORIGIN_TOPIC] == FRAMES.encode()
+        assert int(headers[DLQ_ORIGIN_OFFSET]) >= 0
+    # The service is still processing the camera's frames.
+    wait_for(lambda: stack_row_count(stack) > results_before + 5, 60, what="new rows after the bad frames")
+
+
+def stack_row_count(stack) -> int:
+    return query(stack, "SELECT count() AS n FROM inference_events")[0]["n"]
+
+
+def test_tritonclient_gets_metadata_and_the_persons_in_a_real_image(stack, footage):
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{stack.config.ports.grpc}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("yolov3-tiny")
+    metadata = client.get_model_metadata("yolov3-tiny", as_json=True)
+    assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": ["-1", "-1", "3"]}]
+    assert [o["name"] for o in metadata["outputs"]] == ["boxes", "scores", "classes"]
+
+    capture = cv2.VideoCapture(str(footage))
+    capture.set(cv2.CAP_PROP_POS_FRAMES, 200)
+    ok, image = capture.read()
+    assert ok
+    image_input = triton.InferInput("image", list(image.shape), "UINT8")
+    image_input.set_data_from_numpy(image)
+    response = client.infer("yolov3-tiny", [image_input])
+    boxes, scores, classes = (response.as_numpy(n) for n in ("boxes", "scores", "classes"))
+    assert boxes.shape == (len(scores), 4) and len(classes) == len(scores)
+    assert list(classes).count(b"person") >= 3
+    assert (scores >= 0.25).all()
+
+    wrong = triton.InferInput("image", [4, 4, 3], "FP32")
+    wrong.set_data_from_numpy(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(InferenceServerException, match="image.*UINT8") as error:
+        client.infer("yolov3-tiny", [wrong])
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException) as error:
+        client.get_model_metadata("no-such-model")
+    assert error.value.status() == "StatusCode.NOT_FOUND"
+    client.close()
+
+
+def vigil(stack, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", "--state-dir", str(stack.paths.state), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_cli_tails_inference_events_and_queries_the_store(stack):
+    tailed = vigil(stack, "tail", INFERENCE, "--count", "3")
+    assert tailed.returncode == 0, tailed.stderr
+    events = [json.loads(line) for line in tailed.stdout.splitlines()]
+    assert len(events) == 3
+    assert all(e["camera_id"] == stack.config.camera_id and e["model"]["name"] == "yolov3-tiny" for e in events)
+
+    counted = vigil(stack, "query", "SELECT count() AS n FROM inference_events")
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout)["n"] > 0
+
+    refused = vigil(stack, "query", "DROP TABLE inference_events")
+    assert refused.returncode == 2 and "read-only" in refused.stderr
+
+    status = vigil(stack, "status", "--json")
+    assert status.returncode == 0, status.stdout
+    components = {c["name"]: c for c in json.loads(status.stdout)["components"]}
+    assert all(c["healthy"] for c in components.values()), components
+
+
+def test_sigkill_of_inference_mid_stream_loses_no_frame_and_the_store_keeps_each_event_once(stack):
+    bootstrap = stack.config.kafka_bootstrap
+    wait_for(lambda: stack_row_count(stack) > 0, 120, what="the stream to flow")
+    try:
+        time.sleep(2)
+        stack.supervisor.kill("inference")
+        time.sleep(4)  # frames keep arriving while inference is dead
+        stack.supervisor.up(progress=lambda *_: None)  # restarts what is not running
+        time.sleep(3)
+        stack.supervisor.stop("ingest", progress=lambda *_: None)  # a finite stream from here on
+        frames_end = end_offsets(bootstrap, FRAMES)
+        frames = [events_pb2.Frame.FromString(m.value()) for m in read_range(bootstrap, FRAMES, None, frames_end)
+                  if m.key() == stack.config.camera_id.encode()]
+        frame_ids = {f.envelope.event_id for f in frames}
+
+        def every_frame_has_a_result():
+            results = inference_results(stack)
+            covered = {r.frame_event_id for r in results}
+            return results if frame_ids <= covered else None
+
+        results = wait_for(every_frame_has_a_result, 120, interval_s=2, what="a result for every frame")
+        distinct = {r.envelope.event_id for r in results}
+        duplicates = len(results) - len(distinct)
+        print(f"frames: {len(frame_ids)}, results: {len(results)}, duplicates after SIGKILL: {duplicates}")
+
+        def store_caught_up():
+            row = query(stack, "SELECT count() AS n, uniqExact(event_id) AS u FROM inference_events")[0]
+            return row if row["u"] >= len(distinct) else None
+
+        row = wait_for(store_caught_up, 60, what="the sink to store every result")
+        assert row["n"] == row["u"] == len(distinct), "each event id is stored exactly once"
+    finally:
+        stack.supervisor.up(progress=lambda *_: None)
