@@ -170,8 +170,9 @@ class LiveFeed:
 class LoopingCameraFactory(GstRtspServer.RTSPMediaFactory):
     """One mount path. The media is shared: every client of the path sees the same live stream."""
 
-    def __init__(self, footage: Footage, fps: float, epoch: float, name: str):
+    def __init__(self, footage: Footage, fps: float, epoch: float, name: str, pool):
         super().__init__()
+        self.set_address_pool(pool)
         self._footage = footage
         self._fps = fps
         self._epoch = epoch
@@ -235,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
     paths = mount_paths(args.path, max(1, args.mounts))
+    pool = GstRtspServer.RTSPAddressPool()
+    pool.add_range(args.host, args.host, 41000, 41099, 0)
     for path in paths:
-        mounts.add_factory(path, LoopingCameraFactory(footage, fps, epoch, path.strip("/")))
+        mounts.add_factory(path, LoopingCameraFactory(footage, fps, epoch, path.strip("/"), pool))
 
     loop = GLib.MainLoop()
     if server.attach(None) == 0:

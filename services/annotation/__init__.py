@@ -1,0 +1,1 @@
+"""The annotation service: not built yet (see README, Status). This package is a placeholder and runs nothing."""

@@ -1,0 +1,1 @@
+"""The ingest service: camera streams in, sampled JPEG frame events out."""

@@ -1,0 +1,1 @@
+"""The metrics sink: inference events into ClickHouse, and a read-only query API over them."""

@@ -1,0 +1,139 @@
+"""`make bench`: the walking skeleton's throughput beside the model's raw speed, measured in one run.
+
+1. raw      the default model alone: preprocessed frames through OpenVINO's AsyncInferQueue.
+2. pipeline ingest (reading the footage file as fast as it can) → Kafka → inference → Kafka → ClickHouse,
+            all as separate processes on this machine; frames/s stored, and the ratio to raw.
+3. latency  the live RTSP camera at 5 fps: capture → inference event produced, p50 and p99.
+
+All of it shares this machine's cores, so the ratio is the figure to compare across machines."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+
+from cli.stack.component import default_cache_dir
+from cli.stack.local import LocalStack, StackPorts, install_stack
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def sample_frames(footage: Path, count: int) -> list:
+    capture = cv2.VideoCapture(str(footage))
+    frames = []
+    while len(frames) < count:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    return frames
+
+
+def raw_throughput(frames: list, seconds: float) -> float:
+    from services.inference.detector import YoloDetector, ensure_default_model
+
+    detector = YoloDetector.load(ensure_default_model())
+    tensors = [detector.preprocess(f)[0] for f in frames]
+    queue = detector.make_infer_queue()
+    for tensor in tensors[:8]:  # warm-up
+        queue.start_async({0: tensor})
+    queue.wait_all()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for tensor in tensors:
+            queue.start_async({0: tensor})
+        queue.wait_all()
+        done += len(tensors)
+    return done / (time.perf_counter() - started)
+
+
+def stored_rows(stack: LocalStack, where: str = "1") -> int:
+    from tests.integration.conftest import query
+    return query(stack, f"SELECT count() AS n FROM inference_events WHERE {where}")[0]["n"]
+
+
+def pipeline_throughput(stack: LocalStack, seconds: float) -> float:
+    deadline = time.monotonic() + 180
+    while stored_rows(stack) < 50:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the pipeline stored no rows in 180 s")
+        time.sleep(1)
+    before, started = stored_rows(stack), time.monotonic()
+    time.sleep(seconds)
+    return (stored_rows(stack) - before) / (time.monotonic() - started)
+
+
+def live_latency(stack: LocalStack, seconds: float) -> dict[str, float]:
+    from tests.integration.conftest import query
+    since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    time.sleep(seconds)
+    row = query(stack, (
+        "SELECT count() AS n, quantiles(0.5, 0.99)(dateDiff('millisecond', event_time, produced_time)) AS q "
+        f"FROM inference_events WHERE event_time > toDateTime64('{since}', 3, 'UTC')"))[0]
+    return {"events": row["n"], "p50_ms": row["q"][0], "p99_ms": row["q"][1]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30, help="length of each measurement")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    args = parser.parse_args()
+
+    cache = default_cache_dir()
+    install_stack(cache)
+    from cli.stack.camera import fetch_footage
+    footage = fetch_footage(cache)
+
+    say(f"[1/3] raw OpenVINO throughput (AsyncInferQueue), {args.seconds:.0f}s ...")
+    raw_fps = raw_throughput(sample_frames(footage, 64), args.seconds)
+    say(f"      {raw_fps:.1f} frames/s")
+
+    state = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
+    ports = StackPorts.free()
+    full_speed = {"ingest": {"VIGIL_INGEST_CAMERA_URL": str(footage), "VIGIL_INGEST_SAMPLE_FPS": "1000"}}
+    stack = LocalStack(state=state, cache=cache, ports=ports, extra_env=full_speed)
+    try:
+        say("[2/3] pipeline at full speed: footage file → ingest → inference → ClickHouse ...")
+        stack.supervisor.up(progress=say)
+        pipeline_fps = pipeline_throughput(stack, args.seconds)
+        say(f"      {pipeline_fps:.1f} frames/s stored")
+
+        say("[3/3] live camera latency at 5 fps ...")
+        stack.supervisor.stop("ingest", progress=say)
+        stack.supervisor.stop("inference", progress=say)  # start from an empty queue, not the backlog
+        live = LocalStack(state=state, cache=cache)  # the stack's own config: the RTSP camera at 5 fps
+        # Skip the backlog of full-speed frames: the live measurement starts from fresh frames.
+        live.supervisor.up(progress=say)
+        time.sleep(10)
+        latency = live_latency(live, args.seconds)
+    finally:
+        stack.supervisor.down(progress=say)
+
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "raw_openvino_fps": round(raw_fps, 1),
+        "pipeline_fps": round(pipeline_fps, 1),
+        "pipeline_to_raw_ratio": round(pipeline_fps / raw_fps, 3),
+        "camera_to_event_latency_ms": {"p50": latency["p50_ms"], "p99": latency["p99_ms"], "events": latency["events"]},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"\npipeline {pipeline_fps:.1f} fps / raw {raw_fps:.1f} fps = {pipeline_fps / raw_fps:.2f}; "
+          f"camera→event p50 {latency['p50_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
