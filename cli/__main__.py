@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         return cmd_config(None, args)
     stack = LocalStack(state=args.state_dir)
-    return COMMANDS[args.command](stack, args)
+    try:
+        return COMMANDS[args.command](stack, args)
+    except BrokenPipeError:  # `vigil tail ... | head`: the reader has had enough
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def event_as_dict(topic: str, value: bytes, headers: list[tuple[str, bytes]] | N
         message = message_type.FromString(value)
     except DecodeError as exc:
         return {"undecodable": str(exc), "value_size": len(value)}
-    as_dict = MessageToDict(message, preserving_proto_field_name=True)
-    if "data" in as_dict:
+    as_dict = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    if message_type is events_pb2.Frame and message.WhichOneof("payload") == "data":
         as_dict["data"] = f"<{len(message.data)} bytes>"
     return as_dict
 

@@ -131,13 +131,14 @@ class Footage:
 
 class LiveFeed:
     """Pushes the footage into one media's appsrc at the frame rate, forever, until stopped. Starts at the
-    keyframe nearest to where the camera's wall clock is, as if the camera had been running all along."""
+    last keyframe before where the camera's wall clock is, as if the camera had been running all along."""
 
     def __init__(self, appsrc: Gst.Element, footage: Footage, fps: float, epoch: float, name: str):
         self._appsrc = appsrc
         self._footage = footage
         self._period = 1.0 / fps
         self._epoch = epoch
+        self.name = name
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"feed-{name}", daemon=True)
 
@@ -147,17 +148,27 @@ class LiveFeed:
     def stop(self) -> None:
         self._stopped.set()
 
+    def join(self, timeout_s: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
     def _run(self) -> None:
         units = self._footage.access_units
-        position = int((time.monotonic() - self._epoch) / self._period) % len(units)
-        index = self._footage.keyframe_at_or_before(position)
+        index = None
         deadline = time.monotonic()
         while not self._stopped.is_set():
+            if index is None:
+                position = int((time.monotonic() - self._epoch) / self._period) % len(units)
+                index = self._footage.keyframe_at_or_before(position)
             result = self._appsrc.emit("push-buffer", Gst.Buffer.new_wrapped_bytes(GLib.Bytes.new(units[index])))
-            if result not in (Gst.FlowReturn.OK, Gst.FlowReturn.FLUSHING):
-                log(f"stream stopped: {result.value_nick}")
+            if result == Gst.FlowReturn.OK:
+                index = (index + 1) % len(units)
+            elif result == Gst.FlowReturn.FLUSHING:
+                # Not playing (yet, or any more): resume at a keyframe, or the stream would start undecodable.
+                index = None
+            else:
+                log(f"{self.name}: stream stopped ({result.value_nick})")
                 return
-            index = (index + 1) % len(units)
             deadline += self._period
             delay = deadline - time.monotonic()
             if delay < -1.0:
@@ -170,13 +181,15 @@ class LiveFeed:
 class LoopingCameraFactory(GstRtspServer.RTSPMediaFactory):
     """One mount path. The media is shared: every client of the path sees the same live stream."""
 
-    def __init__(self, footage: Footage, fps: float, epoch: float, name: str, pool):
+    def __init__(self, footage: Footage, fps: float, epoch: float, name: str, pool: GstRtspServer.RTSPAddressPool):
         super().__init__()
         self.set_address_pool(pool)
         self._footage = footage
         self._fps = fps
         self._epoch = epoch
         self._name = name
+        self._feeds: set[LiveFeed] = set()
+        self._feeds_lock = threading.Lock()  # "unprepared" comes from GStreamer's threads
         num, den = Gst.util_double_to_fraction(fps)
         caps = f"{footage.caps},framerate={num}/{den}"
         self.set_launch(
@@ -189,13 +202,29 @@ class LoopingCameraFactory(GstRtspServer.RTSPMediaFactory):
     def _on_media_configure(self, _factory, media: GstRtspServer.RTSPMedia) -> None:
         appsrc = media.get_element().get_by_name("camera")
         feed = LiveFeed(appsrc, self._footage, self._fps, self._epoch, self._name)
-        media.connect("unprepared", lambda _media: feed.stop())
+        media.connect("unprepared", lambda _media: self._retire(feed))
+        with self._feeds_lock:
+            self._feeds.add(feed)
         feed.start()
+
+    def _retire(self, feed: LiveFeed) -> None:
+        feed.stop()
+        with self._feeds_lock:
+            self._feeds.discard(feed)
+
+    def active_feeds(self) -> list[LiveFeed]:
+        with self._feeds_lock:
+            return list(self._feeds)
 
 
 def mount_paths(path: str, mounts: int) -> list[str]:
     first = "/" + path.strip("/")
     return [first] + [f"/cam{i}" for i in range(1, mounts)]
+
+
+def port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    return int(low), int(high or low)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--start-at", type=float, default=0.0,
         help="seconds into the footage the cameras are at when the server starts (tests use it to reach the loop point)",
+    )
+    parser.add_argument(
+        "--rtp-ports", type=port_range, default=(41000, 41999), metavar="MIN-MAX",
+        help="UDP ports for RTP/RTCP to UDP clients (busy ones are skipped)",
     )
     parser.add_argument("--encode-only", action="store_true", help="encode the footage if needed and exit")
     args = parser.parse_args(argv)
@@ -236,10 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
     paths = mount_paths(args.path, max(1, args.mounts))
+    # Without a pool, the RTP/RTCP sockets of UDP clients bind to 0.0.0.0 and ::.
     pool = GstRtspServer.RTSPAddressPool()
-    pool.add_range(args.host, args.host, 41000, 41099, 0)
-    for path in paths:
-        mounts.add_factory(path, LoopingCameraFactory(footage, fps, epoch, path.strip("/"), pool))
+    rtp_min, rtp_max = args.rtp_ports
+    if not pool.add_range(args.host, args.host, rtp_min, rtp_max, 0):
+        log(f"bad RTP port range {rtp_min}-{rtp_max} for {args.host}")
+        return 2
+    factories = [LoopingCameraFactory(footage, fps, epoch, path.strip("/"), pool) for path in paths]
+    for path, factory in zip(paths, factories):
+        mounts.add_factory(path, factory)
 
     loop = GLib.MainLoop()
     if server.attach(None) == 0:
@@ -248,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def stop(*_args) -> bool:
         log("stopping")
+        feeds = [feed for factory in factories for feed in factory.active_feeds()]
+        for feed in feeds:
+            feed.stop()
+        for feed in feeds:
+            feed.join(1.0)
         loop.quit()
         return GLib.SOURCE_REMOVE
 

@@ -1,0 +1,190 @@
+"""The local stack's demo CCTV camera: real pedestrian footage (vtest.avi from Debian's opencv-doc) served
+over RTSP by GStreamer, looped forever at 10 fps, on one or several mount paths (rtsp_camera_server.py)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cli.stack.component import ComponentSpec, StackPaths
+
+NAME = "camera"
+HOST = "127.0.0.1"
+# GStreamer's RTSP server is reached through Debian's PyGObject, which only Debian's own python sees.
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+SERVER_SCRIPT = Path(__file__).with_name("rtsp_camera_server.py")
+FOOTAGE_PACKAGE = "opencv-doc"
+# Where the package keeps its sample data, under the root it is extracted to.
+SAMPLES_IN_PACKAGE = Path("usr/share/doc/opencv-doc/examples/data")
+FOOTAGE_NAME = "vtest.avi"
+DEBIAN_PACKAGES = (
+    "python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+    "gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
+)
+
+
+def log(message: str) -> None:
+    print(f"[camera] {message}", file=sys.stderr, flush=True)
+
+
+def samples_root(cache: Path) -> Path:
+    return cache / "assets" / "opencv-samples"
+
+
+def footage_path(cache: Path) -> Path:
+    return samples_root(cache) / SAMPLES_IN_PACKAGE / FOOTAGE_NAME
+
+
+def encoded_footage_path(cache: Path) -> Path:
+    """The footage encoded once to H.264 (what the server streams without re-encoding)."""
+    return cache / "assets" / "camera" / "vtest.h264.mkv"
+
+
+def fetch_footage(cache: Path) -> Path:
+    """Debian's opencv-doc sample data under `<cache>/assets/opencv-samples/` (the package's own layout,
+    as `dpkg-deb -x` gives it, but only its examples/data: 22 of its 272 MB). Returns vtest.avi's path.
+    Idempotent; files are moved in only once fully extracted."""
+    target = footage_path(cache)
+    if target.is_file():
+        return target
+    root = samples_root(cache)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    for tool in ("apt-get", "dpkg-deb", "tar"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"`{tool}` is needed to fetch the demo footage (Debian's {FOOTAGE_PACKAGE})")
+    with tempfile.TemporaryDirectory(prefix="opencv-samples.partial-", dir=root.parent) as scratch:
+        work = Path(scratch)
+        # apt's sandbox user (_apt) must be able to write here, or apt warns and downloads as root.
+        work.chmod(0o755)
+        log(f"downloading Debian's {FOOTAGE_PACKAGE} for {FOOTAGE_NAME} ...")
+        result = subprocess.run(["apt-get", "download", FOOTAGE_PACKAGE], cwd=work, capture_output=True, text=True)
+        debs = sorted(work.glob(f"{FOOTAGE_PACKAGE}_*.deb"))
+        if result.returncode != 0 or not debs:
+            raise RuntimeError(
+                f"`apt-get download {FOOTAGE_PACKAGE}` failed (run `apt-get update` first?): {result.stderr.strip()}"
+            )
+        extracted = work / "root"
+        extracted.mkdir()
+        unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE)
+        untar = subprocess.run(
+            ["tar", "-x", "-C", str(extracted), f"./{SAMPLES_IN_PACKAGE}/"], stdin=unpack.stdout, capture_output=True
+        )
+        unpack.stdout.close()
+        if unpack.wait() != 0 or untar.returncode != 0:
+            raise RuntimeError(f"extracting {debs[-1].name} failed: {untar.stderr.decode(errors='replace').strip()}")
+        # Move file by file, so a folder that another tool already filled is completed, not replaced.
+        for source in sorted(extracted.rglob("*")):
+            if source.is_file():
+                destination = root / source.relative_to(extracted)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if not destination.exists():
+                    os.replace(source, destination)
+    if not target.is_file():
+        raise RuntimeError(f"{FOOTAGE_PACKAGE} holds no {SAMPLES_IN_PACKAGE / FOOTAGE_NAME}")
+    log(f"footage at {target}")
+    return target
+
+
+def _check_gstreamer() -> None:
+    if not SYSTEM_PYTHON.is_file():
+        raise RuntimeError(f"{SYSTEM_PYTHON} is missing: the camera needs Debian's python3 with {DEBIAN_PACKAGES}")
+    probe = subprocess.run(
+        [
+            str(SYSTEM_PYTHON), "-c",
+            "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+            "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
+            "missing = [e for e in ('x264enc', 'h264parse', 'rtph264pay', 'matroskamux', 'matroskademux', 'avidemux', "
+            "'avdec_msmpeg4', 'appsrc') if Gst.ElementFactory.find(e) is None]; "
+            "print(' '.join(missing))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0 or probe.stdout.strip():
+        detail = probe.stdout.strip() and f"missing GStreamer elements: {probe.stdout.strip()}" or probe.stderr.strip()
+        raise RuntimeError(f"GStreamer's RTSP server is not usable from {SYSTEM_PYTHON} ({detail}); "
+                           f"install the Debian packages {DEBIAN_PACKAGES}")
+
+
+def encode_footage(cache: Path) -> Path:
+    """Encode the footage to H.264 once (a few seconds), so the server starts at once and only repacks it."""
+    encoded = encoded_footage_path(cache)
+    if not encoded.is_file():
+        log(f"encoding {FOOTAGE_NAME} to H.264 ...")
+        subprocess.run(
+            [str(SYSTEM_PYTHON), str(SERVER_SCRIPT), "--file", str(fetch_footage(cache)), "--encoded", str(encoded),
+             "--encode-only"],
+            check=True,
+        )
+    return encoded
+
+
+def install(cache: Path) -> None:
+    _check_gstreamer()
+    fetch_footage(cache)
+    encode_footage(cache)
+    log("demo camera ready")
+
+
+def rtsp_url(port: int = 8554, path: str = "demo", host: str = HOST) -> str:
+    return f"rtsp://{host}:{port}/{path.strip('/')}"
+
+
+def mount_paths(path: str = "demo", mounts: int = 1) -> list[str]:
+    """The paths `--mounts N` serves: /<path>, then /cam1 .. /cam<N-1> (the same footage)."""
+    return [path.strip("/")] + [f"cam{i}" for i in range(1, mounts)]
+
+
+def spec(
+    paths: StackPaths,
+    port: int = 8554,
+    path: str = "demo",
+    mounts: int = 1,
+    fps: float | None = None,
+    rtp_port_min: int = 41000,
+    rtp_port_max: int = 41999,
+) -> ComponentSpec:
+    """RTSP on 127.0.0.1:`port` (TCP-interleaved or UDP; UDP's RTP/RTCP ports come from
+    [rtp_port_min, rtp_port_max], skipping busy ones). `fps` None plays at the footage's own 10 fps."""
+    data = paths.data(NAME)
+    argv = [
+        str(SYSTEM_PYTHON), str(SERVER_SCRIPT),
+        "--host", HOST,
+        "--port", str(port),
+        "--path", path,
+        "--mounts", str(mounts),
+        "--file", str(footage_path(paths.cache)),
+        "--encoded", str(encoded_footage_path(paths.cache)),
+        "--rtp-ports", f"{rtp_port_min}-{rtp_port_max}",
+    ]
+    if fps is not None:
+        argv += ["--fps", str(fps)]
+
+    def prepare() -> None:
+        fetch_footage(paths.cache)
+        encode_footage(paths.cache)
+
+    return ComponentSpec(
+        name=NAME,
+        argv=argv,
+        healthy=lambda: rtsp_answers(HOST, port),
+        # Unbuffered, so its log lines reach the supervisor's log as they happen.
+        env={"PYTHONUNBUFFERED": "1"},
+        cwd=data,
+        prepare=prepare,
+        start_timeout_s=30.0,
+    )
+
+
+def rtsp_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """An RTSP OPTIONS request gets `RTSP/1.0 200`."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            connection.sendall(f"OPTIONS rtsp://{host}:{port}/ RTSP/1.0\r\nCSeq: 1\r\n\r\n".encode())
+            return connection.recv(256).startswith(b"RTSP/1.0 200")
+    except OSError:
+        return False
