@@ -115,8 +115,12 @@ def fetch_opencv_samples(cache_dir: Path | None = None) -> Path:
     if not debs:
         _log(f"downloading Debian package {OPENCV_DOC_PACKAGE} (~96 MB) into {downloads}")
         downloads.mkdir(parents=True, exist_ok=True)
-        # apt-get download writes into the working directory; it needs `apt-get update` to have run once.
-        subprocess.run(["apt-get", "download", OPENCV_DOC_PACKAGE], cwd=downloads, check=True, stdout=sys.stderr)
+        # apt-get download writes into the working directory. It needs the package lists: a fresh machine
+        # has none, so on failure they are fetched once and the download tried again.
+        if subprocess.run(["apt-get", "download", OPENCV_DOC_PACKAGE], cwd=downloads, stdout=sys.stderr).returncode:
+            _log("apt-get download failed; updating the package lists and trying again")
+            subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=sys.stderr)
+            subprocess.run(["apt-get", "download", OPENCV_DOC_PACKAGE], cwd=downloads, check=True, stdout=sys.stderr)
         debs = sorted(downloads.glob(f"{OPENCV_DOC_PACKAGE}_*.deb"))
 
     _log(f"unpacking {debs[-1].name} into {root}")

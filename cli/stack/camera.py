@@ -2,24 +2,19 @@
 over RTSP by GStreamer, looped forever at 10 fps, on one or several mount paths (rtsp_camera_server.py)."""
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from cli.stack.component import ComponentSpec, StackPaths
+from tools.fetch_assets import OPENCV_SAMPLES_DATA, fetch_opencv_samples
 
 NAME = "camera"
 HOST = "127.0.0.1"
 # GStreamer's RTSP server is reached through Debian's PyGObject, which only Debian's own python sees.
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_camera_server.py")
-FOOTAGE_PACKAGE = "opencv-doc"
-# Where the package keeps its sample data, under the root it is extracted to.
-SAMPLES_IN_PACKAGE = Path("usr/share/doc/opencv-doc/examples/data")
 FOOTAGE_NAME = "vtest.avi"
 DEBIAN_PACKAGES = (
     "python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
@@ -31,12 +26,8 @@ def log(message: str) -> None:
     print(f"[camera] {message}", file=sys.stderr, flush=True)
 
 
-def samples_root(cache: Path) -> Path:
-    return cache / "assets" / "opencv-samples"
-
-
 def footage_path(cache: Path) -> Path:
-    return samples_root(cache) / SAMPLES_IN_PACKAGE / FOOTAGE_NAME
+    return cache / "assets" / "opencv-samples" / OPENCV_SAMPLES_DATA / FOOTAGE_NAME
 
 
 def encoded_footage_path(cache: Path) -> Path:
@@ -45,48 +36,8 @@ def encoded_footage_path(cache: Path) -> Path:
 
 
 def fetch_footage(cache: Path) -> Path:
-    """Debian's opencv-doc sample data under `<cache>/assets/opencv-samples/` (the package's own layout,
-    as `dpkg-deb -x` gives it, but only its examples/data: 22 of its 272 MB). Returns vtest.avi's path.
-    Idempotent; files are moved in only once fully extracted."""
-    target = footage_path(cache)
-    if target.is_file():
-        return target
-    root = samples_root(cache)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    for tool in ("apt-get", "dpkg-deb", "tar"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"`{tool}` is needed to fetch the demo footage (Debian's {FOOTAGE_PACKAGE})")
-    with tempfile.TemporaryDirectory(prefix="opencv-samples.partial-", dir=root.parent) as scratch:
-        work = Path(scratch)
-        # apt's sandbox user (_apt) must be able to write here, or apt warns and downloads as root.
-        work.chmod(0o755)
-        log(f"downloading Debian's {FOOTAGE_PACKAGE} for {FOOTAGE_NAME} ...")
-        result = subprocess.run(["apt-get", "download", FOOTAGE_PACKAGE], cwd=work, capture_output=True, text=True)
-        debs = sorted(work.glob(f"{FOOTAGE_PACKAGE}_*.deb"))
-        if result.returncode != 0 or not debs:
-            raise RuntimeError(
-                f"`apt-get download {FOOTAGE_PACKAGE}` failed (run `apt-get update` first?): {result.stderr.strip()}"
-            )
-        extracted = work / "root"
-        extracted.mkdir()
-        unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[-1])], stdout=subprocess.PIPE)
-        untar = subprocess.run(
-            ["tar", "-x", "-C", str(extracted), f"./{SAMPLES_IN_PACKAGE}/"], stdin=unpack.stdout, capture_output=True
-        )
-        unpack.stdout.close()
-        if unpack.wait() != 0 or untar.returncode != 0:
-            raise RuntimeError(f"extracting {debs[-1].name} failed: {untar.stderr.decode(errors='replace').strip()}")
-        # Move file by file, so a folder that another tool already filled is completed, not replaced.
-        for source in sorted(extracted.rglob("*")):
-            if source.is_file():
-                destination = root / source.relative_to(extracted)
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                if not destination.exists():
-                    os.replace(source, destination)
-    if not target.is_file():
-        raise RuntimeError(f"{FOOTAGE_PACKAGE} holds no {SAMPLES_IN_PACKAGE / FOOTAGE_NAME}")
-    log(f"footage at {target}")
-    return target
+    """vtest.avi (real pedestrian CCTV footage, 768x576, 10 fps) from Debian's opencv-doc, fetched once."""
+    return fetch_opencv_samples(cache) / FOOTAGE_NAME
 
 
 def _check_gstreamer() -> None:

@@ -1,6 +1,5 @@
 """The sink against the real ClickHouse engine (chdb, in-process)."""
 import time
-import uuid
 
 import pytest
 

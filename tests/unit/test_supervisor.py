@@ -1,6 +1,5 @@
 """The supervisor stops exactly what it started: whole process groups, and never a stranger's pid."""
 import json
-import os
 import subprocess
 import sys
 import time
