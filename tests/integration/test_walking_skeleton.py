@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -105,8 +106,10 @@ def test_tritonclient_gets_metadata_and_the_persons_in_a_real_image(stack, foota
 
 
 def vigil(stack, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli", "--state-dir", str(stack.paths.state), *args],
-                          capture_output=True, text=True, timeout=120)
+    """The installed `vigil` command, run from outside the repository as a user would."""
+    command = Path(sys.executable).parent / "vigil"
+    return subprocess.run([str(command), "--state-dir", str(stack.paths.state), *args],
+                          capture_output=True, text=True, timeout=120, cwd="/")
 
 
 def test_the_cli_tails_inference_events_and_queries_the_store(stack):
