@@ -114,11 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser("query", help="run read-only SQL on the metrics store, print JSON rows")
     query.add_argument("sql")
     sub.add_parser("config", help="print the configuration reference (Markdown)")
+    _register_command_modules(sub)
     return parser
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail, "query": cmd_query,
             "config": cmd_config}
+
+# Command groups that live in modules of their own (e.g. `vigil cameras ...`, `vigil models ...`). Each
+# module has `register(subparsers) -> dict[str, Callable[[LocalStack, argparse.Namespace], int]]`.
+COMMAND_MODULES: list[str] = []
+
+
+def _register_command_modules(sub: argparse._SubParsersAction) -> None:
+    import importlib
+    for name in COMMAND_MODULES:
+        COMMANDS.update(importlib.import_module(name).register(sub))
 
 
 def main(argv: list[str] | None = None) -> int:
