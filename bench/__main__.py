@@ -129,11 +129,12 @@ def main() -> int:
 
     state = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
     ports = StackPorts.free()
-    full_speed = {"ingest": {"VIGIL_INGEST_CAMERA_URL": str(footage), "VIGIL_INGEST_SAMPLE_FPS": "1000"}}
-    stack = LocalStack(state=state, cache=cache, ports=ports, extra_env=full_speed)
+    stack = LocalStack(state=state, cache=cache, ports=ports)
     try:
         say("[2/4] end to end at full speed: footage file → ingest → inference → ClickHouse ...")
         stack.supervisor.up(progress=say)
+        # The footage file as a camera read as fast as it decodes, every frame produced.
+        stack.register_camera(stack.config.camera_id, str(footage), 1000.0, loop=True, unpaced=True)
         pipeline_fps = pipeline_throughput(stack, args.seconds)
         say(f"      {pipeline_fps:.1f} frames/s stored")
 
@@ -150,7 +151,7 @@ def main() -> int:
         stack.supervisor.stop("inference", progress=say)
         skip_backlog(stack)
         live = LocalStack(state=state, cache=cache)  # the stack's own config: the RTSP camera at 5 fps
-        live.supervisor.up(progress=say)
+        live.up(progress=say)
         time.sleep(5)
         latency = live_latency(live, args.seconds)
     finally:

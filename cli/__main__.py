@@ -3,6 +3,7 @@
   vigil up | down | status [--json]      the local stack (state in $VIGIL_STATE_DIR, default .state/)
   vigil tail TOPIC [--count N] [--from-beginning]
   vigil query SQL                        read-only SQL against the metrics store
+  vigil query --named NAME [--param k=v]  a named query of the metrics store
   vigil config                           every setting, its variable and default
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ def cmd_up(stack: LocalStack, _args: argparse.Namespace) -> int:
     stack.install()
     _progress(f"vigil: starting the stack (state {stack.paths.state})")
     try:
-        stack.supervisor.up(progress=_progress)
+        stack.up(progress=_progress)
     except (RuntimeError, TimeoutError) as exc:
         _progress(f"vigil: start failed: {exc}")
         _progress("vigil: stopping what was started")
@@ -73,8 +74,17 @@ def cmd_tail(stack: LocalStack, args: argparse.Namespace) -> int:
 
 
 def cmd_query(stack: LocalStack, args: argparse.Namespace) -> int:
+    if bool(args.sql) == bool(args.named):
+        _progress("vigil: give either SQL or --named NAME (see GET /api/named for the names)")
+        return 2
+    try:
+        parameters = dict(p.split("=", 1) for p in args.param)
+    except ValueError:
+        _progress("vigil: --param takes name=value")
+        return 2
+    body = {"named": args.named, "parameters": parameters} if args.named else {"sql": args.sql}
     request = urllib.request.Request(
-        f"{stack.config.query_api_url}/api/query", data=json.dumps({"sql": args.sql}).encode(),
+        f"{stack.config.query_api_url}/api/query", data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"}, method="POST",
     )
     try:
@@ -112,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--timeout", type=float, default=60.0, help="give up after this many seconds")
     query = sub.add_parser("query", help="run read-only SQL on the metrics store, print JSON rows")
-    query.add_argument("sql")
+    query.add_argument("sql", nargs="?")
+    query.add_argument("--named", help="a named query instead of SQL, e.g. fps_per_camera, latency_quantiles")
+    query.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="a parameter of the named query (repeatable), e.g. since=2026-01-01T00:00:00")
     sub.add_parser("config", help="print the configuration reference (Markdown)")
     _register_command_modules(sub)
     return parser
@@ -123,7 +136,7 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_ta
 
 # Command groups that live in modules of their own (e.g. `vigil cameras ...`, `vigil models ...`). Each
 # module has `register(subparsers) -> dict[str, Callable[[LocalStack, argparse.Namespace], int]]`.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["cli.cameras", "cli.sensors"]
 
 
 def _register_command_modules(sub: argparse._SubParsersAction) -> None:

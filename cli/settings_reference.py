@@ -7,12 +7,14 @@ from pydantic_settings import BaseSettings
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from services.inference.settings import InferenceSettings
 from services.ingest.settings import IngestSettings
+from services.ingest.sensors.settings import SensorSettings
 from services.metrics.settings import MetricsSettings
 
 SETTINGS_CLASSES: list[tuple[str, type[BaseSettings]]] = [
     ("Kafka (all services)", KafkaSettings),
     ("Object store (all services)", ObjectStoreSettings),
     ("ingest", IngestSettings),
+    ("ingest: sensors", SensorSettings),
     ("inference", InferenceSettings),
     ("metrics", MetricsSettings),
 ]

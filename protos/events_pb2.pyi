@@ -168,7 +168,7 @@ class InferenceResult(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame_sequence: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., stage_latency_ms: _Optional[_Mapping[str, float]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., shadow: _Optional[bool] = ..., sensor_id: _Optional[str] = ..., anomaly_score: _Optional[float] = ...) -> None: ...
 
 class CameraStatus(_message.Message):
-    __slots__ = ("camera_id", "state", "reason", "fps_read", "fps_produced", "frames_dropped", "frames_skipped", "reconnects", "last_frame_time")
+    __slots__ = ("camera_id", "state", "reason", "fps_read", "fps_produced", "frames_dropped", "frames_skipped", "reconnects", "last_frame_time", "replica")
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class CameraStatus(_message.Message):
     FRAMES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     RECONNECTS_FIELD_NUMBER: _ClassVar[int]
     LAST_FRAME_TIME_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     camera_id: str
     state: CameraState
     reason: str
@@ -187,7 +188,8 @@ class CameraStatus(_message.Message):
     frames_skipped: int
     reconnects: int
     last_frame_time: _timestamp_pb2.Timestamp
-    def __init__(self, camera_id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., reason: _Optional[str] = ..., fps_read: _Optional[float] = ..., fps_produced: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., frames_skipped: _Optional[int] = ..., reconnects: _Optional[int] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    replica: str
+    def __init__(self, camera_id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., reason: _Optional[str] = ..., fps_read: _Optional[float] = ..., fps_produced: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., frames_skipped: _Optional[int] = ..., reconnects: _Optional[int] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class DriftAlert(_message.Message):
     __slots__ = ("model_name", "feature", "metric", "score", "threshold", "window_start", "window_end", "camera_id")
@@ -305,3 +307,70 @@ class ModelVersion(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     trained_on: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., stage: _Optional[str] = ..., artifact: _Optional[_Union[ObjectRef, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., trained_on: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("x1", "y1", "x2", "y2")
+    X1_FIELD_NUMBER: _ClassVar[int]
+    Y1_FIELD_NUMBER: _ClassVar[int]
+    X2_FIELD_NUMBER: _ClassVar[int]
+    Y2_FIELD_NUMBER: _ClassVar[int]
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
+
+class CameraConfig(_message.Message):
+    __slots__ = ("camera_id", "url", "sample_fps", "max_width", "max_height", "jpeg_quality", "loop", "roi", "motion_min_changed_fraction", "stall_timeout_s", "labels", "unpaced")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    JPEG_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    LOOP_FIELD_NUMBER: _ClassVar[int]
+    ROI_FIELD_NUMBER: _ClassVar[int]
+    MOTION_MIN_CHANGED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    STALL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    UNPACED_FIELD_NUMBER: _ClassVar[int]
+    camera_id: str
+    url: str
+    sample_fps: float
+    max_width: int
+    max_height: int
+    jpeg_quality: int
+    loop: bool
+    roi: _containers.RepeatedCompositeFieldContainer[Region]
+    motion_min_changed_fraction: float
+    stall_timeout_s: float
+    labels: _containers.ScalarMap[str, str]
+    unpaced: bool
+    def __init__(self, camera_id: _Optional[str] = ..., url: _Optional[str] = ..., sample_fps: _Optional[float] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., jpeg_quality: _Optional[int] = ..., loop: _Optional[bool] = ..., roi: _Optional[_Iterable[_Union[Region, _Mapping]]] = ..., motion_min_changed_fraction: _Optional[float] = ..., stall_timeout_s: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., unpaced: _Optional[bool] = ...) -> None: ...
+
+class SensorDefinition(_message.Message):
+    __slots__ = ("sensor_id", "quantity", "unit", "min_value", "max_value", "description", "updated_time", "updated_by")
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    MIN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAX_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    sensor_id: str
+    quantity: str
+    unit: str
+    min_value: float
+    max_value: float
+    description: str
+    updated_time: _timestamp_pb2.Timestamp
+    updated_by: str
+    def __init__(self, sensor_id: _Optional[str] = ..., quantity: _Optional[str] = ..., unit: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., description: _Optional[str] = ..., updated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...

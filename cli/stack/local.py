@@ -150,13 +150,27 @@ class LocalStack:
             ),
             ComponentSpec(
                 "ingest", python_module_argv("services.ingest"), lambda: _ready(p.ingest_ops),
-                env={**env, "VIGIL_INGEST_OPS_PORT": str(p.ingest_ops), "VIGIL_INGEST_CAMERA_ID": c.camera_id,
-                     "VIGIL_INGEST_CAMERA_URL": c.camera_url, "VIGIL_INGEST_SAMPLE_FPS": str(c.sample_fps),
+                env={**env, "VIGIL_INGEST_OPS_PORT": str(p.ingest_ops), "VIGIL_INGEST_REPLICA_ID": "local-1",
                      **self.extra_env.get("ingest", {})},
                 cwd=REPO_ROOT,
             ),
         ]
         return infra + services
+
+    def up(self, progress=print) -> None:
+        """Starts what is not running, then makes sure the demo camera is in the camera registry."""
+        self.supervisor.up(progress=progress)
+        self.register_camera(self.config.camera_id, self.config.camera_url, self.config.sample_fps)
+
+    def register_camera(self, camera_id: str, url: str, sample_fps: float, **fields) -> None:
+        from libs.common.settings import KafkaSettings
+        from protos import events_pb2
+        from services.ingest.registry import CameraRegistryClient
+
+        config = events_pb2.CameraConfig(camera_id=camera_id, url=url, sample_fps=sample_fps, **fields)
+        registry = CameraRegistryClient(KafkaSettings(bootstrap_servers=self.config.kafka_bootstrap))
+        if registry.list().get(camera_id) != config:
+            registry.put(config)
 
     def where_to_look(self) -> list[tuple[str, str]]:
         p = self.config.ports
@@ -166,6 +180,7 @@ class LocalStack:
             ("camera", self.config.camera_url),
             ("grpc inference", f"127.0.0.1:{p.grpc}"),
             ("query api", f"{self.config.query_api_url}/api/query"),
+            ("dashboard", f"{self.config.query_api_url}/"),
             ("ops (metrics, health)", ", ".join(f"{n} http://127.0.0.1:{port}" for n, port in
                                                (("ingest", p.ingest_ops), ("inference", p.inference_ops),
                                                 ("metrics", p.metrics_ops)))),

@@ -16,6 +16,8 @@ SENSORS = "vigil.sensors"
 INFERENCE = "vigil.inference"
 MONITORING = "vigil.monitoring"
 DLQ = "vigil.dlq"
+CAMERAS = "vigil.cameras"
+SENSORS_REGISTRY = "vigil.sensors.registry"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(MONITORING, 3, 7 * DAY_MS),
     # Dead letters keep the original bytes; kept long enough for someone to look at them and replay.
     TopicSpec(DLQ, 3, 14 * DAY_MS, {"max.message.bytes": str(2 * 1024 * 1024)}),
+    # The camera registry: the latest config per camera forever (compacted, no time limit). Its partitions
+    # are how cameras are spread over ingest replicas, so there are more than replicas will ever be.
+    TopicSpec(CAMERAS, 12, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+                                "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
+    # The sensor registry: the latest definition per sensor forever (compacted). Every ingest replica reads
+    # all of it, so one partition keeps it in one order.
+    TopicSpec(SENSORS_REGISTRY, 1, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+                                        "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
 )
 
 

@@ -8,12 +8,22 @@ from libs.common.ops import flag_check
 from libs.common.service import start_service
 from libs.common.settings import KafkaSettings
 from libs.common.topics import FRAMES, ensure_topics
-from services.inference.detector import YoloDetector, ensure_default_model
-from services.inference.grpc_adapter import start_grpc_server
+from services.inference.detector import ensure_default_model
+from services.inference.grpc_adapter import GrpcSecurity, start_grpc_server
 from services.inference.kafka_adapter import frame_batch_handler
 from services.inference.pipeline import FramePipeline
-from services.inference.serving import ModelServer
+from services.inference.serving import DirectoryRepository, ModelServer, yolo_loader
 from services.inference.settings import InferenceSettings
+
+
+def grpc_security(settings: InferenceSettings) -> GrpcSecurity:
+    if bool(settings.grpc_tls_cert_file) != bool(settings.grpc_tls_key_file):
+        raise ValueError("VIGIL_INFERENCE_GRPC_TLS_CERT_FILE and _KEY_FILE must be set together")
+    return GrpcSecurity(
+        tls_cert=settings.grpc_tls_cert_file.read_bytes() if settings.grpc_tls_cert_file else None,
+        tls_key=settings.grpc_tls_key_file.read_bytes() if settings.grpc_tls_key_file else None,
+        bearer_token=settings.grpc_auth_token.get_secret_value() if settings.grpc_auth_token else None,
+    )
 
 
 def main() -> None:
@@ -24,10 +34,14 @@ def main() -> None:
     runtime.health.readiness["model_ready"] = lambda: (False, "loading")
 
     model_dir = settings.model_dir or ensure_default_model()
-    detector = YoloDetector.load(model_dir, settings.device, settings.precision_hint, settings.score_threshold)
-    server = ModelServer(detector)
+    loader = yolo_loader(settings.device, settings.precision_hint, settings.score_threshold)
+    detector = loader(model_dir)
+    repository = DirectoryRepository(settings.model_repository, loader, also=(model_dir,))
+    server = ModelServer(detector, repository, settings.max_input_bytes, settings.camera_models)
+    for name in sorted(set(settings.camera_models.values()) - {detector.name}):
+        server.load(name)  # a camera's model that cannot load stops the start: better than serving it wrongly
     grpc_server, grpc_port = start_grpc_server(server, settings.grpc_host, settings.grpc_port, settings.grpc_workers,
-                                               settings.max_input_bytes)
+                                               settings.max_input_bytes, grpc_security(settings))
     server.warm_up()
     runtime.health.readiness["model_ready"] = flag_check(server.ready, f"model {detector.name} loaded and warm")
     log.info("serving", model=detector.name, version=detector.version, grpc=f"{settings.grpc_host}:{grpc_port}")
@@ -36,7 +50,7 @@ def main() -> None:
         if settings.consume:
             if kafka.create_topics:
                 ensure_topics(kafka.client_config(), kafka.replication_factor)
-            pipeline = FramePipeline(detector, max_frame_bytes=settings.max_input_bytes)
+            pipeline = FramePipeline(server.model_for_camera, max_frame_bytes=settings.max_input_bytes)
             runner = KafkaRunner(
                 kafka, service="inference", group_id="vigil-inference", topics=[FRAMES],
                 handler=frame_batch_handler(pipeline),

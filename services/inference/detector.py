@@ -5,9 +5,9 @@ is exposed so callers can push many frames through an `openvino.AsyncInferQueue`
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +92,8 @@ def nms_per_class(boxes_xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndar
 class YoloDetector:
     """A converted YOLO model dir (see darknet_converter) compiled for one device.
 
-    `detect` is safe to call from several threads but runs one frame at a time; for throughput, feed
+    `detect` is safe to call from several threads, which run in parallel on a pool of infer requests; to fill
+    the device from one thread, feed
     `compiled_model` through an AsyncInferQueue (`make_infer_queue`) and hand each finished request to
     `infer_request_outputs` and `postprocess`."""
 
@@ -108,8 +109,11 @@ class YoloDetector:
                       for o in metadata["outputs"]]
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
-        self._request = compiled_model.create_infer_request()
-        self._request_lock = threading.Lock()  # one InferRequest must not run two inferences at once
+        # One InferRequest runs one inference at a time: concurrent callers each borrow their own, up to the
+        # number of requests the device runs best in parallel (its streams under the THROUGHPUT hint).
+        self._idle_requests: queue.SimpleQueue[ov.InferRequest] = queue.SimpleQueue()
+        for _ in range(max(1, compiled_model.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))):
+            self._idle_requests.put(compiled_model.create_infer_request())
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "CPU", precision_hint: str | None = None,
@@ -164,10 +168,16 @@ class YoloDetector:
 
     def detect(self, bgr: np.ndarray) -> list[Detection]:
         tensor, info = self.preprocess(bgr)
-        with self._request_lock:
-            self._request.infer({0: tensor})
-            outputs = self.infer_request_outputs(self._request)
-        return self.postprocess(outputs, info)
+        return self.postprocess(self.infer(tensor), info)
+
+    def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
+        """Runs one preprocessed tensor; blocks while every request is busy. Safe from many threads."""
+        request = self._idle_requests.get()
+        try:
+            request.infer({0: tensor})
+            return self.infer_request_outputs(request)
+        finally:
+            self._idle_requests.put(request)
 
     def make_infer_queue(self, jobs: int = 0) -> ov.AsyncInferQueue:
         """jobs=0 lets OpenVINO pick the number of parallel requests the device runs best with."""

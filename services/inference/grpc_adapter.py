@@ -1,14 +1,18 @@
-"""The Open Inference Protocol (KServe v2) over gRPC, a thin shell around ModelServer."""
+"""The Open Inference Protocol (KServe v2) over gRPC, a thin shell around ModelServer: wire types in and out,
+core exceptions to status codes, optional TLS and bearer-token check."""
 from __future__ import annotations
 
+import hmac
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from prometheus_client import Counter, Histogram
 
 from protos import inference_pb2, inference_pb2_grpc
 from services.inference.serving import (
-    DETECTOR_INPUTS, DETECTOR_OUTPUTS, SERVER_NAME, SERVER_VERSION, InvalidRequest, ModelNotFound, ModelServer,
+    DETECTOR_INPUTS, DETECTOR_OUTPUTS, EXTENSIONS, SERVER_NAME, SERVER_VERSION, InputTooLarge, InvalidRequest,
+    ModelLoadFailed, ModelNotFound, ModelServer, UnloadRefused,
 )
 from services.inference.tensors import TensorError, decode_input, encode_output
 
@@ -16,6 +20,8 @@ GRPC_REQUESTS = Counter("vigil_inference_grpc_requests_total", "ModelInfer reque
 GRPC_SECONDS = Histogram("vigil_inference_grpc_seconds", "ModelInfer latency", ["model"])
 
 pb = inference_pb2
+# Room for the request's metadata around an input of the largest accepted size.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -36,7 +42,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self.server.ready.is_set())
 
     def ServerMetadata(self, request, context):  # noqa: N802
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=[])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=list(EXTENSIONS))
 
     def ModelMetadata(self, request, context):  # noqa: N802
         try:
@@ -57,23 +63,55 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 GRPC_REQUESTS.labels(request.model_name, "OK").inc()
                 return response
             except ModelNotFound as exc:
-                GRPC_REQUESTS.labels(request.model_name, "NOT_FOUND").inc()
-                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+                code, message = grpc.StatusCode.NOT_FOUND, str(exc)
+            except InputTooLarge as exc:
+                code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
             except (InvalidRequest, TensorError) as exc:
-                GRPC_REQUESTS.labels(request.model_name, "INVALID_ARGUMENT").inc()
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            GRPC_REQUESTS.labels(request.model_name, code.name).inc()
+            context.abort(code, message)
+
+    def RepositoryIndex(self, request, context):  # noqa: N802
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[
+            entry(name=e.name, version=e.version, state=e.state, reason=e.reason)
+            for e in self.server.index(ready_only=request.ready)
+        ])
+
+    def RepositoryModelLoad(self, request, context):  # noqa: N802
+        try:
+            self.server.load(request.model_name)
+        except ModelNotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ModelLoadFailed as exc:
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):  # noqa: N802
+        try:
+            self.server.unload(request.model_name)
+        except ModelNotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except UnloadRefused as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.RepositoryModelUnloadResponse()
 
     def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
             raise InvalidRequest(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+        self.server.model(request.model_name, request.model_version)  # NOT_FOUND before any input error
+        for tensor in request.inputs:
+            self.server.check_input_size(tensor.name, tensor.datatype, list(tensor.shape))
         inputs = {
             tensor.name: (tensor.datatype, decode_input(tensor, raw[i] if raw else None))
             for i, tensor in enumerate(request.inputs)
         }
-        outputs = self.server.detect(request.model_name, request.model_version, inputs)
-        model = self.server.model(request.model_name, request.model_version)
+        model, outputs = self.server.detect(request.model_name, request.model_version, inputs)
         wanted = {o.name for o in request.outputs} or {t.name for t in DETECTOR_OUTPUTS}
+        unknown = wanted - {t.name for t in DETECTOR_OUTPUTS}
+        if unknown:
+            raise InvalidRequest(f"unknown output '{sorted(unknown)[0]}' requested")
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for spec in DETECTOR_OUTPUTS:
             if spec.name not in wanted:
@@ -85,17 +123,53 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-def start_grpc_server(server: ModelServer, host: str, port: int, workers: int, max_message_bytes: int) -> tuple[grpc.Server, int]:
+@dataclass(frozen=True)
+class GrpcSecurity:
+    """TLS (PEM certificate chain and private key) and a bearer token every call must present; both optional."""
+
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    bearer_token: str | None = None
+
+
+class BearerTokenCheck(grpc.ServerInterceptor):
+    """Refuses (UNAUTHENTICATED) any call without `authorization: Bearer <token>` metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    def intercept_service(self, continuation, handler_call_details):
+        presented = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(presented.encode(), self._expected):
+            return continuation(handler_call_details)
+        return self._refusal
+
+
+def start_grpc_server(server: ModelServer, host: str, port: int, workers: int, max_input_bytes: int,
+                      security: GrpcSecurity = GrpcSecurity()) -> tuple[grpc.Server, int]:
+    max_message = max_input_bytes + MESSAGE_OVERHEAD_BYTES
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        interceptors=[BearerTokenCheck(security.bearer_token)] if security.bearer_token else [],
         options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            # A bigger request is refused by gRPC itself (RESOURCE_EXHAUSTED) before it is even parsed.
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
         ],
     )
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), grpc_server)
-    bound = grpc_server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if security.tls_cert and security.tls_key:
+        bound = grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(security.tls_key,
+                                                                                   security.tls_cert)]))
+    else:
+        bound = grpc_server.add_insecure_port(address)
     if bound == 0:
-        raise OSError(f"cannot bind gRPC server to {host}:{port}")
+        raise OSError(f"cannot bind gRPC server to {address}")
     grpc_server.start()
     return grpc_server, bound

@@ -5,8 +5,6 @@ read from the header first (PNG's IHDR, JPEG's start-of-frame marker) and checke
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
@@ -15,15 +13,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
-@dataclass(frozen=True)
-class ImageRefused(Exception):
+class ImageRefused(ValueError):
     """reason: oversized_payload, oversized_image or undecodable_image (also a dead letter's reason)."""
 
-    reason: str
-    detail: str
-
-    def __str__(self) -> str:
-        return self.detail
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 def declared_size(data: bytes) -> tuple[int, int] | None:
@@ -70,6 +66,9 @@ def decode_image(data: bytes, max_bytes: int, what: str = "image") -> np.ndarray
     if width * height * 3 > max_bytes:
         raise ImageRefused("oversized_image", f"{what}: {width}x{height} decodes to {width * height * 3} bytes "
                                               f"> limit {max_bytes}")
+    if data.startswith(b"\xff\xd8") and b"\xff\xd9" not in data[-32:]:
+        # libjpeg decodes a JPEG cut short into an image grey from the cut down, without an error.
+        raise ImageRefused("undecodable_image", f"{what}: the JPEG is truncated (no end-of-image marker)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ImageRefused("undecodable_image", f"{what}: {len(data)} bytes do not decode as JPEG or PNG")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 
 from libs.common.envelope import derived_envelope
 from protos import events_pb2
 from services.inference.detector import Detection, YoloDetector
+from services.inference.images import ImageRefused, decode_image
 
 PRODUCER = "inference"
 
@@ -40,59 +40,77 @@ def decode_frame(frame: events_pb2.Frame, max_bytes: int) -> np.ndarray | Invali
         return InvalidFrame("unsupported_payload", "claim-check references are not resolved by this version")
     if not frame.data:
         return InvalidFrame("empty_payload", "the frame has no image data")
-    if len(frame.data) > max_bytes:
-        return InvalidFrame("oversized_payload", f"{len(frame.data)} bytes > limit {max_bytes}")
-    image = cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        return InvalidFrame("undecodable_image", f"payload of {len(frame.data)} bytes is not a JPEG/PNG image")
-    return image
+    try:
+        return decode_image(frame.data, max_bytes, what="frame")
+    except ImageRefused as refused:
+        return InvalidFrame(refused.reason, refused.detail)
 
 
 class FramePipeline:
-    def __init__(self, detector: YoloDetector, max_frame_bytes: int = 32 << 20) -> None:
-        self.detector = detector
-        self.model = events_pb2.ModelRef(name=detector.name, version=detector.version,
-                                         precision=detector.inference_precision)
-        self.max_frame_bytes = max_frame_bytes
-        self._queue = detector.make_infer_queue()
-        self._queue.set_callback(self._on_done)
-        self._lock = threading.Lock()  # one batch at a time owns the queue
+    """Runs a batch of frames, each through the model its camera is routed to (`model_for(camera_id)`, asked
+    once per frame and batch, so a model swapped in between batches takes over at one frame per camera).
+    A plain detector routes every camera to it."""
 
-    def _on_done(self, request, job: dict) -> None:
-        job["outputs"] = self.detector.infer_request_outputs(request)
-        job["infer_ms"] = (time.perf_counter() - job["started"]) * 1000
+    def __init__(self, model_for: YoloDetector | Callable[[str], YoloDetector],
+                 max_frame_bytes: int = 32 << 20) -> None:
+        if isinstance(model_for, YoloDetector):
+            self.detector = model_for
+            self.model_for: Callable[[str], YoloDetector] = lambda _camera_id: model_for
+        else:
+            self.model_for = model_for
+        self.max_frame_bytes = max_frame_bytes
+        # One AsyncInferQueue per model in use, created on first use and dropped once a batch no longer
+        # needs it (a swapped-out model is then freed).
+        self._queues: dict[int, tuple[YoloDetector, object, events_pb2.ModelRef]] = {}
+        self._lock = threading.Lock()  # one batch at a time owns the queues
+
+    def _queue_of(self, detector: YoloDetector):
+        entry = self._queues.get(id(detector))
+        if entry is None or entry[0] is not detector:
+            queue = detector.make_infer_queue()
+            queue.set_callback(_on_done)
+            ref = events_pb2.ModelRef(name=detector.name, version=detector.version,
+                                      precision=detector.inference_precision)
+            entry = self._queues[id(detector)] = (detector, queue, ref)
+        return entry
 
     def run(self, frames: Sequence[events_pb2.Frame]) -> list[events_pb2.InferenceResult | InvalidFrame]:
         batch_start_ns = time.time_ns()
         outcomes: list[events_pb2.InferenceResult | InvalidFrame | None] = [None] * len(frames)
         jobs: list[tuple[int, dict]] = []
         with self._lock:
+            used: dict[int, object] = {}
             for i, frame in enumerate(frames):
                 t0 = time.perf_counter()
                 image = decode_frame(frame, self.max_frame_bytes)
                 if isinstance(image, InvalidFrame):
                     outcomes[i] = image
                     continue
+                detector, queue, ref = self._queue_of(self.model_for(frame.camera_id))
+                used[id(detector)] = queue
                 t1 = time.perf_counter()
-                tensor, info = self.detector.preprocess(image)
+                tensor, info = detector.preprocess(image)
                 t2 = time.perf_counter()
-                job = {"info": info, "decode_ms": (t1 - t0) * 1000, "preprocess_ms": (t2 - t1) * 1000,
-                       "started": t2}
-                self._queue.start_async({0: tensor}, job)
+                job = {"detector": detector, "model": ref, "info": info, "decode_ms": (t1 - t0) * 1000,
+                       "preprocess_ms": (t2 - t1) * 1000, "started": t2}
+                queue.start_async({0: tensor}, job)
                 jobs.append((i, job))
-            self._queue.wait_all()
+            for queue in used.values():
+                queue.wait_all()
+            for key in set(self._queues) - set(used):
+                del self._queues[key]
         for i, job in jobs:
             t0 = time.perf_counter()
-            detections = self.detector.postprocess(job["outputs"], job["info"])
+            detections = job["detector"].postprocess(job["outputs"], job["info"])
             postprocess_ms = (time.perf_counter() - t0) * 1000
-            frame = frames[i]
+            frame, model = frames[i], job["model"]
             queue_ms = max(0.0, (batch_start_ns - frame.envelope.ingest_time.ToNanoseconds()) / 1e6)
             outcomes[i] = events_pb2.InferenceResult(
-                envelope=derived_envelope(frame.envelope, PRODUCER, f"{self.model.name}:{self.model.version}"),
+                envelope=derived_envelope(frame.envelope, PRODUCER, f"{model.name}:{model.version}"),
                 camera_id=frame.camera_id,
                 frame_event_id=frame.envelope.event_id,
                 frame_sequence=frame.sequence,
-                model=self.model,
+                model=model,
                 detections=detection_messages(detections),
                 stage_latency_ms={"queue": queue_ms, "decode": job["decode_ms"], "preprocess": job["preprocess_ms"],
                                   "infer": job["infer_ms"], "postprocess": postprocess_ms},
@@ -100,3 +118,8 @@ class FramePipeline:
                 height=job["info"].height,
             )
         return outcomes  # type: ignore[return-value]
+
+
+def _on_done(request, job: dict) -> None:
+    job["outputs"] = job["detector"].infer_request_outputs(request)
+    job["infer_ms"] = (time.perf_counter() - job["started"]) * 1000

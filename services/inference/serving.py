@@ -1,16 +1,22 @@
-"""The serving core shared by every transport: which models are loaded, whether the server is ready, and
-running a detector on a request's inputs. The gRPC servicer only converts wire types and calls this."""
+"""The serving core shared by every transport: which models are loaded, whether the server is ready, loading
+and unloading models from a repository, and running a detector on a request's inputs. The gRPC servicer only
+converts wire types and calls this."""
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 
 from services.inference.detector import YoloDetector
+from services.inference.images import ImageRefused, decode_image
 
 SERVER_NAME = "vigil-inference"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = "0.2.0"
+EXTENSIONS = ("model_repository",)
 
 
 class ModelNotFound(LookupError):
@@ -21,6 +27,18 @@ class InvalidRequest(ValueError):
     """The inputs do not fit the model; the message names the offending input."""
 
 
+class InputTooLarge(ValueError):
+    """An input is bigger than the server accepts; refused before it is decoded."""
+
+
+class ModelLoadFailed(RuntimeError):
+    """The model could not be loaded; whatever was serving before keeps serving."""
+
+
+class UnloadRefused(RuntimeError):
+    pass
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
@@ -28,46 +46,222 @@ class TensorSpec:
     shape: tuple[int, ...]  # -1: any size
 
 
-DETECTOR_INPUTS = (TensorSpec("image", "UINT8", (-1, -1, 3)),)
+# A request carries exactly one of the two image inputs.
+DETECTOR_INPUTS = (
+    TensorSpec("image", "UINT8", (-1, -1, 3)),
+    TensorSpec("image_bytes", "BYTES", (1,)),
+)
 DETECTOR_OUTPUTS = (
     TensorSpec("boxes", "FP32", (-1, 4)),
     TensorSpec("scores", "FP32", (-1,)),
     TensorSpec("classes", "BYTES", (-1,)),
 )
+DATATYPE_BYTES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "UINT32": 4, "INT32": 4,
+                  "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
+
+
+class Detector(Protocol):
+    name: str
+    version: str
+    input_size: tuple[int, int]
+
+    def detect(self, bgr: np.ndarray) -> list: ...
+
+
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    name: str
+    version: str
+    state: str  # READY, UNAVAILABLE, LOADING
+    reason: str = ""
+
+
+class ModelRepository(Protocol):
+    """Where models are loaded from by name (a directory of model dirs; the registry in the object store)."""
+
+    def available(self) -> dict[str, str]:
+        """name -> the version a load would give."""
+
+    def load(self, name: str) -> Detector: ...
+
+
+class DirectoryRepository:
+    """Every subdirectory of `root` holding a model.json is a model, named by its metadata; `also` adds single
+    model dirs (the default model's), which a model of the same name under `root` overrides."""
+
+    def __init__(self, root: Path | None, loader: Callable[[Path], Detector], also: tuple[Path, ...] = ()) -> None:
+        self.root = root
+        self.loader = loader
+        self.also = also
+
+    def _dirs(self) -> dict[str, tuple[str, Path]]:
+        candidates = [d / "model.json" for d in self.also]
+        if self.root is not None and self.root.is_dir():
+            candidates += sorted(self.root.glob("*/model.json"))
+        found: dict[str, tuple[str, Path]] = {}
+        for meta in candidates:
+            try:
+                metadata = json.loads(meta.read_text())
+                found[metadata["name"]] = (str(metadata["version"]), meta.parent)
+            except (OSError, ValueError, KeyError):
+                continue  # a half-written or foreign dir is not a model
+        return found
+
+    def available(self) -> dict[str, str]:
+        return {name: version for name, (version, _) in self._dirs().items()}
+
+    def load(self, name: str) -> Detector:
+        entry = self._dirs().get(name)
+        if entry is None:
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        return self.loader(entry[1])
+
+
+def warm_up(model: Detector) -> None:
+    """One inference before a model takes traffic, so the first request is not the slow one."""
+    width, height = model.input_size
+    model.detect(np.zeros((height, width, 3), np.uint8))
 
 
 class ModelServer:
-    def __init__(self, default_model: YoloDetector) -> None:
+    def __init__(self, default_model: Detector, repository: ModelRepository | None = None,
+                 max_input_bytes: int = 32 << 20, camera_models: dict[str, str] | None = None) -> None:
         self.default_model = default_model
-        self.models = {default_model.name: default_model}
+        self.camera_models = dict(camera_models or {})  # camera id -> model name; others get the default
+        self.repository = repository
+        self.max_input_bytes = max_input_bytes
+        self.models: dict[str, Detector] = {default_model.name: default_model}
+        self.failures: dict[str, str] = {}  # name -> why its last load failed
+        self.loading: set[str] = set()
         self.ready = threading.Event()
+        self._lock = threading.Lock()  # guards the three collections above; never held while inferring
 
     def warm_up(self) -> None:
-        """One inference through each model before declaring ready, so the first request is not the slow one."""
-        for model in self.models.values():
-            model.detect(np.zeros((model.input_size[1], model.input_size[0], 3), np.uint8))
+        for model in list(self.models.values()):
+            warm_up(model)
         self.ready.set()
 
-    def model(self, name: str, version: str = "") -> YoloDetector:
+    def model(self, name: str, version: str = "") -> Detector:
         model = self.models.get(name)
         if model is None or (version and version != model.version):
             raise ModelNotFound(f"model '{name}'{' version ' + version if version else ''} is not loaded; "
                                 f"loaded: {', '.join(f'{m.name}:{m.version}' for m in self.models.values())}")
         return model
 
-    def detect(self, name: str, version: str, inputs: dict[str, tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """inputs: name -> (datatype, array). Returns boxes [N,4] f32, scores [N] f32, classes [N] bytes."""
-        model = self.model(name, version)
-        if "image" not in inputs:
-            raise InvalidRequest(f"missing input 'image' (given: {', '.join(inputs) or 'none'})")
-        datatype, image = inputs["image"]
+    def model_for_camera(self, camera_id: str) -> Detector:
+        """The model a camera's frames go through: its own if one is set and loaded, else the default. Read
+        per frame, so a model loaded or swapped meanwhile takes over from the next batch on."""
+        name = self.camera_models.get(camera_id)
+        if name is not None:
+            model = self.models.get(name)
+            if model is not None:
+                return model
+        return self.default_model
+
+    # -- the repository extension -------------------------------------------------------------------------
+
+    def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        with self._lock:
+            loaded = dict(self.models)
+            loading, failures = set(self.loading), dict(self.failures)
+        available = self.repository.available() if self.repository else {}
+        entries = []
+        for name in sorted(set(loaded) | set(available)):
+            if name in loaded:
+                entries.append(ModelIndexEntry(name, loaded[name].version, "READY"))
+            elif not ready_only:
+                state = "LOADING" if name in loading else "UNAVAILABLE"
+                entries.append(ModelIndexEntry(name, available[name], state, failures.get(name, "")))
+        return entries
+
+    def load(self, name: str) -> Detector:
+        """Loads (or reloads) a model and warms it up beside whatever serves under that name; only then does
+        the name point at it, in one assignment. On failure the previous model keeps serving."""
+        if self.repository is None:
+            raise ModelNotFound(f"model '{name}': this server has no model repository")
+        with self._lock:
+            self.loading.add(name)
+        try:
+            try:
+                model = self.repository.load(name)
+                warm_up(model)
+            except ModelNotFound:
+                raise
+            except Exception as exc:
+                with self._lock:
+                    self.failures[name] = f"{type(exc).__name__}: {exc}"
+                raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from exc
+            with self._lock:
+                self.models[name] = model
+                self.failures.pop(name, None)
+                if name == self.default_model.name:
+                    self.default_model = model
+            return model
+        finally:
+            with self._lock:
+                self.loading.discard(name)
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            if name not in self.models:
+                raise ModelNotFound(f"model '{name}' is not loaded")
+            if name == self.default_model.name:
+                raise UnloadRefused(f"model '{name}' is the default model and stays loaded")
+            del self.models[name]
+
+    # -- inference -----------------------------------------------------------------------------------------
+
+    def check_input_size(self, name: str, datatype: str, shape: list[int]) -> None:
+        """Refuses an input whose declared size exceeds the limit, before its contents are touched."""
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        size = count * DATATYPE_BYTES.get(datatype, 1)
+        if size > self.max_input_bytes:
+            raise InputTooLarge(f"input '{name}': {datatype} {shape} is {size} bytes > limit {self.max_input_bytes}")
+
+    def image_of(self, inputs: dict[str, tuple[str, np.ndarray]]) -> np.ndarray:
+        """The BGR image of a request, from `image` or from `image_bytes` (a JPEG or PNG)."""
+        given = [name for name in ("image", "image_bytes") if name in inputs]
+        unknown = sorted(set(inputs) - {"image", "image_bytes"})
+        if unknown:
+            raise InvalidRequest(f"unexpected input '{unknown[0]}' (expected 'image' or 'image_bytes')")
+        if len(given) != 1:
+            raise InvalidRequest(f"expected exactly one of the inputs 'image' or 'image_bytes', "
+                                 f"got {', '.join(repr(g) for g in given) or 'none'}")
+        name = given[0]
+        datatype, value = inputs[name]
+        if name == "image_bytes":
+            if datatype != "BYTES":
+                raise InvalidRequest(f"input 'image_bytes' must be BYTES, got {datatype}")
+            if value.shape != (1,):
+                raise InvalidRequest(f"input 'image_bytes' must have shape [1] (one encoded image), "
+                                     f"got {list(value.shape)}")
+            try:
+                return decode_image(bytes(value[0]), self.max_input_bytes, what="input 'image_bytes'")
+            except ImageRefused as refused:
+                if refused.reason.startswith("oversized"):
+                    raise InputTooLarge(str(refused)) from None
+                raise InvalidRequest(str(refused)) from None
         if datatype != "UINT8":
             raise InvalidRequest(f"input 'image' must be UINT8, got {datatype}")
-        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-            raise InvalidRequest(f"input 'image' must have shape [H, W, 3] (BGR), got {list(image.shape)}")
-        detections = model.detect(np.ascontiguousarray(image))
-        return {
+        if value.ndim != 3 or value.shape[2] != 3 or value.shape[0] == 0 or value.shape[1] == 0:
+            raise InvalidRequest(f"input 'image' must have shape [H, W, 3] (BGR), got {list(value.shape)}")
+        return np.ascontiguousarray(value)
+
+    def detect(self, name: str, version: str, inputs: dict[str, tuple[str, np.ndarray]]
+               ) -> tuple[Detector, dict[str, np.ndarray]]:
+        """inputs: name -> (datatype, array). Returns the model that ran and its outputs: boxes [N,4] f32,
+        scores [N] f32, classes [N] bytes. The model is looked up once, so a swap mid-request is harmless."""
+        model = self.model(name, version)
+        detections = model.detect(self.image_of(inputs))
+        return model, {
             "boxes": np.array([d.box for d in detections], np.float32).reshape(-1, 4),
             "scores": np.array([d.score for d in detections], np.float32),
             "classes": np.array([d.label.encode() for d in detections], dtype=object),
         }
+
+
+def yolo_loader(device: str, precision_hint: str | None, score_threshold: float) -> Callable[[Path], Detector]:
+    def load(model_dir: Path) -> Detector:
+        return YoloDetector.load(model_dir, device, precision_hint, score_threshold)
+
+    return load

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from libs.common.settings import ServiceSettings
@@ -21,7 +21,17 @@ class InferenceSettings(ServiceSettings):
     grpc_host: str = Field("127.0.0.1", description="Address of the gRPC (Open Inference Protocol) server.")
     grpc_port: int = Field(8001, description="Port of the gRPC server.")
     grpc_workers: int = Field(8, description="Threads serving gRPC requests.")
+    grpc_tls_cert_file: Path | None = Field(None, description="PEM certificate chain: set with the key to serve "
+                                                              "gRPC over TLS.")
+    grpc_tls_key_file: Path | None = Field(None, description="PEM private key of the gRPC TLS certificate.")
+    grpc_auth_token: SecretStr | None = Field(None, description="When set, every gRPC call must carry "
+                                                                "`authorization: Bearer <token>`.")
+    model_repository: Path | None = Field(None, description="Directory of model dirs that the repository "
+                                                            "extension (index, load, unload) serves from.")
     max_input_bytes: int = Field(32 * 1024 * 1024, description="Largest request or frame accepted.")
     batch_max_frames: int = Field(16, description="Most frames taken from Kafka for one batch.")
     batch_max_wait_s: float = Field(0.02, description="Longest wait to fill a batch from Kafka.")
+    camera_models: dict[str, str] = Field(default_factory=dict, description="JSON object camera id -> model name "
+                                          "(loaded from the model repository at start); other cameras get the "
+                                          "default model.")
     consume: bool = Field(True, description="Consume vigil.frames (off: serve gRPC only).")

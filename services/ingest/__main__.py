@@ -1,60 +1,72 @@
-"""The ingest service: one camera stream in, sampled JPEG frame events out to vigil.frames."""
+"""The ingest service: the cameras the registry assigns to this replica, read, sampled and produced as frame
+events to vigil.frames; their status to vigil.monitoring."""
 from __future__ import annotations
 
+import os
 import threading
-import time
 
-from prometheus_client import Counter
-
+from libs.common.claimcheck import ClaimCheckStore
 from libs.common.logs import get_logger
-from libs.common.ops import Heartbeat, flag_check
+from libs.common.objectstore import object_store_client
+from libs.common.ops import Heartbeat
 from libs.common.service import start_service
-from libs.common.settings import KafkaSettings
+from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import ensure_topics
-from services.ingest.camera import CameraStream
-from services.ingest.frames import FrameEventBuilder
-from services.ingest.kafka_adapter import FramePublisher
-from services.ingest.sampler import FrameSampler
+from services.ingest.fleet import CameraFleet
+from services.ingest.kafka_adapter import FramePublisher, StatusPublisher
+from services.ingest.registry import CameraRegistryFollower
 from services.ingest.settings import IngestSettings
-
-FRAMES_READ = Counter("vigil_ingest_frames_read_total", "Frames read from the stream", ["camera_id"])
 
 
 def main() -> None:
     settings = IngestSettings()
     kafka = KafkaSettings()
+    object_store = ObjectStoreSettings()
     runtime = start_service("ingest", settings)
     log = get_logger()
     if kafka.create_topics:
         ensure_topics(kafka.client_config(), kafka.replication_factor)
 
-    online = threading.Event()
+    claim_check = None
+    if object_store.secret_key is not None:
+        claim_check = ClaimCheckStore(object_store_client(object_store), settings.claim_check_bucket,
+                                      settings.claim_check_expiry_days)
+        claim_check.ensure_bucket()
+    else:
+        log.warning("no object store configured (VIGIL_S3_SECRET_KEY): frames above the claim-check threshold "
+                    "go inline while the broker takes them")
 
-    def on_state(state: str, reason: str) -> None:
-        (online.set if state == "online" else online.clear)()
-        log.info("camera state", camera_id=settings.camera_id, state=state, reason=reason)
+    # Set before any capture opens: OpenCV's FFmpeg backend reads it at open time, for the whole process.
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{settings.rtsp_transport}"
 
-    heartbeat = Heartbeat(max_age_s=30)
-    runtime.health.liveness["reader_loop"] = heartbeat.check
-    runtime.health.readiness["camera_online"] = flag_check(online, f"camera {settings.camera_id} online")
-
-    stream = CameraStream(
-        settings.camera_url, runtime.stop, settings.open_timeout_s, settings.read_timeout_s,
-        settings.reconnect_max_backoff_s, on_state=on_state, on_tick=heartbeat.beat,
+    publisher = FramePublisher(kafka, claim_check, settings.claim_check_threshold_bytes, settings.producer_buffer_mb)
+    status_publisher = StatusPublisher(kafka)
+    camera_heartbeat = Heartbeat(max_age_s=30)
+    fleet = CameraFleet(publisher, status_publisher.publish, settings.open_timeout_s,
+                        settings.reconnect_max_backoff_s, settings.frame_queue_size, settings.replica_id)
+    follower = CameraRegistryFollower(
+        kafka, fleet, replica_id=settings.replica_id,
+        spec_defaults={"default_fps": settings.default_sample_fps, "default_quality": settings.default_jpeg_quality,
+                       "default_stall_timeout_s": settings.default_stall_timeout_s},
+        heartbeat=camera_heartbeat,
     )
-    sampler = FrameSampler(settings.sample_fps)
-    builder = FrameEventBuilder(settings.camera_id, settings.jpeg_quality, settings.max_width)
-    publisher = FramePublisher(kafka)
+    runtime.health.liveness["registry_loop"] = follower.heartbeat.check
+    runtime.health.readiness["registry_loaded"] = follower.ready
+
+    def report_status() -> None:
+        while not runtime.stop.wait(settings.status_interval_s):
+            fleet.publish_all()
+            publisher.poll()
+
+    threading.Thread(target=report_status, name="camera-status", daemon=True).start()
     try:
-        for captured in stream:
-            FRAMES_READ.labels(settings.camera_id).inc()
-            if not sampler.keep(time.monotonic()):
-                continue
-            publisher.publish(builder.build(captured.image, captured.capture_time_ns, captured.time_from_stream))
+        follower.run(runtime.stop)
     finally:
+        fleet.stop_all()
         undelivered = publisher.close()
         if undelivered:
             log.error("frames undelivered at shutdown", count=undelivered)
+        status_publisher.close()
         runtime.close()
 
 

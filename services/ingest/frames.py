@@ -1,4 +1,4 @@
-"""Turns a decoded camera frame into a frame event: downscale, JPEG-encode, envelope, sequence number."""
+"""Turns a camera frame into a frame event: JPEG-encode, envelope, sequence number."""
 from __future__ import annotations
 
 import cv2
@@ -17,14 +17,12 @@ class FrameEncodingError(RuntimeError):
 class FrameEventBuilder:
     """One per camera: owns the camera's sequence numbers."""
 
-    def __init__(self, camera_id: str, jpeg_quality: int = 85, max_width: int = 0) -> None:
+    def __init__(self, camera_id: str, jpeg_quality: int = 85) -> None:
         self.camera_id = camera_id
         self.jpeg_quality = jpeg_quality
-        self.max_width = max_width
         self.sequence = 0
 
     def build(self, image: np.ndarray, capture_time_ns: int, time_from_stream: bool) -> events_pb2.Frame:
-        image = self._downscale(image)
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             raise FrameEncodingError(f"camera {self.camera_id}: JPEG encoding failed for {image.shape}")
@@ -41,10 +39,3 @@ class FrameEventBuilder:
         )
         self.sequence += 1
         return frame
-
-    def _downscale(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        if not self.max_width or width <= self.max_width:
-            return image
-        scale = self.max_width / width
-        return cv2.resize(image, (self.max_width, max(1, round(height * scale))), interpolation=cv2.INTER_AREA)

@@ -1,20 +1,35 @@
-"""Settings of the ingest service (prefix VIGIL_INGEST_)."""
+"""Settings of the ingest service (prefix VIGIL_INGEST_). Cameras themselves are not settings: they live in
+the camera registry (topic vigil.cameras, `vigil cameras add ...`); these are the defaults they inherit."""
 from __future__ import annotations
+
+import socket
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from libs.common.claimcheck import DEFAULT_THRESHOLD_BYTES
 from libs.common.settings import ServiceSettings
 
 
 class IngestSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_INGEST_", extra="ignore")
 
-    camera_id: str = Field("demo", description="Id of the camera this ingest reads; the Kafka key of its frames.")
-    camera_url: str = Field("rtsp://127.0.0.1:8554/demo", description="Stream URL (rtsp://, http://, a file).")
-    sample_fps: float = Field(5.0, description="Frames per second produced to Kafka (the stream is read in full).")
-    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of produced frames.")
-    max_width: int = Field(0, description="Downscale frames wider than this (0 keeps the stream's size).")
-    open_timeout_s: float = Field(10.0, description="Give up opening the stream after this long.")
-    read_timeout_s: float = Field(5.0, description="A stream that gives no frame for this long is reopened.")
-    reconnect_max_backoff_s: float = Field(30.0, description="Cap of the exponential back-off between reopens.")
+    replica_id: str = Field(default_factory=socket.gethostname,
+                            description="Name of this replica in logs and the consumer group (default: host name).")
+    default_sample_fps: float = Field(5.0, gt=0, description="Frames per second produced per camera, unless its config says.")
+    default_jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality, unless the camera's config says.")
+    default_stall_timeout_s: float = Field(5.0, gt=0, description="No frame for this long reopens the stream (watchdog).")
+    open_timeout_s: float = Field(10.0, gt=0, description="Give up opening a stream after this long.")
+    # Low on purpose: a reopen attempt costs one TCP connect, and a camera back from a power cut should
+    # stream again within seconds, not after a long back-off.
+    reconnect_max_backoff_s: float = Field(4.0, gt=0, description="Cap of the exponential back-off between reopens.")
+    rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP transport for this process: tcp or udp.")
+    frame_queue_size: int = Field(4, ge=1, description="Frames held per camera between reader and producer; "
+                                                       "when full the oldest is dropped (and counted).")
+    status_interval_s: float = Field(5.0, gt=0, description="Camera status is published this often, and on every change.")
+    claim_check_threshold_bytes: int = Field(DEFAULT_THRESHOLD_BYTES, gt=0,
+                                             description="Frames larger than this go to the object store by reference.")
+    claim_check_bucket: str = Field("vigil-frames", description="Bucket of claim-checked frames.")
+    claim_check_expiry_days: int = Field(1, ge=1, description="Claim-checked frames expire after this many days.")
+    producer_buffer_mb: int = Field(64, ge=1, description="Most memory the Kafka producer may queue; beyond it "
+                                                          "frames are dropped and counted.")

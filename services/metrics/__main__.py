@@ -1,4 +1,5 @@
-"""The metrics sink: vigil.inference → ClickHouse, and the read-only query API over it."""
+"""The metrics sink: vigil.inference, vigil.monitoring and vigil.dlq → ClickHouse, and the read-only query API
+over it."""
 from __future__ import annotations
 
 import threading
@@ -8,11 +9,11 @@ from libs.common.logs import get_logger
 from libs.common.ops import flag_check
 from libs.common.service import start_service
 from libs.common.settings import KafkaSettings
-from libs.common.topics import INFERENCE, ensure_topics
+from libs.common.topics import INFERENCE, MONITORING, ensure_topics
 from services.metrics.api import QueryApi
-from services.metrics.kafka_adapter import inference_batch_handler
+from services.metrics.kafka_adapter import metrics_batch_handler, record_consumer_lag
 from services.metrics.settings import MetricsSettings
-from services.metrics.sink import InferenceEventSink
+from services.metrics.sink import EventSink
 from services.metrics.store import MetricsStore
 
 
@@ -32,9 +33,10 @@ def main() -> None:
     log.info("query api listening", url=f"http://{settings.api_host}:{api.port}/api/query")
 
     runner = KafkaRunner(
-        kafka, service="metrics", group_id="vigil-metrics", topics=[INFERENCE],
-        handler=inference_batch_handler(InferenceEventSink(store)),
+        kafka, service="metrics", group_id="vigil-metrics", topics=[INFERENCE, MONITORING, kafka.dlq_topic],
+        handler=metrics_batch_handler(EventSink(store), kafka.dlq_topic),
         max_batch=settings.batch_max_events, max_wait_s=settings.batch_max_wait_s,
+        consumer_overrides={"statistics.interval.ms": 5000, "stats_cb": record_consumer_lag},
     )
     runtime.health.liveness["consume_loop"] = runner.heartbeat.check
     runtime.health.readiness["store_open"] = flag_check(store_open, "metrics store open")

@@ -1,22 +1,36 @@
-"""The read-only query API over HTTP JSON, used by `vigil query` (and by the dashboard later).
+"""The read-only query API over HTTP JSON, used by `vigil query` and by the dashboard it also serves.
 
-POST /api/query {"sql": "...", "parameters": {...}} or GET /api/query?sql=... → {"columns": [...], "rows": [...]}.
-The engine itself enforces read-only, a time limit and a row limit, so no parsing of SQL is trusted here."""
+  GET  /api/named                               the named queries and their parameters
+  POST /api/query {"named": NAME, "parameters": {...}}   or GET /api/query?named=NAME&k=v...
+  POST /api/query {"sql": "...", "parameters": {...}}    or GET /api/query?sql=...
+       → {"columns": [...], "rows": [...]}
+  GET  /api/frames                              cameras whose latest frame is held, with its size and time
+  GET  /api/frames/<camera_id>.jpg              that frame
+  GET  /  and  /static/...                      the dashboard (services/metrics/dashboard/)
+
+Ad-hoc SQL is refused unless it only reads the store's own tables; the engine itself enforces read-only, a
+time limit and a row limit."""
 from __future__ import annotations
 
 import json
+import mimetypes
 import threading
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from libs.common.logs import get_logger
+from services.metrics.latest_frames import LatestFrames
+from services.metrics.queries import NAMED_QUERIES, BadParameter, bind
 from services.metrics.store import MetricsStore, QueryRefused
 
 log = get_logger(__name__)
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 
 
 def _json_default(value: Any) -> Any:
@@ -31,16 +45,42 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity (an empty quantile is NaN): they become null."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 class QueryApi:
-    def __init__(self, store: MetricsStore, host: str, port: int) -> None:
+    def __init__(self, store: MetricsStore, host: str, port: int, frames: LatestFrames | None = None,
+                 dashboard_dir: Path = DASHBOARD_DIR) -> None:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if url.path == "/api/query":
-                    sql = parse_qs(url.query).get("sql", [""])[0]
-                    self._answer(*api.run_query(sql, None))
+                    if "named" in query:
+                        name = query.pop("named")
+                        self._answer(*api.run_named(name, query))
+                    else:
+                        self._answer(*api.run_query(query.get("sql", ""), None))
+                elif url.path == "/api/named":
+                    self._answer(200, api.named_catalog())
+                elif url.path == "/api/frames":
+                    self._answer(200, {"cameras": api.frames.cameras() if api.frames else []})
+                elif url.path.startswith("/api/frames/") and url.path.endswith(".jpg"):
+                    frame = api.frames.get(unquote(url.path[len("/api/frames/"):-4])) if api.frames else None
+                    if frame is None:
+                        self._answer(404, {"error": "no frame held for this camera"})
+                    else:
+                        self._send(200, frame.jpeg, "image/jpeg", cache=False)
+                elif url.path == "/" or url.path.startswith("/static/"):
+                    self._static("index.html" if url.path == "/" else url.path[len("/static/"):])
                 else:
                     self._answer(404, {"error": f"no such endpoint: {url.path}"})
 
@@ -53,13 +93,28 @@ class QueryApi:
                 except json.JSONDecodeError as exc:
                     self._answer(400, {"error": f"body is not JSON: {exc}"})
                     return
-                self._answer(*api.run_query(body.get("sql", ""), body.get("parameters")))
+                if body.get("named"):
+                    self._answer(*api.run_named(body["named"], body.get("parameters")))
+                else:
+                    self._answer(*api.run_query(body.get("sql", ""), body.get("parameters")))
+
+            def _static(self, relative: str) -> None:
+                path = (dashboard_dir / relative).resolve()
+                if not path.is_relative_to(dashboard_dir.resolve()) or not path.is_file():
+                    self._answer(404, {"error": f"no such file: {relative}"})
+                    return
+                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                self._send(200, path.read_bytes(), content_type)
 
             def _answer(self, status: int, payload: dict[str, Any]) -> None:
-                body = json.dumps(payload, default=_json_default).encode()
+                self._send(status, json.dumps(payload, default=_json_default).encode(), "application/json")
+
+            def _send(self, status: int, body: bytes, content_type: str, cache: bool = True) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                if not cache:
+                    self.send_header("Cache-Control", "no-store")
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -67,6 +122,7 @@ class QueryApi:
                 pass
 
         self.store = store
+        self.frames = frames
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="query-api", daemon=True)
@@ -75,16 +131,41 @@ class QueryApi:
     def port(self) -> int:
         return self._server.server_address[1]
 
+    @staticmethod
+    def named_catalog() -> dict[str, Any]:
+        return {"queries": [
+            {"name": q.name, "description": q.description,
+             "parameters": {"since": "DateTime64 (default: an hour before until)", "until": "DateTime64 (default: now)",
+                            **{name: f"{ch_type} (default: {default!r})"
+                               for name, (ch_type, default) in q.parameters.items()}}}
+            for q in NAMED_QUERIES.values()]}
+
+    def run_named(self, name: str, parameters: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+        query = NAMED_QUERIES.get(name)
+        if query is None:
+            return 404, {"error": f"no named query {name!r}; known: {', '.join(NAMED_QUERIES)}"}
+        try:
+            bound = bind(query, parameters)
+        except BadParameter as exc:
+            return 400, {"error": str(exc)}
+        return self._run(lambda: self.store.query_readonly(query.sql, bound))
+
     def run_query(self, sql: str, parameters: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
         if not sql.strip():
-            return 400, {"error": "missing sql"}
+            return 400, {"error": "missing sql (or named)"}
+        return self._run(lambda: self.store.query_adhoc(sql, parameters))
+
+    @staticmethod
+    def _run(run) -> tuple[int, dict[str, Any]]:
         try:
-            return 200, self.store.query_readonly(sql, parameters)
+            result = run()
         except QueryRefused as exc:
             return 403, {"error": str(exc)}
         except Exception as exc:
             log.info("query failed", error=str(exc)[:300])
             return 400, {"error": str(exc).strip().splitlines()[0][:1000]}
+        result["rows"] = [_finite(row) for row in result["rows"]]
+        return 200, result
 
     def start(self) -> "QueryApi":
         self._thread.start()

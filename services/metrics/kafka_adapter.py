@@ -1,43 +1,130 @@
-"""Kafka side of the sink: decodes inference events, hands valid ones to the sink in one insert per batch,
-and dead-letters the ones that cannot be stored."""
+"""Kafka side of the sink: decodes the events of every topic that reports something (inference results,
+monitoring events, dead letters), hands their rows to the sink in one insert per table per batch, and
+dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the
+newest frame of each camera for the dashboard."""
 from __future__ import annotations
 
-from typing import Sequence
+import json
+import threading
+from typing import Callable, Sequence
 
-from confluent_kafka import Message
+from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
 from google.protobuf.message import DecodeError
+from prometheus_client import Gauge
 
 from libs.common.kafka import Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
+from libs.common.topics import FRAMES, INFERENCE, MONITORING
 from protos import events_pb2
-from services.metrics.rows import InvalidEvent, inference_row
-from services.metrics.sink import InferenceEventSink
+from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, InvalidEvent, Rows, dead_letter_row, \
+    inference_row, monitoring_rows
+from services.metrics.latest_frames import LatestFrames
+from services.metrics.sink import EventSink
 
 log = get_logger(__name__)
 
+CONSUMER_LAG = Gauge("vigil_metrics_consumer_lag", "Messages not yet consumed, per partition", ["topic", "partition"])
 
-def inference_batch_handler(sink: InferenceEventSink):
+
+def _inference(msg: Message, rows: Rows) -> None:
+    result = events_pb2.InferenceResult.FromString(msg.value() or b"")
+    if not result.envelope.event_id:
+        raise InvalidEvent("envelope.event_id is empty")
+    rows[INFERENCE_TABLE.name].append(inference_row(result, msg.timestamp()[1]))
+
+
+def _monitoring(msg: Message, rows: Rows) -> None:
+    event = events_pb2.MonitoringEvent.FromString(msg.value() or b"")
+    if not event.envelope.event_id:
+        raise InvalidEvent("envelope.event_id is empty")
+    for table, table_rows in monitoring_rows(event).items():
+        rows.setdefault(table, []).extend(table_rows)
+
+
+def _dead_letter(msg: Message, rows: Rows) -> None:
+    # Never rejected: a dead letter that cannot be read would go back to the dead-letter topic, forever.
+    headers = {k: v for k, v in (msg.headers() or []) if v is not None}
+    rows[DEAD_LETTERS.name].append(dead_letter_row(
+        msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], headers, msg.key(), len(msg.value() or b"")))
+
+
+def metrics_batch_handler(sink: EventSink, dlq_topic: str):
+    decoders: dict[str, Callable[[Message, Rows], None]] = {
+        INFERENCE: _inference, MONITORING: _monitoring, dlq_topic: _dead_letter,
+    }
+
     def handle(batch: Sequence[Message]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        rows = []
+        rows: Rows = {INFERENCE_TABLE.name: [], DEAD_LETTERS.name: []}
         for msg in batch:
+            decode = decoders.get(msg.topic())
             try:
-                result = events_pb2.InferenceResult.FromString(msg.value() or b"")
-                if not result.envelope.event_id:
-                    raise InvalidEvent("envelope.event_id is empty")
-                rows.append(inference_row(result, msg.timestamp()[1]))
+                if decode is None:
+                    raise InvalidEvent(f"the metrics sink does not read {msg.topic()}")
+                decode(msg, rows)
                 outcomes.append([])
             except DecodeError as exc:
-                outcomes.append(Rejected("malformed_event", f"not an InferenceResult: {exc}"))
+                outcomes.append(Rejected("malformed_event", f"not a valid event of {msg.topic()}: {exc}"))
             except InvalidEvent as exc:
                 outcomes.append(Rejected("invalid_event", str(exc)))
         try:
             report = sink.write(rows)
         except Exception as exc:
             # The store is unavailable or refused the batch as a whole: retry it, commit nothing.
-            raise Retryable(f"insert into {sink.table} failed: {exc}") from exc
+            raise Retryable(f"insert failed: {exc}") from exc
         if report.duplicates:
             log.info("duplicates skipped", count=report.duplicates, stored=report.stored)
         return outcomes
 
     return handle
+
+
+def record_consumer_lag(stats_json: str) -> None:
+    """librdkafka's statistics callback (statistics.interval.ms): the lag of each assigned partition."""
+    stats = json.loads(stats_json)
+    for topic, topic_stats in stats.get("topics", {}).items():
+        for partition, p in topic_stats.get("partitions", {}).items():
+            if partition == "-1" or p.get("consumer_lag", -1) < 0:
+                continue
+            CONSUMER_LAG.labels(topic, partition).set(p["consumer_lag"])
+
+
+class LatestFrameFollower:
+    """Follows vigil.frames from its end, keeping only each camera's newest JPEG for the dashboard.
+
+    No consumer group and no commits: the frames of the past are of no interest, so it assigns every
+    partition at its end, and at restart starts at the end again. It parses each Frame (a copy of its bytes)
+    and decodes no image, so a camera at 5 fps costs next to nothing. Frames kept in the object store
+    (claim-check) are not held."""
+
+    def __init__(self, client_config: dict[str, str], frames: LatestFrames, topic: str = FRAMES) -> None:
+        self.frames = frames
+        self.topic = topic
+        self._consumer = Consumer({
+            **client_config, "group.id": "vigil-metrics-latest-frames", "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "fetch.wait.max.ms": 200,
+            # Bounded memory: a few frames' worth of prefetch, not librdkafka's default of ~64 MiB a partition.
+            "queued.max.messages.kbytes": 8192,
+        })
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            partitions = self._consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+            self._consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in partitions])
+            while not stop.is_set():
+                for msg in self._consumer.consume(100, 0.5):
+                    if msg.error() is None:
+                        self._offer(msg)
+        except Exception:
+            log.exception("latest-frame follower stopped; the dashboard shows no live frames")
+        finally:
+            self._consumer.close()
+
+    def _offer(self, msg: Message) -> None:
+        try:
+            frame = events_pb2.Frame.FromString(msg.value() or b"")
+        except DecodeError:
+            return  # the inference service dead-letters it; nothing to show
+        if frame.camera_id and frame.WhichOneof("payload") == "data" and frame.data:
+            self.frames.offer(frame.camera_id, frame.data, frame.sequence, frame.width, frame.height,
+                              frame.envelope.event_time.ToMilliseconds())

@@ -37,3 +37,270 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         TTL toDateTime(event_time) + INTERVAL 30 DAY
     """),
 ]
+
+# Rollups and derived tables read inference_events; each SELECT below is used twice: as the materialized
+# view (new rows) and as the backfill right after it (rows stored before the view existed).
+_DETECTIONS_SELECT = """
+    SELECT event_id, camera_id, model_name, model_version, shadow, event_time,
+           toUInt16(i) AS detection_index, labels[i] AS label, scores[i] AS score,
+           boxes[i].1 AS x1, boxes[i].2 AS y1, boxes[i].3 AS x2, boxes[i].4 AS y2
+    FROM inference_events ARRAY JOIN arrayEnumerate(labels) AS i
+"""
+_INFERENCE_MINUTE_SELECT = """
+    SELECT toStartOfMinute(event_time) AS minute, camera_id, model_name, model_version, shadow,
+           count() AS frames, sum(detection_count) AS detections, countIf(detection_count = 0) AS empty_frames
+    FROM inference_events GROUP BY minute, camera_id, model_name, model_version, shadow
+"""
+# Every stage the producer timed, plus 'total' (their sum): p50/p95/p99 per model and stage come from here.
+_LATENCY_MINUTE_SELECT = """
+    SELECT toStartOfMinute(event_time) AS minute, model_name, model_version, camera_id, stage,
+           quantilesState(0.5, 0.95, 0.99)(ms) AS latency_ms, count() AS samples
+    FROM inference_events
+    ARRAY JOIN arrayConcat(mapKeys(stage_latency_ms), ['total']) AS stage,
+               arrayConcat(mapValues(stage_latency_ms), [arraySum(mapValues(stage_latency_ms))]) AS ms
+    GROUP BY minute, model_name, model_version, camera_id, stage
+"""
+_DETECTIONS_MINUTE_SELECT = """
+    SELECT toStartOfMinute(event_time) AS minute, camera_id, model_name, shadow, label,
+           count() AS detections, sum(toFloat64(score)) AS score_sum
+    FROM inference_events ARRAY JOIN labels AS label, scores AS score
+    GROUP BY minute, camera_id, model_name, shadow, label
+"""
+_CAMERA_MINUTE_SELECT = """
+    SELECT toStartOfMinute(event_time) AS minute, camera_id,
+           avgState(fps_produced) AS fps_produced, avgState(fps_read) AS fps_read,
+           min(frames_dropped) AS frames_dropped_min, max(frames_dropped) AS frames_dropped_max,
+           argMaxState(state, event_time) AS last_state, count() AS reports
+    FROM camera_health GROUP BY minute, camera_id
+"""
+_DEAD_LETTERS_MINUTE_SELECT = """
+    SELECT toStartOfMinute(event_time) AS minute, origin_topic, reason, service, count() AS letters
+    FROM dead_letters GROUP BY minute, origin_topic, reason, service
+"""
+
+
+def _view(name: str, target: str, select: str) -> str:
+    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {target} AS {select}"
+
+
+MIGRATIONS += [
+    (2, "detections", """
+        CREATE TABLE IF NOT EXISTS detections (
+            event_id UUID,
+            camera_id LowCardinality(String),
+            model_name LowCardinality(String),
+            model_version LowCardinality(String),
+            shadow Bool,
+            event_time DateTime64(3, 'UTC'),
+            detection_index UInt16,
+            label LowCardinality(String),
+            score Float32,
+            x1 Float32, y1 Float32, x2 Float32, y2 Float32
+        )
+        -- Filled by the engine from inference_events (one insert feeds both), so a detection exists exactly
+        -- when its event does.
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMMDD(event_time)
+        ORDER BY (camera_id, event_time, event_id, detection_index)
+        TTL toDateTime(event_time) + INTERVAL 30 DAY
+    """),
+    (3, "detections_from_inference", _view("detections_from_inference", "detections", _DETECTIONS_SELECT)),
+    (4, "detections_backfill", f"INSERT INTO detections {_DETECTIONS_SELECT}"),
+    (5, "inference_minute", """
+        CREATE TABLE IF NOT EXISTS inference_minute (
+            minute DateTime('UTC'),
+            camera_id LowCardinality(String),
+            model_name LowCardinality(String),
+            model_version LowCardinality(String),
+            shadow Bool,
+            frames SimpleAggregateFunction(sum, UInt64),
+            detections SimpleAggregateFunction(sum, UInt64),
+            empty_frames SimpleAggregateFunction(sum, UInt64)
+        )
+        ENGINE = AggregatingMergeTree
+        PARTITION BY toYYYYMM(minute)
+        ORDER BY (camera_id, model_name, model_version, shadow, minute)
+        TTL minute + INTERVAL 400 DAY
+    """),
+    (6, "inference_minute_view", _view("inference_minute_from_inference", "inference_minute",
+                                       _INFERENCE_MINUTE_SELECT)),
+    (7, "inference_minute_backfill", f"INSERT INTO inference_minute {_INFERENCE_MINUTE_SELECT}"),
+    (8, "latency_minute", """
+        CREATE TABLE IF NOT EXISTS latency_minute (
+            minute DateTime('UTC'),
+            model_name LowCardinality(String),
+            model_version LowCardinality(String),
+            camera_id LowCardinality(String),
+            stage LowCardinality(String),
+            latency_ms AggregateFunction(quantiles(0.5, 0.95, 0.99), Float64),
+            samples SimpleAggregateFunction(sum, UInt64)
+        )
+        ENGINE = AggregatingMergeTree
+        PARTITION BY toYYYYMM(minute)
+        ORDER BY (model_name, stage, model_version, camera_id, minute)
+        TTL minute + INTERVAL 400 DAY
+    """),
+    (9, "latency_minute_view", _view("latency_minute_from_inference", "latency_minute", _LATENCY_MINUTE_SELECT)),
+    (10, "latency_minute_backfill", f"INSERT INTO latency_minute {_LATENCY_MINUTE_SELECT}"),
+    (11, "detections_minute", """
+        CREATE TABLE IF NOT EXISTS detections_minute (
+            minute DateTime('UTC'),
+            camera_id LowCardinality(String),
+            model_name LowCardinality(String),
+            shadow Bool,
+            label LowCardinality(String),
+            detections SimpleAggregateFunction(sum, UInt64),
+            score_sum SimpleAggregateFunction(sum, Float64)
+        )
+        ENGINE = AggregatingMergeTree
+        PARTITION BY toYYYYMM(minute)
+        ORDER BY (label, camera_id, model_name, shadow, minute)
+        TTL minute + INTERVAL 400 DAY
+    """),
+    (12, "detections_minute_view", _view("detections_minute_from_inference", "detections_minute",
+                                         _DETECTIONS_MINUTE_SELECT)),
+    (13, "detections_minute_backfill", f"INSERT INTO detections_minute {_DETECTIONS_MINUTE_SELECT}"),
+    (14, "monitoring_events", """
+        CREATE TABLE IF NOT EXISTS monitoring_events (
+            event_id UUID,
+            trace_id String,
+            source LowCardinality(String),
+            producer LowCardinality(String),
+            kind LowCardinality(String),      -- camera_status, drift_alert, model_status
+            subject String,                   -- the camera id or the model name
+            event_time DateTime64(3, 'UTC'),
+            ingest_time DateTime64(3, 'UTC'),
+            stored_time DateTime64(3, 'UTC') DEFAULT now64(3),
+            detail String                     -- the event's payload as JSON
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMMDD(event_time)
+        ORDER BY (kind, subject, event_time, event_id)
+        TTL toDateTime(event_time) + INTERVAL 30 DAY
+    """),
+    (15, "camera_health", """
+        CREATE TABLE IF NOT EXISTS camera_health (
+            event_id UUID,
+            camera_id LowCardinality(String),
+            event_time DateTime64(3, 'UTC'),
+            state LowCardinality(String),
+            reason String,
+            fps_read Float64,
+            fps_produced Float64,
+            frames_dropped UInt64,
+            frames_skipped UInt64,
+            reconnects UInt32,
+            last_frame_time Nullable(DateTime64(3, 'UTC'))
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(event_time)
+        ORDER BY (camera_id, event_time, event_id)
+        TTL toDateTime(event_time) + INTERVAL 90 DAY
+    """),
+    (16, "drift_scores", """
+        CREATE TABLE IF NOT EXISTS drift_scores (
+            event_id UUID,
+            model_name LowCardinality(String),
+            feature LowCardinality(String),
+            metric LowCardinality(String),
+            camera_id LowCardinality(String),
+            score Float64,
+            threshold Float64,
+            window_start DateTime64(3, 'UTC'),
+            window_end DateTime64(3, 'UTC'),
+            event_time DateTime64(3, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(event_time)
+        ORDER BY (model_name, feature, metric, event_time, event_id)
+        TTL toDateTime(event_time) + INTERVAL 400 DAY
+    """),
+    (17, "dead_letters", """
+        CREATE TABLE IF NOT EXISTS dead_letters (
+            event_id UUID,                    -- derived from the dead letter's own topic, partition and offset
+            event_time DateTime64(3, 'UTC'),  -- when it was dead-lettered (its Kafka timestamp)
+            dlq_partition Int32,
+            dlq_offset Int64,
+            reason LowCardinality(String),
+            error String,
+            service LowCardinality(String),
+            origin_topic LowCardinality(String),
+            origin_partition Int32,
+            origin_offset Int64,
+            message_key String,
+            message_bytes UInt32
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(event_time)
+        ORDER BY (origin_topic, event_time, event_id)
+        TTL toDateTime(event_time) + INTERVAL 30 DAY
+    """),
+    (18, "camera_minute", """
+        CREATE TABLE IF NOT EXISTS camera_minute (
+            minute DateTime('UTC'),
+            camera_id LowCardinality(String),
+            fps_produced AggregateFunction(avg, Float64),
+            fps_read AggregateFunction(avg, Float64),
+            frames_dropped_min SimpleAggregateFunction(min, UInt64),
+            frames_dropped_max SimpleAggregateFunction(max, UInt64),
+            last_state AggregateFunction(argMax, LowCardinality(String), DateTime64(3, 'UTC')),
+            reports SimpleAggregateFunction(sum, UInt64)
+        )
+        ENGINE = AggregatingMergeTree
+        PARTITION BY toYYYYMM(minute)
+        ORDER BY (camera_id, minute)
+        TTL minute + INTERVAL 400 DAY
+    """),
+    (19, "camera_minute_view", _view("camera_minute_from_health", "camera_minute", _CAMERA_MINUTE_SELECT)),
+    (20, "dead_letters_minute", """
+        CREATE TABLE IF NOT EXISTS dead_letters_minute (
+            minute DateTime('UTC'),
+            origin_topic LowCardinality(String),
+            reason LowCardinality(String),
+            service LowCardinality(String),
+            letters SimpleAggregateFunction(sum, UInt64)
+        )
+        ENGINE = AggregatingMergeTree
+        PARTITION BY toYYYYMM(minute)
+        ORDER BY (origin_topic, reason, service, minute)
+        TTL minute + INTERVAL 400 DAY
+    """),
+    (21, "dead_letters_minute_view", _view("dead_letters_minute_from_dead_letters", "dead_letters_minute",
+                                           _DEAD_LETTERS_MINUTE_SELECT)),
+    (22, "annotations", """
+        CREATE TABLE IF NOT EXISTS annotations (
+            event_id UUID,
+            task_id String,
+            kind LowCardinality(String),      -- task or label
+            camera_id LowCardinality(String),
+            frame_event_id String,
+            model_name LowCardinality(String),
+            reason LowCardinality(String),
+            annotator LowCardinality(String),
+            rejected Bool,
+            labels Array(LowCardinality(String)),
+            priority Float64,
+            event_time DateTime64(3, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree
+        PARTITION BY toYYYYMM(event_time)
+        ORDER BY (task_id, kind, event_time, event_id)
+        TTL toDateTime(event_time) + INTERVAL 400 DAY
+    """),
+    (23, "model_versions", """
+        CREATE TABLE IF NOT EXISTS model_versions (
+            event_id UUID,
+            model_name LowCardinality(String),
+            model_version String,
+            model_precision LowCardinality(String),
+            stage LowCardinality(String),     -- candidate, primary, canary, shadow, retired
+            artifact String,
+            metadata Map(String, String),
+            trained_on Array(String),
+            event_time DateTime64(3, 'UTC')
+        )
+        ENGINE = ReplacingMergeTree
+        ORDER BY (model_name, model_version, event_time, event_id)
+        TTL toDateTime(event_time) + INTERVAL 3650 DAY
+    """),
+]

@@ -1,10 +1,19 @@
-"""Inference results as rows of inference_events (pure: no store, no Kafka)."""
+"""Events as rows of the store's tables (pure: no store, no Kafka).
+
+Each table the sink writes has a TableSpec: its columns in insert order, which column is the event id (the
+dedupe key) and which the event time (it narrows the dedupe lookup to a few granules). Times are integer
+milliseconds since the epoch, which the DateTime64(3) columns take as they are."""
 from __future__ import annotations
 
+import json
 import uuid
-from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
+from google.protobuf.json_format import MessageToDict
+
+from libs.common.kafka import (DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC, DLQ_REASON,
+                               DLQ_SERVICE)
 from protos import events_pb2
 
 
@@ -12,8 +21,45 @@ class InvalidEvent(ValueError):
     pass
 
 
-def _utc(ts) -> datetime:
-    return ts.ToDatetime(tzinfo=timezone.utc)
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: tuple[str, ...]
+    id_index: int = 0
+
+    @property
+    def time_index(self) -> int:
+        return self.columns.index("event_time")
+
+
+INFERENCE_COLUMNS = (
+    "event_id", "trace_id", "camera_id", "frame_event_id", "frame_sequence", "model_name", "model_version",
+    "model_precision", "event_time", "ingest_time", "produced_time", "width", "height", "shadow",
+    "detection_count", "labels", "scores", "boxes", "stage_latency_ms",
+)
+INFERENCE = TableSpec("inference_events", INFERENCE_COLUMNS)
+MONITORING = TableSpec("monitoring_events", (
+    "event_id", "trace_id", "source", "producer", "kind", "subject", "event_time", "ingest_time", "detail"))
+CAMERA_HEALTH = TableSpec("camera_health", (
+    "event_id", "camera_id", "event_time", "state", "reason", "fps_read", "fps_produced", "frames_dropped",
+    "frames_skipped", "reconnects", "last_frame_time"))
+DRIFT = TableSpec("drift_scores", (
+    "event_id", "model_name", "feature", "metric", "camera_id", "score", "threshold", "window_start",
+    "window_end", "event_time"))
+DEAD_LETTERS = TableSpec("dead_letters", (
+    "event_id", "event_time", "dlq_partition", "dlq_offset", "reason", "error", "service", "origin_topic",
+    "origin_partition", "origin_offset", "message_key", "message_bytes"))
+TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DEAD_LETTERS)}
+
+# Dead letters carry no envelope of their own (their bytes may be anything): their id is derived from where
+# they sit in the dead-letter topic, so a re-read dead letter gets the same id.
+_DEAD_LETTER_ID_NAMESPACE = uuid.UUID("0b7f2d4e-8a61-4f0c-b7c5-2f8d3e9a1c44")
+
+Rows = dict[str, list[tuple[Any, ...]]]
+
+
+def _ms(ts) -> int:
+    return ts.seconds * 1000 + ts.nanos // 1_000_000
 
 
 def _uuid(value: str, field: str) -> uuid.UUID:
@@ -24,7 +70,7 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 
 def inference_row(result: events_pb2.InferenceResult, produced_ms: int) -> tuple[Any, ...]:
-    """One row in the order of store.INFERENCE_COLUMNS. produced_ms is the Kafka timestamp of the event."""
+    """One row in the order of INFERENCE_COLUMNS. produced_ms is the Kafka timestamp of the event."""
     env = result.envelope
     detections = result.detections
     return (
@@ -36,9 +82,9 @@ def inference_row(result: events_pb2.InferenceResult, produced_ms: int) -> tuple
         result.model.name,
         result.model.version,
         result.model.precision,
-        _utc(env.event_time),
-        _utc(env.ingest_time),
-        datetime.fromtimestamp(produced_ms / 1000, tz=timezone.utc),
+        _ms(env.event_time),
+        _ms(env.ingest_time),
+        produced_ms,
         result.width,
         result.height,
         result.shadow,
@@ -47,4 +93,60 @@ def inference_row(result: events_pb2.InferenceResult, produced_ms: int) -> tuple
         [d.score for d in detections],
         [(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in detections],
         dict(result.stage_latency_ms),
+    )
+
+
+_CAMERA_STATES = {v: k.removeprefix("CAMERA_STATE_").lower()
+                  for k, v in events_pb2.CameraState.items()}
+
+
+def monitoring_rows(event: events_pb2.MonitoringEvent) -> Rows:
+    """A monitoring_events row for every event, plus its row in camera_health or drift_scores."""
+    env = event.envelope
+    event_id = _uuid(env.event_id, "envelope.event_id")
+    kind = event.WhichOneof("detail")
+    if kind is None:
+        raise InvalidEvent("MonitoringEvent has no detail (camera_status, drift_alert or model_status)")
+    detail = getattr(event, kind)
+    event_ms = _ms(env.event_time)
+    rows: Rows = {}
+    if kind == "camera_status":
+        subject = detail.camera_id
+        rows[CAMERA_HEALTH.name] = [(
+            event_id, detail.camera_id, event_ms, _CAMERA_STATES.get(detail.state, "unspecified"), detail.reason,
+            detail.fps_read, detail.fps_produced, detail.frames_dropped, detail.frames_skipped, detail.reconnects,
+            _ms(detail.last_frame_time) if detail.HasField("last_frame_time") else None,
+        )]
+    elif kind == "drift_alert":
+        subject = detail.model_name
+        rows[DRIFT.name] = [(
+            event_id, detail.model_name, detail.feature, detail.metric, detail.camera_id, detail.score,
+            detail.threshold, _ms(detail.window_start), _ms(detail.window_end), event_ms,
+        )]
+    else:
+        subject = detail.model.name
+    rows[MONITORING.name] = [(
+        event_id, env.trace_id, env.source, env.producer, kind, subject, event_ms, _ms(env.ingest_time),
+        json.dumps(MessageToDict(detail, preserving_proto_field_name=True), sort_keys=True),
+    )]
+    return rows
+
+
+def dead_letter_row(topic: str, partition: int, offset: int, timestamp_ms: int,
+                    headers: Mapping[str, bytes], key: bytes | None, size: int) -> tuple[Any, ...]:
+    def header(name: str, default: str = "") -> str:
+        value = headers.get(name)
+        return value.decode("utf-8", "replace") if value is not None else default
+
+    def header_int(name: str) -> int:
+        try:
+            return int(header(name, "-1"))
+        except ValueError:
+            return -1
+
+    return (
+        uuid.uuid5(_DEAD_LETTER_ID_NAMESPACE, f"{topic}/{partition}/{offset}"), timestamp_ms, partition, offset,
+        header(DLQ_REASON, "unknown"), header(DLQ_ERROR)[:4096], header(DLQ_SERVICE),
+        header(DLQ_ORIGIN_TOPIC, "unknown"), header_int(DLQ_ORIGIN_PARTITION),
+        header_int(DLQ_ORIGIN_OFFSET), (key or b"").decode("utf-8", "replace"), size,
     )

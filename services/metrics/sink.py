@@ -1,50 +1,93 @@
-"""Writes batches of events into the store, each event id once."""
+"""Writes batches of rows into the store's tables, each event id once per table.
+
+Delivery from Kafka is at least once, so a batch may hold events already stored (a replay after a crash, a
+rebalance). Before inserting, the sink asks the store which of the batch's ids it holds and drops those; the
+tables are ReplacingMergeTrees keyed by the id as the second line of defence. A table's rows are one
+column-oriented insert; materialized views in the engine derive detections and the per-minute rollups from it."""
 from __future__ import annotations
 
+import collections
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from services.metrics.store import INFERENCE_COLUMNS, MetricsStore
+from services.metrics.rows import TABLES, TableSpec
+from services.metrics.store import MetricsStore
 
 ROWS_STORED = Counter("vigil_metrics_rows_stored_total", "Rows inserted", ["table"])
 DUPLICATES = Counter("vigil_metrics_duplicates_total", "Events skipped because their id was stored", ["table"])
-INSERT_SECONDS = Histogram("vigil_metrics_insert_seconds", "Time of one batch insert", ["table"])
+INSERT_SECONDS = Histogram("vigil_metrics_insert_seconds", "Time of one batch insert", ["table"],
+                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 BATCH_ROWS = Histogram("vigil_metrics_batch_rows", "Rows per insert", ["table"],
-                       buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000))
+                       buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000, 100000))
+ROWS_PER_SECOND = Gauge("vigil_metrics_rows_per_second", "Rows stored per second over the last 10 s", ["table"])
 
 
-@dataclass(frozen=True)
+@dataclass
 class WriteReport:
-    stored: int
-    duplicates: int
+    stored: int = 0
+    duplicates: int = 0
+    per_table: dict[str, int] = field(default_factory=dict)
 
 
-class InferenceEventSink:
-    table = "inference_events"
+class RateWindow:
+    """Rows per second over a sliding window, per table (for the gauge and the dashboard)."""
 
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._events: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(collections.deque)
+        self._lock = threading.Lock()
+
+    def add(self, table: str, rows: int, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            events = self._events[table]
+            events.append((now, rows))
+            while events and events[0][0] < now - self.window_s:
+                events.popleft()
+            return sum(n for _, n in events) / self.window_s
+
+
+def _dedupe_within(rows: Sequence[tuple[Any, ...]], spec: TableSpec) -> dict[str, tuple[Any, ...]]:
+    unique: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        unique.setdefault(str(row[spec.id_index]), row)
+    return unique
+
+
+class EventSink:
     def __init__(self, store: MetricsStore) -> None:
         self.store = store
+        self.rates = RateWindow()
 
-    def write(self, rows: Sequence[tuple[Any, ...]]) -> WriteReport:
-        """rows are in INFERENCE_COLUMNS order; column 0 is the event id, column 8 the event time."""
-        unique: dict[str, tuple[Any, ...]] = {}
-        for row in rows:
-            unique.setdefault(str(row[0]), row)
-        if unique:
-            times = [row[8] for row in unique.values()]
-            already = self.store.stored_event_ids(self.table, list(unique), (min(times), max(times)))
-            for event_id in already:
-                del unique[event_id]
+    def write(self, rows_by_table: Mapping[str, Sequence[tuple[Any, ...]]]) -> WriteReport:
+        report = WriteReport()
+        for table, rows in rows_by_table.items():
+            if not rows:
+                continue
+            stored, duplicates = self._write_table(TABLES[table], rows)
+            report.stored += stored
+            report.duplicates += duplicates
+            report.per_table[table] = stored
+        return report
+
+    def _write_table(self, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
+        unique = _dedupe_within(rows, spec)
+        times = [row[spec.time_index] for row in unique.values()]
+        already = self.store.stored_event_ids(spec.name, list(unique), (min(times), max(times)))
+        for event_id in already:
+            del unique[event_id]
         fresh = list(unique.values())
         duplicates = len(rows) - len(fresh)
         if fresh:
             started = time.perf_counter()
-            self.store.insert_columns(self.table, INFERENCE_COLUMNS, list(zip(*fresh)))
-            INSERT_SECONDS.labels(self.table).observe(time.perf_counter() - started)
-            BATCH_ROWS.labels(self.table).observe(len(fresh))
-            ROWS_STORED.labels(self.table).inc(len(fresh))
-        DUPLICATES.labels(self.table).inc(duplicates)
-        return WriteReport(len(fresh), duplicates)
+            self.store.insert_columns(spec.name, spec.columns, list(zip(*fresh)))
+            INSERT_SECONDS.labels(spec.name).observe(time.perf_counter() - started)
+            BATCH_ROWS.labels(spec.name).observe(len(fresh))
+            ROWS_STORED.labels(spec.name).inc(len(fresh))
+        ROWS_PER_SECOND.labels(spec.name).set(self.rates.add(spec.name, len(fresh)))
+        DUPLICATES.labels(spec.name).inc(duplicates)
+        return len(fresh), duplicates

@@ -2,6 +2,7 @@
 process: one writer per data directory) or a ClickHouse server by URL. Same SQL either way."""
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,15 +15,20 @@ from services.metrics.migrations import MIGRATIONS
 
 log = get_logger(__name__)
 
-INFERENCE_COLUMNS = (
-    "event_id", "trace_id", "camera_id", "frame_event_id", "frame_sequence", "model_name", "model_version",
-    "model_precision", "event_time", "ingest_time", "produced_time", "width", "height", "shadow",
-    "detection_count", "labels", "scores", "boxes", "stage_latency_ms",
-)
 
 
 class QueryRefused(ValueError):
-    """An ad-hoc query the store will not run (it writes, or it broke a limit)."""
+    """An ad-hoc query the store will not run (it writes, or it reads what it may not)."""
+
+
+# What ad-hoc SQL may read: the store's own tables, and table functions that read no data at all. The engine's
+# analyzer names every table a query touches (through subqueries, CTEs, joins, views); chdb has no users or
+# grants to deny the system database, so its query tree is checked instead of the text.
+ALLOWED_TABLE_FUNCTIONS = frozenset({"numbers", "zeros", "generateSeries", "generate_series"})
+# A SELECT without FROM reads system.one, a single row with a zero: harmless.
+ALLOWED_SYSTEM_TABLES = frozenset({"system.one"})
+_TREE_TABLE = re.compile(r"^\s*TABLE id: \d+.*?table_name: (\S+)")
+_TREE_TABLE_FUNCTION = re.compile(r"^\s*TABLE_FUNCTION id: \d+.*?table_function_name: (\w+)")
 
 
 def open_client(store_path: Path, clickhouse_url: str | None, settings: dict[str, Any] | None = None) -> Client:
@@ -48,11 +54,14 @@ class MetricsStore:
              query_max_seconds: float = 10.0) -> "MetricsStore":
         writer = open_client(store_path, clickhouse_url)
         reader = open_client(store_path, clickhouse_url, readonly_settings(query_max_rows, query_max_seconds))
-        return cls(writer, reader)
+        # Explains ad-hoc queries (never runs them): read-only too, without the row limit on its answer.
+        inspector = open_client(store_path, clickhouse_url, {"max_execution_time": query_max_seconds, "readonly": 1})
+        return cls(writer, reader, inspector)
 
-    def __init__(self, client: Client, reader: Client) -> None:
+    def __init__(self, client: Client, reader: Client, inspector: Client | None = None) -> None:
         self._client = client
         self._reader = reader
+        self._inspector = inspector or reader
         # The clients are synchronous and share one engine; the query API and the sink take turns.
         self._lock = threading.Lock()
 
@@ -73,15 +82,16 @@ class MetricsStore:
                 done.append(version)
             return done
 
-    def stored_event_ids(self, table: str, event_ids: Sequence[str], time_range: tuple[Any, Any]) -> set[str]:
+    def stored_event_ids(self, table: str, event_ids: Sequence[str], time_range: tuple[int, int]) -> set[str]:
         """Which of these event ids the table already holds. The time range (the events' own event_time
-        span) lets the engine skip all but a few granules."""
+        span, in ms since the epoch) lets the engine skip all but a few granules."""
         if not event_ids:
             return set()
         with self._lock:
             rows = self._client.query(
                 f"SELECT DISTINCT toString(event_id) FROM {table} "
-                "WHERE event_time BETWEEN {lo:DateTime64(3, 'UTC')} AND {hi:DateTime64(3, 'UTC')} "
+                "WHERE event_time BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC') "
                 "AND event_id IN {ids:Array(UUID)}",
                 parameters={"lo": time_range[0], "hi": time_range[1], "ids": list(event_ids)},
             ).result_rows
@@ -102,7 +112,37 @@ class MetricsStore:
                 raise
         return {"columns": list(result.column_names), "rows": [list(r) for r in result.result_rows]}
 
+    def query_adhoc(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ad-hoc SQL from a user: refused unless it only reads the store's own tables; then run read-only,
+        within the engine's time and row limits."""
+        self._check_reads_only_store_tables(sql, parameters)
+        return self.query_readonly(sql, parameters)
+
+    def _check_reads_only_store_tables(self, sql: str, parameters: dict[str, Any] | None) -> None:
+        with self._lock:
+            try:
+                database = self._inspector.command("SELECT currentDatabase()")
+                tree = self._inspector.query(f"EXPLAIN QUERY TREE {sql}", parameters=parameters).result_rows
+            except Exception as exc:
+                message = str(exc)
+                if "(READONLY)" in message:
+                    raise QueryRefused("refused: the query API is read-only") from exc
+                if "(SYNTAX_ERROR)" in message and not re.match(r"(?is)^\s*(select|with)\b", sql):
+                    raise QueryRefused("refused: the query API is read-only and answers SELECT queries only") from exc
+                raise
+        for (line,) in tree:
+            table = _TREE_TABLE.match(line)
+            if table and table.group(1) not in ALLOWED_SYSTEM_TABLES \
+                    and not table.group(1).startswith(f"{database}."):
+                raise QueryRefused(f"refused: {table.group(1)} is not a table of the metrics store "
+                                   "(system tables and other databases are not readable here)")
+            function = _TREE_TABLE_FUNCTION.match(line)
+            if function and function.group(1) not in ALLOWED_TABLE_FUNCTIONS:
+                raise QueryRefused(f"refused: table function {function.group(1)}() is not allowed here")
+
     def close(self) -> None:
         with self._lock:
+            if self._inspector is not self._reader:
+                self._inspector.close()
             self._reader.close()
             self._client.close()

@@ -26,7 +26,7 @@ def stack(tmp_path_factory) -> LocalStack:
     })
     stack.install()
     try:
-        stack.supervisor.up(progress=_progress)
+        stack.up(progress=_progress)
         yield stack
     finally:
         for name in ("ingest", "inference", "metrics", "camera", "objectstore", "kafka"):

@@ -5,8 +5,9 @@ import pytest
 
 from libs.common.envelope import derived_envelope, new_envelope
 from protos import events_pb2
+from services.metrics.migrations import MIGRATIONS
 from services.metrics.rows import InvalidEvent, inference_row
-from services.metrics.sink import InferenceEventSink
+from services.metrics.sink import EventSink
 from services.metrics.store import MetricsStore, QueryRefused
 
 
@@ -32,16 +33,17 @@ def inference_result(camera_id="cam-1", labels=("person", "car")) -> events_pb2.
 
 def test_migrations_are_recorded_and_applied_once(store):
     assert store.migrate() == []
-    rows = store.query_readonly("SELECT version FROM schema_migrations")["rows"]
-    assert [r[0] for r in rows] == [1]
+    versions = store.query_readonly("SELECT arraySort(groupArray(version)) FROM schema_migrations")["rows"][0][0]
+    assert versions == [version for version, _, _ in MIGRATIONS]
+    assert versions[:2] == [1, 2]
 
 
 def test_each_event_id_is_stored_once_across_batches_and_within_one(store):
-    sink = InferenceEventSink(store)
+    sink = EventSink(store)
     results = [inference_result(camera_id="dedupe") for _ in range(5)]
     rows = [inference_row(r, int(time.time() * 1000)) for r in results]
-    assert sink.write(rows + rows[:2]).stored == 5   # duplicates inside one batch
-    report = sink.write(rows[1:4])                     # a replay of stored events
+    assert sink.write({"inference_events": rows + rows[:2]}).stored == 5   # duplicates inside one batch
+    report = sink.write({"inference_events": rows[1:4]})                     # a replay of stored events
     assert (report.stored, report.duplicates) == (0, 3)
     count, unique = store.query_readonly(
         "SELECT count(), uniqExact(event_id) FROM inference_events WHERE camera_id = 'dedupe'")["rows"][0]
@@ -50,7 +52,7 @@ def test_each_event_id_is_stored_once_across_batches_and_within_one(store):
 
 def test_a_row_keeps_detections_and_latencies(store):
     result = inference_result(camera_id="detail")
-    InferenceEventSink(store).write([inference_row(result, 1_700_000_000_000)])
+    EventSink(store).write({"inference_events": [inference_row(result, 1_700_000_000_000)]})
     row = store.query_readonly(
         "SELECT labels, detection_count, stage_latency_ms['infer'], toString(frame_event_id) "
         "FROM inference_events WHERE camera_id = 'detail'")["rows"][0]

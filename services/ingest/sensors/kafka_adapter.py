@@ -1,0 +1,217 @@
+"""Kafka side of sensor ingest: the batch handler for vigil.sensors.raw (protobuf or JSON in, valid readings to
+vigil.sensors, rejects to the DLQ through the runner), the follower that keeps the registry view current, and
+the publisher the HTTP endpoint hands readings to."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Callable, Sequence
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+
+from libs.common.kafka import Outbound, Outcome, Rejected, producer_config
+from libs.common.logs import get_logger, trace_context
+from libs.common.ops import Heartbeat
+from libs.common.settings import KafkaSettings
+from libs.common.topics import SENSORS, SENSORS_REGISTRY
+from protos import events_pb2
+from services.ingest.sensors.json_readings import (
+    InvalidJsonReading, event_id_for_position, parse_json, reading_from_json,
+)
+from services.ingest.sensors.registry import SensorRegistry
+from services.ingest.sensors.validation import ClockLimits, validate_reading
+
+log = get_logger(__name__)
+
+READINGS = Counter("vigil_ingest_sensor_readings_total", "Sensor readings judged, by outcome "
+                   "(accepted, or the reason of the rejection)", ["outcome"])
+
+PRODUCER = "ingest"
+CONTENT_TYPE = "content-type"
+JSON_TYPE = b"application/json"
+PROTOBUF_TYPE = b"application/x-protobuf"
+MALFORMED_EVENT = "malformed_event"
+
+
+def _is_json(msg: Message) -> bool:
+    """A content-type header decides; without one, a value starting with '{' is JSON (a SensorReading in
+    protobuf starts with a field tag, never with that byte's tag of field 15)."""
+    for name, value in msg.headers() or []:
+        if name.lower() == CONTENT_TYPE and value:
+            return value.split(b";")[0].strip().lower() == JSON_TYPE
+    return (msg.value() or b"").lstrip()[:1] == b"{"
+
+
+def _decode(msg: Message) -> tuple[events_pb2.SensorReading, bytes]:
+    """The reading and the bytes to forward: a protobuf reading's own bytes, untouched; a JSON one converted."""
+    raw = msg.value() or b""
+    if _is_json(msg):
+        item = parse_json(raw)
+        reading = reading_from_json(item, PRODUCER, event_id_for_position(msg.topic(), msg.partition(), msg.offset()))
+        return reading, reading.SerializeToString()
+    try:
+        return events_pb2.SensorReading.FromString(raw), raw
+    except DecodeError as exc:
+        raise InvalidJsonReading(MALFORMED_EVENT, f"neither JSON nor a protobuf SensorReading: {exc}") from exc
+
+
+def sensor_reading_batch_handler(
+    registry: SensorRegistry, limits: ClockLimits, clock_ns: Callable[[], int] = time.time_ns,
+) -> Callable[[Sequence[Message]], list[Outcome]]:
+    def handle(batch: Sequence[Message]) -> list[Outcome]:
+        definitions, now_ns = registry.snapshot(), clock_ns()
+        outcomes: list[Outcome] = []
+        for msg in batch:
+            try:
+                reading, value = _decode(msg)
+            except InvalidJsonReading as exc:
+                READINGS.labels(exc.reason).inc()
+                outcomes.append(Rejected(exc.reason, exc.detail))
+                continue
+            problem = validate_reading(reading, definitions, now_ns, limits)
+            READINGS.labels(problem.reason if problem else "accepted").inc()
+            if problem:
+                with trace_context(reading.envelope.trace_id):
+                    log.debug("sensor reading rejected", sensor_id=reading.sensor_id, reason=problem.reason)
+                outcomes.append(Rejected(problem.reason, problem.detail))
+            else:
+                outcomes.append([Outbound(SENSORS, value, reading.sensor_id.encode())])
+        return outcomes
+
+    return handle
+
+
+class RegistryFollower:
+    """Reads the whole registry topic from the beginning, then follows it. No consumer group offsets: every
+    replica needs every sensor, and every start must rebuild the view from the compacted log."""
+
+    def __init__(self, client_config: dict[str, str], registry: SensorRegistry, topic: str = SENSORS_REGISTRY,
+                 poll_s: float = 0.2) -> None:
+        self.registry = registry
+        self.topic = topic
+        self.poll_s = poll_s
+        self.loaded = threading.Event()  # the whole log as of start has been applied
+        self.heartbeat = Heartbeat(max_age_s=30)
+        self._config = {
+            **client_config,
+            # Required by the client, never joined: assign() and no commits.
+            "group.id": f"vigil-sensor-registry-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = Consumer(self._config)
+        try:
+            partitions = self._wait_for_partitions(consumer, stop)
+            if partitions is None:
+                return
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            unread = set(partitions)
+            log.info("following the sensor registry", topic=self.topic, partitions=len(partitions))
+            while not stop.is_set():
+                self.heartbeat.beat()
+                msg = consumer.poll(self.poll_s)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        unread.discard(msg.partition())
+                        if not unread and not self.loaded.is_set():
+                            self.loaded.set()
+                            log.info("sensor registry loaded", sensors=len(self.registry.snapshot()))
+                    elif err.fatal():
+                        raise RuntimeError(f"fatal Kafka error: {err.str()}")
+                    else:
+                        log.warning("kafka error", error=err.str())
+                    continue
+                change = self.registry.apply(msg.key(), msg.value())
+                if self.loaded.is_set():
+                    log.info("sensor registry changed", sensor_id=(msg.key() or b"").decode("utf-8", "replace"),
+                             change=change)
+        finally:
+            consumer.close()
+
+    def _wait_for_partitions(self, consumer: Consumer, stop: threading.Event) -> list[int] | None:
+        while not stop.is_set():
+            self.heartbeat.beat()
+            try:
+                topic = consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+                if topic is not None and topic.error is None and topic.partitions:
+                    return sorted(topic.partitions)
+                log.warning("sensor registry topic not there yet", topic=self.topic)
+            except Exception as exc:  # the broker is not reachable yet: keep trying, liveness stays green
+                log.warning("cannot list the sensor registry topic", error=str(exc))
+            stop.wait(1.0)
+        return None
+
+
+def read_registry(client_config: dict[str, str], timeout_s: float = 30.0,
+                  topic: str = SENSORS_REGISTRY) -> dict[str, events_pb2.SensorDefinition]:
+    """The registry as it is now: the topic read once to its end (for `vigil sensors list`)."""
+    registry = SensorRegistry()
+    follower = RegistryFollower(client_config, registry, topic)
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.run, args=(stop,), name="sensor-registry-read", daemon=True)
+    thread.start()
+    loaded = follower.loaded.wait(timeout_s)
+    stop.set()
+    thread.join()
+    if not loaded:
+        raise TimeoutError(f"{topic} not read to its end within {timeout_s:.0f}s")
+    return dict(registry.snapshot())
+
+
+class DeliveryReport:
+    """Which messages of one batch were delivered: an error text per message, None when delivered."""
+
+    def __init__(self, count: int) -> None:
+        self.errors: list[str | None] = ["not delivered in time"] * count
+        self._remaining = count
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        if count == 0:
+            self.done.set()
+
+    def callback(self, index: int):
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            with self._lock:
+                self.errors[index] = None if err is None else err.str()
+                self._remaining -= 1
+                if self._remaining == 0:
+                    self.done.set()
+        return on_delivery
+
+
+class ReadingPublisher:
+    """Produces readings for the HTTP endpoint and tells each caller which of its own messages Kafka took.
+    Request threads share one producer; each serves delivery callbacks until its own batch is done."""
+
+    def __init__(self, kafka: KafkaSettings, client_id: str = "ingest-sensors-http") -> None:
+        self._producer = Producer(producer_config(kafka, client_id))
+
+    def deliver(self, messages: Sequence[Outbound], timeout_s: float) -> list[str | None]:
+        report = DeliveryReport(len(messages))
+        deadline = time.monotonic() + timeout_s
+        for index, out in enumerate(messages):
+            while True:
+                try:
+                    self._producer.produce(out.topic, value=out.value, key=out.key,
+                                           headers=list(out.headers.items()) or None,
+                                           on_delivery=report.callback(index))
+                    break
+                except BufferError:  # the local queue is full: serve callbacks until there is room
+                    if time.monotonic() > deadline:
+                        return report.errors
+                    self._producer.poll(0.05)
+        while not report.done.is_set() and time.monotonic() < deadline:
+            self._producer.poll(0.05)
+        return list(report.errors)
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        return self._producer.flush(timeout_s)
+

@@ -1,0 +1,152 @@
+"""Named, parameterized queries: what the CLI and the dashboard ask the store (pure: no HTTP).
+
+Each query reads the per-minute rollups where one exists, so its cost does not grow with the event rate.
+Parameters are bound by the engine (server-side binding with declared types), never pasted into SQL text.
+Every query takes `since` and `until` (ISO 8601 times, UTC unless they carry an offset; default: the last
+hour); an empty filter parameter (camera_id, model_name...) means "all"."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Mapping
+
+
+class BadParameter(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    name: str
+    description: str
+    sql: str
+    # Extra parameters beyond since/until: name -> (ClickHouse type, default).
+    parameters: dict[str, tuple[str, Any]] = field(default_factory=dict)
+
+
+_WINDOW = "minute >= toStartOfMinute({since:DateTime64(3, 'UTC')}) AND minute < {until:DateTime64(3, 'UTC')}"
+_EVENT_WINDOW = "event_time >= {since:DateTime64(3, 'UTC')} AND event_time < {until:DateTime64(3, 'UTC')}"
+_SECONDS = "greatest(1, dateDiff('second', {since:DateTime64(3, 'UTC')}, {until:DateTime64(3, 'UTC')}))"
+_CAMERA = "({camera_id:String} = '' OR camera_id = {camera_id:String})"
+_MODEL = "({model_name:String} = '' OR model_name = {model_name:String})"
+
+NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
+    NamedQuery(
+        "fps_per_camera", "Results per second of each camera over the window (primary models only).",
+        f"""SELECT camera_id, sum(frames) AS frames, round(frames / {_SECONDS}, 3) AS fps
+            FROM inference_minute WHERE {_WINDOW} AND NOT shadow AND {_CAMERA}
+            GROUP BY camera_id ORDER BY camera_id""",
+        {"camera_id": ("String", "")}),
+    NamedQuery(
+        "throughput", "Inference results per second, per minute and camera (primary models only).",
+        f"""SELECT minute, camera_id, sum(frames) AS frames, round(frames / 60, 3) AS fps,
+                   sum(detections) AS detections
+            FROM inference_minute WHERE {_WINDOW} AND NOT shadow AND {_CAMERA}
+            GROUP BY minute, camera_id ORDER BY minute, camera_id""",
+        {"camera_id": ("String", "")}),
+    NamedQuery(
+        "latency_quantiles", "Latency p50/p95/p99 in ms per model and stage ('total' is the sum of the stages).",
+        f"""SELECT model_name, stage, sum(samples) AS samples,
+                   arrayMap(q -> round(q, 3), quantilesMerge(0.5, 0.95, 0.99)(latency_ms)) AS q,
+                   q[1] AS p50_ms, q[2] AS p95_ms, q[3] AS p99_ms
+            FROM latency_minute WHERE {_WINDOW} AND {_MODEL} AND {_CAMERA}
+            GROUP BY model_name, stage ORDER BY model_name, stage""",
+        {"model_name": ("String", ""), "camera_id": ("String", "")}),
+    NamedQuery(
+        "latency_over_time", "Latency p50/p95/p99 in ms of one stage, per minute and model.",
+        f"""SELECT minute, model_name, arrayMap(q -> round(q, 3), quantilesMerge(0.5, 0.95, 0.99)(latency_ms)) AS q,
+                   q[1] AS p50_ms, q[2] AS p95_ms, q[3] AS p99_ms
+            FROM latency_minute WHERE {_WINDOW} AND stage = {{stage:String}} AND {_MODEL} AND {_CAMERA}
+            GROUP BY minute, model_name ORDER BY minute, model_name""",
+        {"stage": ("String", "total"), "model_name": ("String", ""), "camera_id": ("String", "")}),
+    NamedQuery(
+        "detections_per_class", "Detections per class and minute, with their mean score (primary models only).",
+        f"""SELECT minute, label, sum(detections) AS detections, round(sum(score_sum) / detections, 4) AS mean_score
+            FROM detections_minute WHERE {_WINDOW} AND NOT shadow AND {_CAMERA} AND {_MODEL}
+            GROUP BY minute, label ORDER BY minute, label""",
+        {"camera_id": ("String", ""), "model_name": ("String", "")}),
+    NamedQuery(
+        "camera_health_timeline", "Every status report of the cameras: state, rates, drops, reconnects.",
+        f"""SELECT event_time, camera_id, state, reason, fps_read, fps_produced, frames_dropped, frames_skipped,
+                   reconnects
+            FROM camera_health WHERE {_EVENT_WINDOW} AND {_CAMERA}
+            ORDER BY camera_id, event_time LIMIT 1 BY event_id""",
+        {"camera_id": ("String", "")}),
+    NamedQuery(
+        "cameras", "Each camera seen in the window: its last reported state, results per second, last result.",
+        f"""SELECT camera_id, if(h.state = '', 'unknown', h.state) AS state, h.reason AS reason,
+                   h.fps_produced AS fps_produced, i.fps AS fps, i.last_result AS last_result
+            FROM (SELECT camera_id, argMax(state, event_time) AS state, argMax(reason, event_time) AS reason,
+                         argMax(fps_produced, event_time) AS fps_produced
+                  FROM camera_health WHERE {_EVENT_WINDOW} GROUP BY camera_id) AS h
+            FULL OUTER JOIN
+                 (SELECT camera_id, round(count() / {_SECONDS}, 3) AS fps, max(event_time) AS last_result
+                  FROM inference_events WHERE {_EVENT_WINDOW} AND NOT shadow GROUP BY camera_id) AS i
+            USING camera_id ORDER BY camera_id""",
+        {}),
+    NamedQuery(
+        "drift_scores", "Drift scores per model, feature and statistic, with their threshold.",
+        f"""SELECT event_time, model_name, feature, metric, camera_id, score, threshold, score > threshold AS drifted,
+                   window_start, window_end
+            FROM drift_scores WHERE {_EVENT_WINDOW} AND {_MODEL}
+            ORDER BY model_name, feature, metric, event_time LIMIT 1 BY event_id""",
+        {"model_name": ("String", "")}),
+    NamedQuery(
+        "dead_letter_rate", "Dead letters per minute, origin topic and reason, and per second.",
+        f"""SELECT minute, origin_topic, reason, sum(letters) AS letters, round(letters / 60, 4) AS per_second
+            FROM dead_letters_minute WHERE {_WINDOW}
+            GROUP BY minute, origin_topic, reason ORDER BY minute, origin_topic, reason"""),
+    NamedQuery(
+        "recent_detections", "The detections of one camera's latest results (the dashboard's live view).",
+        """SELECT toString(event_id) AS event_id, event_time, frame_sequence, width, height, labels, scores, boxes
+           FROM inference_events
+           WHERE camera_id = {camera_id:String} AND NOT shadow
+             AND event_time >= {since:DateTime64(3, 'UTC')} AND event_time < {until:DateTime64(3, 'UTC')}
+           ORDER BY event_time DESC LIMIT {limit:UInt32}""",
+        {"camera_id": ("String", ""), "limit": ("UInt32", 5)}),
+)}
+
+
+def _clickhouse_time(value: Any, name: str) -> str:
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            raise BadParameter(f"{name} is not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def bind(query: NamedQuery, given: Mapping[str, Any] | None, now: datetime | None = None) -> dict[str, Any]:
+    """The parameters to run `query` with: given values checked and converted, defaults for the rest."""
+    given = dict(given or {})
+    unknown = set(given) - set(query.parameters) - {"since", "until"}
+    if unknown:
+        raise BadParameter(f"{query.name} has no parameter {', '.join(sorted(unknown))}; it takes "
+                           f"{', '.join(['since', 'until', *query.parameters])}")
+    until = given.get("until") or (now or datetime.now(timezone.utc))
+    since = given.get("since") or _parse_or_pass(until) - timedelta(hours=1)
+    bound: dict[str, Any] = {"since": _clickhouse_time(since, "since"), "until": _clickhouse_time(until, "until")}
+    for name, (ch_type, default) in query.parameters.items():
+        value = given.get(name, default)
+        if ch_type.startswith("UInt"):
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                raise BadParameter(f"{name} must be a whole number: {value!r}") from None
+            if value < 0:
+                raise BadParameter(f"{name} must not be negative: {value}")
+        else:
+            value = str(value)
+        bound[name] = value
+    return bound
+
+
+def _parse_or_pass(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    moment = datetime.fromisoformat(_clickhouse_time(value, "until"))
+    return moment.replace(tzinfo=timezone.utc)
