@@ -20,6 +20,8 @@ MESSAGE_OF_TOPIC = {
     topics.SENSORS: events_pb2.SensorReading,
     topics.INFERENCE: events_pb2.InferenceResult,
     topics.MONITORING: events_pb2.MonitoringEvent,
+    topics.CAMERAS: events_pb2.CameraConfig,
+    topics.SENSORS_REGISTRY: events_pb2.SensorDefinition,
 }
 
 

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 from google.protobuf.json_format import MessageToDict
 
 from libs.common.envelope import timestamp_from_ns
+from libs.common.logs import configure_logging
 from libs.common.settings import KafkaSettings
 from libs.common.topics import CATALOG, SENSORS_REGISTRY, ensure_topics
 from protos import events_pb2
@@ -107,4 +108,10 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     listing = sub.add_parser("list", help="the registry as it is now")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     commands = {"add": cmd_add, "remove": cmd_remove, "list": cmd_list}
-    return {"sensors": lambda stack, args: commands[args.sensors_command](stack, args)}
+
+    def cmd_sensors(stack, args: argparse.Namespace) -> int:
+        # The registry reader logs like a service does; here only problems, and on stderr, never in the output.
+        configure_logging("cli", "WARNING")
+        return commands[args.sensors_command](stack, args)
+
+    return {"sensors": cmd_sensors}

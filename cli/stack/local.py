@@ -34,6 +34,7 @@ class StackPorts:
     grpc: int = 8001
     query_api: int = 8088
     ingest_ops: int = 9101
+    sensors_http: int = 8090
     inference_ops: int = 9102
     metrics_ops: int = 9103
 
@@ -151,6 +152,7 @@ class LocalStack:
             ComponentSpec(
                 "ingest", python_module_argv("services.ingest"), lambda: _ready(p.ingest_ops),
                 env={**env, "VIGIL_INGEST_OPS_PORT": str(p.ingest_ops), "VIGIL_INGEST_REPLICA_ID": "local-1",
+                     "VIGIL_INGEST_SENSORS_HTTP_PORT": str(p.sensors_http),
                      **self.extra_env.get("ingest", {})},
                 cwd=REPO_ROOT,
             ),
@@ -180,6 +182,7 @@ class LocalStack:
             ("camera", self.config.camera_url),
             ("grpc inference", f"127.0.0.1:{p.grpc}"),
             ("query api", f"{self.config.query_api_url}/api/query"),
+            ("sensor readings (HTTP)", f"http://127.0.0.1:{p.sensors_http}/api/sensors/readings"),
             ("dashboard", f"{self.config.query_api_url}/"),
             ("ops (metrics, health)", ", ".join(f"{n} http://127.0.0.1:{port}" for n, port in
                                                (("ingest", p.ingest_ops), ("inference", p.inference_ops),

@@ -2,15 +2,17 @@
 every frame event on vigil.frames."""
 from __future__ import annotations
 
-from libs.common.kafka import KafkaRunner
+from libs.common.claimcheck import ClaimCheckStore
+from libs.common.objectstore import object_store_client
+from libs.common.kafka import DeliveringProducer, KafkaRunner, producer_config
 from libs.common.logs import get_logger
 from libs.common.ops import flag_check
 from libs.common.service import start_service
-from libs.common.settings import KafkaSettings
+from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import FRAMES, ensure_topics
 from services.inference.detector import ensure_default_model
 from services.inference.grpc_adapter import GrpcSecurity, start_grpc_server
-from services.inference.kafka_adapter import frame_batch_handler
+from services.inference.kafka_adapter import frame_batch_handler, model_status_announcer
 from services.inference.pipeline import FramePipeline
 from services.inference.serving import DirectoryRepository, ModelServer, yolo_loader
 from services.inference.settings import InferenceSettings
@@ -33,11 +35,15 @@ def main() -> None:
     log = get_logger()
     runtime.health.readiness["model_ready"] = lambda: (False, "loading")
 
+    if settings.consume and kafka.create_topics:
+        ensure_topics(kafka.client_config(), kafka.replication_factor)  # before any model status is announced
     model_dir = settings.model_dir or ensure_default_model()
     loader = yolo_loader(settings.device, settings.precision_hint, settings.score_threshold)
     detector = loader(model_dir)
     repository = DirectoryRepository(settings.model_repository, loader, also=(model_dir,))
-    server = ModelServer(detector, repository, settings.max_input_bytes, settings.camera_models)
+    announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))
+    server = ModelServer(detector, repository, settings.max_input_bytes, settings.camera_models,
+                         on_status=model_status_announcer(announcer))
     for name in sorted(set(settings.camera_models.values()) - {detector.name}):
         server.load(name)  # a camera's model that cannot load stops the start: better than serving it wrongly
     grpc_server, grpc_port = start_grpc_server(server, settings.grpc_host, settings.grpc_port, settings.grpc_workers,
@@ -48,9 +54,11 @@ def main() -> None:
 
     try:
         if settings.consume:
-            if kafka.create_topics:
-                ensure_topics(kafka.client_config(), kafka.replication_factor)
-            pipeline = FramePipeline(server.model_for_camera, max_frame_bytes=settings.max_input_bytes)
+            object_store = ObjectStoreSettings()
+            claim_check = (ClaimCheckStore(object_store_client(object_store), bucket="vigil-frames")
+                           if object_store.secret_key is not None else None)
+            pipeline = FramePipeline(server.model_for_camera, max_frame_bytes=settings.max_input_bytes,
+                                     claim_check=claim_check)
             runner = KafkaRunner(
                 kafka, service="inference", group_id="vigil-inference", topics=[FRAMES],
                 handler=frame_batch_handler(pipeline),

@@ -8,9 +8,10 @@ from typing import Sequence
 from confluent_kafka import Message
 from google.protobuf.message import DecodeError
 
-from libs.common.kafka import Outbound, Outcome, Rejected
-from libs.common.logs import trace_context
-from libs.common.topics import INFERENCE
+from libs.common.envelope import new_envelope
+from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected
+from libs.common.logs import get_logger, trace_context
+from libs.common.topics import INFERENCE, MONITORING
 from protos import events_pb2
 from services.inference.pipeline import FramePipeline, InvalidFrame
 
@@ -34,3 +35,25 @@ def frame_batch_handler(pipeline: FramePipeline):
         return outcomes  # type: ignore[return-value]
 
     return handle
+
+
+def model_status_announcer(producer: DeliveringProducer):
+    """ModelServer's on_status hook: each model state change (loading, ready, failed, unloaded) becomes a
+    ModelStatus event on vigil.monitoring, keyed by the model's name. A Kafka outage is logged, never raised:
+    it must not fail the load it reports on."""
+    log = get_logger(__name__)
+
+    def announce(name: str, version: str, state: str, reason: str) -> None:
+        event = events_pb2.MonitoringEvent(
+            envelope=new_envelope(f"model/{name}", "inference"),
+            model_status=events_pb2.ModelStatus(model=events_pb2.ModelRef(name=name, version=version),
+                                                state=state, reason=reason[:2000]),
+        )
+        log.info("model status", model=name, version=version, state=state, reason=reason[:300])
+        try:
+            producer.produce(Outbound(MONITORING, event.SerializeToString(), f"model/{name}".encode()))
+            producer.flush(10)
+        except DeliveryFailed as exc:
+            log.warning("model status not announced", model=name, state=state, error=str(exc))
+
+    return announce

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from libs.common.claimcheck import ClaimCheckError, ClaimCheckStore, frame_bytes
 from libs.common.envelope import derived_envelope
 from protos import events_pb2
 from services.inference.detector import Detection, YoloDetector
@@ -33,15 +34,20 @@ def detection_messages(detections: Sequence[Detection]) -> list[events_pb2.Detec
     ]
 
 
-def decode_frame(frame: events_pb2.Frame, max_bytes: int) -> np.ndarray | InvalidFrame:
+def decode_frame(frame: events_pb2.Frame, max_bytes: int,
+                 claim_check: ClaimCheckStore | None = None) -> np.ndarray | InvalidFrame:
     if not frame.envelope.event_id:
         return InvalidFrame("invalid_event", "envelope.event_id is empty")
-    if frame.WhichOneof("payload") == "ref":
-        return InvalidFrame("unsupported_payload", "claim-check references are not resolved by this version")
-    if not frame.data:
+    if frame.WhichOneof("payload") == "ref" and frame.ref.size > max_bytes:
+        return InvalidFrame("oversized_payload", f"{frame.ref.size} bytes > limit {max_bytes}")
+    try:
+        data = frame_bytes(frame, claim_check)
+    except ClaimCheckError as exc:
+        return InvalidFrame("claim_check_failed", str(exc))
+    if not data:
         return InvalidFrame("empty_payload", "the frame has no image data")
     try:
-        return decode_image(frame.data, max_bytes, what="frame")
+        return decode_image(data, max_bytes, what="frame")
     except ImageRefused as refused:
         return InvalidFrame(refused.reason, refused.detail)
 
@@ -52,7 +58,9 @@ class FramePipeline:
     A plain detector routes every camera to it."""
 
     def __init__(self, model_for: YoloDetector | Callable[[str], YoloDetector],
-                 max_frame_bytes: int = 32 << 20) -> None:
+                 max_frame_bytes: int = 32 << 20, claim_check: ClaimCheckStore | None = None) -> None:
+        # Frames sent by reference (claim-check) are fetched from the object store through this.
+        self.claim_check = claim_check
         if isinstance(model_for, YoloDetector):
             self.detector = model_for
             self.model_for: Callable[[str], YoloDetector] = lambda _camera_id: model_for
@@ -82,7 +90,7 @@ class FramePipeline:
             used: dict[int, object] = {}
             for i, frame in enumerate(frames):
                 t0 = time.perf_counter()
-                image = decode_frame(frame, self.max_frame_bytes)
+                image = decode_frame(frame, self.max_frame_bytes, self.claim_check)
                 if isinstance(image, InvalidFrame):
                     outcomes[i] = image
                     continue

@@ -125,8 +125,11 @@ def warm_up(model: Detector) -> None:
 
 class ModelServer:
     def __init__(self, default_model: Detector, repository: ModelRepository | None = None,
-                 max_input_bytes: int = 32 << 20, camera_models: dict[str, str] | None = None) -> None:
+                 max_input_bytes: int = 32 << 20, camera_models: dict[str, str] | None = None,
+                 on_status: Callable[[str, str, str, str], None] | None = None) -> None:
         self.default_model = default_model
+        # Called with (name, version, state, reason) as a load goes: loading, ready, failed; unloaded.
+        self.on_status = on_status or (lambda name, version, state, reason: None)
         self.camera_models = dict(camera_models or {})  # camera id -> model name; others get the default
         self.repository = repository
         self.max_input_bytes = max_input_bytes
@@ -179,8 +182,10 @@ class ModelServer:
         the name point at it, in one assignment. On failure the previous model keeps serving."""
         if self.repository is None:
             raise ModelNotFound(f"model '{name}': this server has no model repository")
+        version = (self.repository.available().get(name, "") if self.repository else "")
         with self._lock:
             self.loading.add(name)
+        self.on_status(name, version, "loading", "")
         try:
             try:
                 model = self.repository.load(name)
@@ -188,14 +193,19 @@ class ModelServer:
             except ModelNotFound:
                 raise
             except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
                 with self._lock:
-                    self.failures[name] = f"{type(exc).__name__}: {exc}"
+                    self.failures[name] = reason
+                serving = self.models.get(name)
+                self.on_status(name, version, "failed", reason + (f"; version {serving.version} keeps serving"
+                                                                  if serving else ""))
                 raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from exc
             with self._lock:
                 self.models[name] = model
                 self.failures.pop(name, None)
                 if name == self.default_model.name:
                     self.default_model = model
+            self.on_status(name, model.version, "ready", "")
             return model
         finally:
             with self._lock:
@@ -207,7 +217,8 @@ class ModelServer:
                 raise ModelNotFound(f"model '{name}' is not loaded")
             if name == self.default_model.name:
                 raise UnloadRefused(f"model '{name}' is the default model and stays loaded")
-            del self.models[name]
+            model = self.models.pop(name)
+        self.on_status(name, model.version, "unloaded", "")
 
     # -- inference -----------------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ class InferenceSettings(ServiceSettings):
     max_input_bytes: int = Field(32 * 1024 * 1024, description="Largest request or frame accepted.")
     batch_max_frames: int = Field(16, description="Most frames taken from Kafka for one batch.")
     batch_max_wait_s: float = Field(0.02, description="Longest wait to fill a batch from Kafka.")
-    camera_models: dict[str, str] = Field(default_factory=dict, description="JSON object camera id -> model name "
+    camera_models: dict[str, str] = Field({}, description="JSON object camera id -> model name "
                                           "(loaded from the model repository at start); other cameras get the "
                                           "default model.")
     consume: bool = Field(True, description="Consume vigil.frames (off: serve gRPC only).")

@@ -24,6 +24,8 @@ class IngestSettings(ServiceSettings):
     # stream again within seconds, not after a long back-off.
     reconnect_max_backoff_s: float = Field(4.0, gt=0, description="Cap of the exponential back-off between reopens.")
     rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP transport for this process: tcp or udp.")
+    stream_probe_s: float = Field(0.5, gt=0, description="How long FFmpeg probes a stream when opening it; "
+                                                         "shorter opens faster (5 s is FFmpeg's own default).")
     frame_queue_size: int = Field(4, ge=1, description="Frames held per camera between reader and producer; "
                                                        "when full the oldest is dropped (and counted).")
     status_interval_s: float = Field(5.0, gt=0, description="Camera status is published this often, and on every change.")

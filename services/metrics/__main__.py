@@ -1,5 +1,5 @@
-"""The metrics sink: vigil.inference, vigil.monitoring and vigil.dlq → ClickHouse, and the read-only query API
-over it."""
+"""The metrics sink: vigil.inference, vigil.monitoring and vigil.dlq → ClickHouse, the read-only query API over
+it, and the dashboard (with each camera's newest frame, followed from vigil.frames)."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,8 @@ from libs.common.service import start_service
 from libs.common.settings import KafkaSettings
 from libs.common.topics import INFERENCE, MONITORING, ensure_topics
 from services.metrics.api import QueryApi
-from services.metrics.kafka_adapter import metrics_batch_handler, record_consumer_lag
+from services.metrics.kafka_adapter import LatestFrameFollower, metrics_batch_handler, record_consumer_lag
+from services.metrics.latest_frames import LatestFrames
 from services.metrics.settings import MetricsSettings
 from services.metrics.sink import EventSink
 from services.metrics.store import MetricsStore
@@ -22,15 +23,26 @@ def main() -> None:
     kafka = KafkaSettings()
     runtime = start_service("metrics", settings)
     log = get_logger()
+    # Not ready until the store is migrated, the API listens and partitions are assigned: registered first, so
+    # that /readyz never answers yes while the rest is still starting.
+    store_open, api_listening = threading.Event(), threading.Event()
+    runtime.health.readiness["store_open"] = flag_check(store_open, "metrics store open and migrated")
+    runtime.health.readiness["api_listening"] = flag_check(api_listening, "query api listening")
     store = MetricsStore.open(settings.store_path, settings.clickhouse_url, settings.query_max_rows,
                              settings.query_max_seconds)
     store.migrate()
-    store_open = threading.Event()
     store_open.set()
     if kafka.create_topics:
         ensure_topics(kafka.client_config(), kafka.replication_factor)
-    api = QueryApi(store, settings.api_host, settings.api_port).start()
-    log.info("query api listening", url=f"http://{settings.api_host}:{api.port}/api/query")
+    frames = LatestFrames()
+    api = QueryApi(store, settings.api_host, settings.api_port, frames).start()
+    log.info("query api and dashboard listening", url=f"http://{settings.api_host}:{api.port}/")
+    api_listening.set()
+    follower = None
+    if settings.live_frames:
+        follower = threading.Thread(target=LatestFrameFollower(kafka.client_config(), frames).run,
+                                    args=(runtime.stop,), name="latest-frames", daemon=True)
+        follower.start()
 
     runner = KafkaRunner(
         kafka, service="metrics", group_id="vigil-metrics", topics=[INFERENCE, MONITORING, kafka.dlq_topic],
@@ -39,11 +51,13 @@ def main() -> None:
         consumer_overrides={"statistics.interval.ms": 5000, "stats_cb": record_consumer_lag},
     )
     runtime.health.liveness["consume_loop"] = runner.heartbeat.check
-    runtime.health.readiness["store_open"] = flag_check(store_open, "metrics store open")
     runtime.health.readiness["kafka_assigned"] = flag_check(runner.assigned, "partitions assigned")
     try:
         runner.run(runtime.stop)
     finally:
+        runtime.stop.set()
+        if follower is not None:
+            follower.join(timeout=5)
         api.stop()
         store.close()
         runtime.close()

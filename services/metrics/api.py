@@ -5,7 +5,7 @@
   POST /api/query {"sql": "...", "parameters": {...}}    or GET /api/query?sql=...
        → {"columns": [...], "rows": [...]}
   GET  /api/frames                              cameras whose latest frame is held, with its size and time
-  GET  /api/frames/<camera_id>.jpg              that frame
+  GET  /api/frames/<camera_id>.jpg[?frame_event_id=ID]   that camera's newest frame, or that frame if held
   GET  /  and  /static/...                      the dashboard (services/metrics/dashboard/)
 
 Ad-hoc SQL is refused unless it only reads the store's own tables; the engine itself enforces read-only, a
@@ -74,11 +74,13 @@ class QueryApi:
                 elif url.path == "/api/frames":
                     self._answer(200, {"cameras": api.frames.cameras() if api.frames else []})
                 elif url.path.startswith("/api/frames/") and url.path.endswith(".jpg"):
-                    frame = api.frames.get(unquote(url.path[len("/api/frames/"):-4])) if api.frames else None
+                    camera_id = unquote(url.path[len("/api/frames/"):-4])
+                    frame = api.frames.get(camera_id, query.get("frame_event_id")) if api.frames else None
                     if frame is None:
                         self._answer(404, {"error": "no frame held for this camera"})
                     else:
-                        self._send(200, frame.jpeg, "image/jpeg", cache=False)
+                        self._send(200, frame.jpeg, "image/jpeg", cache=False,
+                                   headers={"X-Frame-Event-Id": frame.frame_event_id})
                 elif url.path == "/" or url.path.startswith("/static/"):
                     self._static("index.html" if url.path == "/" else url.path[len("/static/"):])
                 else:
@@ -109,9 +111,12 @@ class QueryApi:
             def _answer(self, status: int, payload: dict[str, Any]) -> None:
                 self._send(status, json.dumps(payload, default=_json_default).encode(), "application/json")
 
-            def _send(self, status: int, body: bytes, content_type: str, cache: bool = True) -> None:
+            def _send(self, status: int, body: bytes, content_type: str, cache: bool = True,
+                      headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 if not cache:
                     self.send_header("Cache-Control", "no-store")

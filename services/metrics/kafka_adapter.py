@@ -19,6 +19,7 @@ from protos import events_pb2
 from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, InvalidEvent, Rows, dead_letter_row, \
     inference_row, monitoring_rows
 from services.metrics.latest_frames import LatestFrames
+from services.metrics.protobuf_ingest import UnparseableBatch
 from services.metrics.sink import EventSink
 
 log = get_logger(__name__)
@@ -53,21 +54,40 @@ def metrics_batch_handler(sink: EventSink, dlq_topic: str):
         INFERENCE: _inference, MONITORING: _monitoring, dlq_topic: _dead_letter,
     }
 
-    def handle(batch: Sequence[Message]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        rows: Rows = {INFERENCE_TABLE.name: [], DEAD_LETTERS.name: []}
-        for msg in batch:
+    def decode_here(batch: Sequence[Message], outcomes: list[Outcome | None], positions, rows: Rows) -> None:
+        for position in positions:
+            msg = batch[position]
             decode = decoders.get(msg.topic())
             try:
                 if decode is None:
                     raise InvalidEvent(f"the metrics sink does not read {msg.topic()}")
                 decode(msg, rows)
-                outcomes.append([])
+                outcomes[position] = []
             except DecodeError as exc:
-                outcomes.append(Rejected("malformed_event", f"not a valid event of {msg.topic()}: {exc}"))
+                outcomes[position] = Rejected("malformed_event", f"not a valid event of {msg.topic()}: {exc}")
             except InvalidEvent as exc:
-                outcomes.append(Rejected("invalid_event", str(exc)))
+                outcomes[position] = Rejected("invalid_event", str(exc))
+
+    def handle(batch: Sequence[Message]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        rows: Rows = {INFERENCE_TABLE.name: [], DEAD_LETTERS.name: []}
+        inference = [i for i, msg in enumerate(batch) if msg.topic() == INFERENCE] if sink.protobuf else []
+        inference_set = set(inference)
+        decode_here(batch, outcomes, [i for i in range(len(batch)) if i not in inference_set], rows)
         try:
+            if inference:
+                try:
+                    written = sink.write_inference_protobuf(
+                        [(batch[i].value() or b"", batch[i].timestamp()[1]) for i in inference])
+                    for index, position in enumerate(inference):
+                        reason = written.invalid.get(index)
+                        outcomes[position] = Rejected("invalid_event", reason) if reason else []
+                    if written.duplicates:
+                        log.info("duplicates skipped", count=written.duplicates, stored=written.stored)
+                except UnparseableBatch as exc:
+                    # Some message is not an InferenceResult: decode this batch here, to find and reject it.
+                    log.info("the engine could not parse the batch; decoding it here", error=str(exc))
+                    decode_here(batch, outcomes, inference, rows)
             report = sink.write(rows)
         except Exception as exc:
             # The store is unavailable or refused the batch as a whole: retry it, commit nothing.
@@ -90,7 +110,7 @@ def record_consumer_lag(stats_json: str) -> None:
 
 
 class LatestFrameFollower:
-    """Follows vigil.frames from its end, keeping only each camera's newest JPEG for the dashboard.
+    """Follows vigil.frames from its end, keeping each camera's newest JPEGs for the dashboard.
 
     No consumer group and no commits: the frames of the past are of no interest, so it assigns every
     partition at its end, and at restart starts at the end again. It parses each Frame (a copy of its bytes)
@@ -126,5 +146,6 @@ class LatestFrameFollower:
         except DecodeError:
             return  # the inference service dead-letters it; nothing to show
         if frame.camera_id and frame.WhichOneof("payload") == "data" and frame.data:
-            self.frames.offer(frame.camera_id, frame.data, frame.sequence, frame.width, frame.height,
+            self.frames.offer(frame.camera_id, frame.envelope.event_id, frame.data, frame.sequence, frame.width,
+                              frame.height,
                               frame.envelope.event_time.ToMilliseconds())

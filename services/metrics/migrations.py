@@ -304,3 +304,37 @@ MIGRATIONS += [
         TTL toDateTime(event_time) + INTERVAL 3650 DAY
     """),
 ]
+
+MIGRATIONS += [
+    (24, "inference_staging", """
+        -- Each batch of vigil.inference is parsed by the engine itself (FORMAT Protobuf) into this table, then
+        -- moved into inference_events minus the ids already stored, and the table is emptied: see
+        -- services/metrics/protobuf_ingest.py. Column names follow the protobuf fields (nested with _ or .).
+        CREATE TABLE IF NOT EXISTS inference_staging (
+            envelope_event_id String,
+            envelope_trace_id String,
+            envelope_event_time_seconds Int64,
+            envelope_event_time_nanos Int32,
+            envelope_ingest_time_seconds Int64,
+            envelope_ingest_time_nanos Int32,
+            camera_id String,
+            frame_event_id String,
+            frame_sequence UInt64,
+            model_name String,
+            model_version String,
+            model_precision String,
+            `detections.label` Array(String),
+            `detections.score` Array(Float32),
+            `detections.box_x1` Array(Float32),
+            `detections.box_y1` Array(Float32),
+            `detections.box_x2` Array(Float32),
+            `detections.box_y2` Array(Float32),
+            stage_latency_ms Map(String, Float64),
+            width UInt32,
+            height UInt32,
+            shadow Bool,
+            kafka_timestamp_ms Int64,
+            batch_index UInt32
+        ) ENGINE = Memory
+    """),
+]

@@ -73,14 +73,16 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
             ORDER BY camera_id, event_time LIMIT 1 BY event_id""",
         {"camera_id": ("String", "")}),
     NamedQuery(
-        "cameras", "Each camera seen in the window: its last reported state, results per second, last result.",
+        "cameras", "Each camera seen in the window: its last reported state and rate, results per second "
+                   "over the window's last minute, its last result.",
         f"""SELECT camera_id, if(h.state = '', 'unknown', h.state) AS state, h.reason AS reason,
                    h.fps_produced AS fps_produced, i.fps AS fps, i.last_result AS last_result
             FROM (SELECT camera_id, argMax(state, event_time) AS state, argMax(reason, event_time) AS reason,
                          argMax(fps_produced, event_time) AS fps_produced
                   FROM camera_health WHERE {_EVENT_WINDOW} GROUP BY camera_id) AS h
             FULL OUTER JOIN
-                 (SELECT camera_id, round(count() / {_SECONDS}, 3) AS fps, max(event_time) AS last_result
+                 (SELECT camera_id, max(event_time) AS last_result,
+                         round(countIf(event_time >= {{until:DateTime64(3, 'UTC')}} - INTERVAL 1 MINUTE) / 60, 3) AS fps
                   FROM inference_events WHERE {_EVENT_WINDOW} AND NOT shadow GROUP BY camera_id) AS i
             USING camera_id ORDER BY camera_id""",
         {}),
@@ -98,7 +100,8 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
             GROUP BY minute, origin_topic, reason ORDER BY minute, origin_topic, reason"""),
     NamedQuery(
         "recent_detections", "The detections of one camera's latest results (the dashboard's live view).",
-        """SELECT toString(event_id) AS event_id, event_time, frame_sequence, width, height, labels, scores, boxes
+        """SELECT toString(event_id) AS event_id, toString(frame_event_id) AS frame_event_id, event_time,
+                  frame_sequence, width, height, labels, scores, boxes
            FROM inference_events
            WHERE camera_id = {camera_id:String} AND NOT shadow
              AND event_time >= {since:DateTime64(3, 'UTC')} AND event_time < {until:DateTime64(3, 'UTC')}

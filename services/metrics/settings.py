@@ -22,3 +22,5 @@ class MetricsSettings(ServiceSettings):
     api_port: int = Field(8088, description="Port of the query API.")
     query_max_rows: int = Field(10_000, description="Most rows an ad-hoc query may return.")
     query_max_seconds: float = Field(10.0, description="Longest an ad-hoc query may run.")
+    live_frames: bool = Field(True, description="Follow vigil.frames, keeping each camera's newest frame for the "
+                                                "dashboard's live view.")

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.metrics.rows import TABLES, TableSpec
+from services.metrics.protobuf_ingest import ProtobufInferenceIngest, ProtobufWrite
+from services.metrics.rows import INFERENCE, TABLES, TableSpec
 from services.metrics.store import MetricsStore
 
 ROWS_STORED = Counter("vigil_metrics_rows_stored_total", "Rows inserted", ["table"])
@@ -59,9 +60,27 @@ def _dedupe_within(rows: Sequence[tuple[Any, ...]], spec: TableSpec) -> dict[str
 
 
 class EventSink:
-    def __init__(self, store: MetricsStore) -> None:
+    def __init__(self, store: MetricsStore, engine_parses_inference: bool | None = None) -> None:
         self.store = store
         self.rates = RateWindow()
+        # Inference events parsed by the engine (services/metrics/protobuf_ingest.py) where it can read our
+        # schema file, i.e. the embedded engine; else decoded here.
+        if engine_parses_inference is None:
+            engine_parses_inference = store.embedded
+        self.protobuf = ProtobufInferenceIngest(store) if engine_parses_inference else None
+
+    def write_inference_protobuf(self, messages: Sequence[tuple[bytes, int]]) -> ProtobufWrite:
+        """Serialized InferenceResults with their Kafka timestamps; raises UnparseableBatch if one is not."""
+        started = time.perf_counter()
+        written = self.protobuf.write(messages)
+        table = INFERENCE.name
+        if written.stored:
+            INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+            BATCH_ROWS.labels(table).observe(written.stored)
+            ROWS_STORED.labels(table).inc(written.stored)
+        ROWS_PER_SECOND.labels(table).set(self.rates.add(table, written.stored))
+        DUPLICATES.labels(table).inc(written.duplicates)
+        return written
 
     def write(self, rows_by_table: Mapping[str, Sequence[tuple[Any, ...]]]) -> WriteReport:
         report = WriteReport()

@@ -2,10 +2,11 @@
 process: one writer per data directory) or a ClickHouse server by URL. Same SQL either way."""
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -56,12 +57,14 @@ class MetricsStore:
         reader = open_client(store_path, clickhouse_url, readonly_settings(query_max_rows, query_max_seconds))
         # Explains ad-hoc queries (never runs them): read-only too, without the row limit on its answer.
         inspector = open_client(store_path, clickhouse_url, {"max_execution_time": query_max_seconds, "readonly": 1})
-        return cls(writer, reader, inspector)
+        return cls(writer, reader, inspector, embedded=not clickhouse_url)
 
-    def __init__(self, client: Client, reader: Client, inspector: Client | None = None) -> None:
+    def __init__(self, client: Client, reader: Client, inspector: Client | None = None, embedded: bool = False) -> None:
         self._client = client
         self._reader = reader
         self._inspector = inspector or reader
+        # The embedded engine reads files of this machine: protobuf schemas given by absolute path among them.
+        self.embedded = embedded
         # The clients are synchronous and share one engine; the query API and the sink take turns.
         self._lock = threading.Lock()
 
@@ -100,6 +103,12 @@ class MetricsStore:
     def insert_columns(self, table: str, column_names: Sequence[str], columns: Sequence[Sequence[Any]]) -> None:
         with self._lock:
             self._client.insert(table, list(columns), column_names=list(column_names), column_oriented=True)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Client]:
+        """The writing client, for several statements in a row that nothing else may interleave with."""
+        with self._lock:
+            yield self._client
 
     def query_readonly(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         with self._lock:

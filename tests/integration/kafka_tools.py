@@ -50,3 +50,40 @@ def read_range(bootstrap: str, topic: str, start: dict[int, int] | None, end: di
         return messages
     finally:
         consumer.close()
+
+
+class TopicRecorder:
+    """Records every message of a topic from the moment it starts, on a thread, with its arrival time."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        import threading
+
+        self.topic = topic
+        self.records: list[tuple[float, bytes | None, bytes | None]] = []
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex[:8]}",
+                                   "enable.auto.commit": False})
+        ends = end_offsets(bootstrap, topic)
+        self._consumer.assign([TopicPartition(topic, p, o) for p, o in ends.items()])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is not None and not msg.error():
+                self.records.append((time.monotonic(), msg.key(), msg.value()))
+        self._consumer.close()
+
+    def since(self, t: float) -> list[tuple[float, bytes | None, bytes | None]]:
+        return [r for r in list(self.records) if r[0] >= t]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def __enter__(self) -> "TopicRecorder":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()

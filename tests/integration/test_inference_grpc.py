@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -36,11 +37,36 @@ def inference_stack(state: Path, inference_env: dict[str, str] | None = None) ->
     stack.supervisor.specs = [s for s in stack.supervisor.specs if s.name in INFERENCE_COMPONENTS]
     try:
         stack.supervisor.up(progress=lambda *_: None)
+        wait_until_topics_have_leaders(stack.config.kafka_bootstrap)
         yield stack
     finally:
         if stack.supervisor._running_pid("inference"):
             print(stack.supervisor.log_tail("inference", 20), file=sys.stderr)
         stack.supervisor.down(progress=lambda *_: None)
+
+
+def wait_until_topics_have_leaders(bootstrap: str, timeout_s: float = 60) -> None:
+    """The service creates the topic catalog once it is ready; wait for that (listing all topics, which never
+    auto-creates one) and for every partition to answer offset queries."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from libs.common.topics import CATALOG
+    from tests.integration.kafka_tools import end_offsets
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while not {s.name for s in CATALOG} <= set(admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, "the inference service did not create the topic catalog"
+        time.sleep(0.5)
+    for spec in CATALOG:
+        while True:
+            try:
+                end_offsets(bootstrap, spec.name)
+                break
+            except KafkaException:
+                assert time.monotonic() < deadline, f"{spec.name} has no leader"
+                time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

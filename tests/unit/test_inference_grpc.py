@@ -246,3 +246,29 @@ def test_tls_with_a_bearer_token_serves_callers_with_the_token_and_refuses_the_o
             assert code == grpc.StatusCode.UNAVAILABLE, "a plaintext client cannot talk to the TLS port"
     finally:
         grpc_server.stop(0).wait()
+
+
+class FailingRepository:
+    """A repository whose new version of the default model cannot load (pure logic of ModelServer.load)."""
+
+    def available(self) -> dict[str, str]:
+        return {MODEL: "2"}
+
+    def load(self, name: str):
+        raise RuntimeError("model.bin is truncated")
+
+
+def test_a_version_that_fails_to_load_leaves_the_previous_one_serving_and_says_so(model_server, frame):
+    from services.inference.serving import ModelLoadFailed
+
+    announced = []
+    server = ModelServer(model_server.default_model, FailingRepository(), LIMIT,
+                         on_status=lambda *status: announced.append(status))
+    server.warm_up()
+    with pytest.raises(ModelLoadFailed, match="truncated"):
+        server.load(MODEL)
+    assert server.model(MODEL) is model_server.default_model and server.ready.is_set()
+    assert [(name, version, state) for name, version, state, _ in announced] == [
+        (MODEL, "2", "loading"), (MODEL, "2", "failed")]
+    assert "truncated" in announced[1][3] and "version 1 keeps serving" in announced[1][3]
+    assert server.detect(MODEL, "", {"image": ("UINT8", frame)})[0].version == "1"

@@ -1,0 +1,195 @@
+"""`python -m bench.metrics_sink`: the metrics sink's sustained speed, Kafka → ClickHouse, beside the store's raw
+column-insert speed, measured in one run.
+
+1. raw      the store alone: pre-built columns of inference events (3 detections each) inserted in batches of
+            the sink's size, into a fresh chdb store: no Kafka, no decoding, no dedupe lookup.
+2. sink     a backlog of the same events produced to vigil.inference while the sink is down, then the sink
+            (its own process, as deployed) started: events/s from its start until every event is stored, i.e.
+            the catch-up speed after an outage, with decoding, the dedupe lookup, the inserts and the
+            materialized views (detections, rollups) included.
+
+Kafka and the sink run on this machine as separate processes and share its cores with this script; the ratio
+is the figure to compare across machines."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from protos import events_pb2
+
+# 36 bytes, the length of a UUID's text: replaced in the serialized templates by each event's own ids.
+_EVENT_ID_PLACEHOLDER = "eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee"
+_FRAME_ID_PLACEHOLDER = "ffffffff-ffff-4fff-8fff-ffffffffffff"
+LABELS = ("person", "car", "bicycle", "truck", "bus", "dog")
+
+
+class InferenceEventFactory:
+    """Serialized InferenceResult events with 3 detections each, fast: a few templates are serialized once and
+    each event is a template with its ids written in (ids are fixed-length text, so the bytes stay valid)."""
+
+    def __init__(self, camera_ids: list[str], templates_per_camera: int = 32, run: str | None = None,
+                 event_time_ns: int | None = None) -> None:
+        self.run = (run or uuid.uuid4().hex)[:8]
+        now = event_time_ns or time.time_ns()
+        self.templates: list[tuple[bytes, bytes]] = []
+        for c, camera_id in enumerate(camera_ids):
+            for t in range(templates_per_camera):
+                env = events_pb2.Envelope(event_id=_EVENT_ID_PLACEHOLDER, source=f"camera/{camera_id}",
+                                          schema_version=1, trace_id=uuid.uuid4().hex, producer="bench")
+                env.event_time.FromNanoseconds(now - (templates_per_camera - t) * 200_000_000)
+                env.ingest_time.FromNanoseconds(now - (templates_per_camera - t) * 200_000_000 + 5_000_000)
+                result = events_pb2.InferenceResult(
+                    envelope=env, camera_id=camera_id, frame_event_id=_FRAME_ID_PLACEHOLDER, frame_sequence=t,
+                    model=events_pb2.ModelRef(name="yolov3-tiny", version="1", precision="f32"),
+                    detections=[events_pb2.Detection(
+                        label=LABELS[(c + t + d) % len(LABELS)], class_id=d, score=0.5 + d / 10,
+                        box=events_pb2.Box(x1=10 + 40 * d, y1=20, x2=50 + 40 * d, y2=120)) for d in range(3)],
+                    stage_latency_ms={"queue": 1.0 + t, "decode": 2.5, "preprocess": 1.5, "infer": 20.0 + t,
+                                      "postprocess": 0.5},
+                    width=768, height=576)
+                self.templates.append((camera_id.encode(), result.SerializeToString()))
+
+    def event_id(self, index: int) -> str:
+        return f"{self.run}-0000-4000-8000-{index:012x}"
+
+    def message(self, index: int) -> tuple[bytes, bytes]:
+        """The event number `index` (the same index always gives the same event, so re-sending it is a duplicate)."""
+        # Runs of consecutive events share a template, so event time mostly advances with the index, as in a
+        # live stream (a batch then spans a short time range, which the dedupe lookup relies on).
+        key, template = self.templates[(index // 1000) % len(self.templates)]
+        value = template.replace(_EVENT_ID_PLACEHOLDER.encode(), self.event_id(index).encode(), 1) \
+                        .replace(_FRAME_ID_PLACEHOLDER.encode(), f"{self.run}-1111-4000-8000-{index:012x}".encode(), 1)
+        return key, value
+
+
+def produce_events(bootstrap: str, topic: str, factory: InferenceEventFactory, indexes) -> int:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000,
+                         "enable.idempotence": True, "acks": "all"})
+    sent = 0
+    for index in indexes:
+        key, value = factory.message(index)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        sent += 1
+    remaining = producer.flush(120)
+    if remaining:
+        raise RuntimeError(f"{remaining} events not delivered")
+    return sent
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def raw_insert_speed(factory: InferenceEventFactory, events: int, batch: int) -> float:
+    """Events/s of MetricsStore.insert_columns alone, views included, on a fresh store."""
+    from services.metrics.rows import INFERENCE, inference_row
+    from services.metrics.store import MetricsStore
+
+    rows = [inference_row(events_pb2.InferenceResult.FromString(factory.message(i)[1]), 0) for i in range(events)]
+    columns = [list(zip(*rows[start:start + batch])) for start in range(0, events, batch)]
+    path = Path(tempfile.mkdtemp(prefix="vigil-bench-chdb-"))
+    store = MetricsStore.open(path)
+    try:
+        store.migrate()
+        started = time.perf_counter()
+        for batch_columns in columns:
+            store.insert_columns(INFERENCE.name, INFERENCE.columns, batch_columns)
+        return events / (time.perf_counter() - started)
+    finally:
+        store.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sink_speed(events: int, batch: int, factory: InferenceEventFactory) -> dict[str, float]:
+    """Events/s of the sink catching up a backlog of `events` in Kafka, from its start to the last row stored."""
+    from cli.stack.local import LocalStack, StackPorts
+    from cli.stack.supervisor import Supervisor
+    from libs.common.topics import CATALOG, INFERENCE, ensure_topics
+
+    state = Path(tempfile.mkdtemp(prefix="vigil-bench-sink-"))
+    stack = LocalStack(state=state, ports=StackPorts.free(), extra_env={"metrics": {
+        "VIGIL_METRICS_BATCH_MAX_EVENTS": str(batch), "VIGIL_METRICS_LIVE_FRAMES": "false"}})
+    specs = {s.name: s for s in stack.specs()}
+    kafka_only = Supervisor(stack.paths, [specs["kafka"]])
+    with_sink = Supervisor(stack.paths, [specs["kafka"], specs["metrics"]])
+    try:
+        kafka_only.up(progress=say)
+        ensure_topics({"bootstrap.servers": stack.config.kafka_bootstrap}, 1, CATALOG)
+        started = time.perf_counter()
+        produce_events(stack.config.kafka_bootstrap, INFERENCE, factory, range(events))
+        produce_s = time.perf_counter() - started
+        say(f"      produced {events} events in {produce_s:.1f}s; starting the sink")
+        started = time.perf_counter()
+        with_sink.up(progress=say)
+        ready_s = time.perf_counter() - started
+        from tests.integration.conftest import query
+        while (stored := query(stack, "SELECT count() AS n FROM inference_events")[0]["n"]) < events:
+            time.sleep(0.2)
+        total_s = time.perf_counter() - started
+        distinct = query(stack, "SELECT uniqExact(event_id) AS u FROM inference_events")[0]["u"]
+        return {"events": events, "stored": stored, "distinct": distinct, "startup_s": ready_s,
+                "seconds": total_s, "events_per_s": events / total_s,
+                "events_per_s_after_start": events / max(total_s - ready_s, 1e-9)}
+    except Exception:
+        say(f"--- last lines of metrics.log ---\n{with_sink.log_tail('metrics', 20)}")
+        raise
+    finally:
+        with_sink.down(progress=say)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def main() -> int:
+    from bench.__main__ import machine_description
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events in the backlog the sink drains")
+    parser.add_argument("--raw-events", type=int, default=200_000, help="events inserted by the raw measurement")
+    parser.add_argument("--batch", type=int, default=50_000, help="the sink's batch size (VIGIL_METRICS_BATCH_MAX_EVENTS)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/metrics_sink.json"))
+    args = parser.parse_args()
+
+    factory = InferenceEventFactory([f"bench-{i}" for i in range(8)])
+    say(f"[1/2] raw column inserts into chdb, {args.raw_events} events in batches of {args.batch} ...")
+    raw = raw_insert_speed(factory, args.raw_events, args.batch)
+    say(f"      {raw:,.0f} events/s")
+    say(f"[2/2] the sink draining a backlog of {args.events} events from Kafka ...")
+    sink = sink_speed(args.events, args.batch, factory)
+    say(f"      {sink['events_per_s']:,.0f} events/s ({sink['events_per_s_after_start']:,.0f} after its "
+        f"{sink['startup_s']:.1f}s start)")
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine_description(),
+        "detections_per_event": 3,
+        "batch_events": args.batch,
+        "raw_insert_events_per_s": round(raw),
+        "sink_events_per_s": round(sink["events_per_s"]),
+        "sink_events_per_s_after_start": round(sink["events_per_s_after_start"]),
+        "sink_to_raw_ratio": round(sink["events_per_s"] / raw, 3),
+        "sink_after_start_to_raw_ratio": round(sink["events_per_s_after_start"] / raw, 3),
+        "backlog": {k: sink[k] for k in ("events", "stored", "distinct")},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"\nsink {sink['events_per_s']:,.0f} events/s / raw insert {raw:,.0f} events/s = "
+          f"{sink['events_per_s'] / raw:.2f} (targets: >= 100,000 events/s and >= 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+// Vigil's dashboard: named queries of the metrics API drawn with uPlot, and the newest frame of a chosen
+// camera with the boxes of its latest result. Everything comes from this server; nothing from the internet.
+"use strict";
+
+const REFRESH_MS = 5000;
+const COLOURS = ["#1a73e8", "#e8710a", "#188038", "#d93025", "#9334e6", "#12b5cb", "#f9ab00", "#5f6368"];
+const charts = {};
+let selectedCamera = null;
+
+// The window every query of one refresh uses: [since, until).
+let window_ = null;
+
+function nextWindow() {
+  const minutes = Number(document.getElementById("window").value);
+  const until = new Date();
+  window_ = {since: new Date(until.getTime() - minutes * 60000), until};
+}
+
+async function named(name, parameters = {}) {
+  const {since, until} = window_;
+  const response = await fetch("/api/query", {
+    method: "POST",
+    headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({named: name, parameters: {since: since.toISOString(), until: until.toISOString(), ...parameters}}),
+  });
+  const payload = await response.json();
+  if (!response.ok) throw new Error(`${name}: ${payload.error}`);
+  return payload.rows.map(row => Object.fromEntries(payload.columns.map((c, i) => [c, row[i]])));
+}
+
+const seconds = isoTime => Date.parse(isoTime.endsWith("Z") || isoTime.includes("+") ? isoTime : isoTime + "Z") / 1000;
+
+// Rows of (x, series, value) as uPlot's aligned arrays: one x axis, one array per series (null where absent).
+function pivot(rows, xKey, seriesKey, valueKey) {
+  const xs = [...new Set(rows.map(r => seconds(r[xKey])))].sort((a, b) => a - b);
+  const index = new Map(xs.map((x, i) => [x, i]));
+  const series = new Map();
+  for (const r of rows) {
+    const name = typeof seriesKey === "function" ? seriesKey(r) : r[seriesKey];
+    if (!series.has(name)) series.set(name, new Array(xs.length).fill(null));
+    series.get(name)[index.get(seconds(r[xKey]))] = r[valueKey];
+  }
+  return {xs, series};
+}
+
+function draw(id, {xs, series}, options = {}) {
+  const element = document.getElementById(id);
+  const names = [...series.keys()];
+  const data = [xs, ...names.map(n => series.get(n))];
+  const signature = names.join("\u0000");
+  const existing = charts[id];
+  if (existing && existing.signature === signature) {
+    existing.plot.setData(data);
+  } else {
+    if (existing) existing.plot.destroy();
+    const plot = new uPlot({
+      width: Math.max(element.clientWidth, 480), height: 220,
+      series: [{}, ...names.map((n, i) => ({label: String(n), stroke: COLOURS[i % COLOURS.length], width: 2,
+                                             points: {show: xs.length < 30}, spanGaps: false,
+                                             ...(options.bars ? {paths: uPlot.paths.bars({size: [0.6, 40]}),
+                                                                 fill: COLOURS[i % COLOURS.length] + "55"} : {})}))],
+      // The x axis spans the whole window, so that one minute of data is a point in it, not the whole chart.
+      scales: {x: {time: true, range: () => [window_.since.getTime() / 1000, window_.until.getTime() / 1000]}},
+      axes: [{}, {label: options.unit || ""}],
+    }, data, element);
+    charts[id] = {plot, signature};
+  }
+  element.dataset.points = String(names.reduce((n, name) => n + series.get(name).filter(v => v !== null).length, 0));
+  element.dataset.series = String(names.length);
+}
+
+async function refreshCameras() {
+  const cameras = await named("cameras");
+  const body = document.querySelector("#cameras tbody");
+  body.replaceChildren(...cameras.map(c => {
+    const row = document.createElement("tr");
+    row.dataset.camera = c.camera_id;
+    if (c.camera_id === selectedCamera) row.classList.add("selected");
+    const lastResult = c.last_result && !c.last_result.startsWith("1970") ? c.last_result.replace("T", " ").slice(0, 19) : "";
+    for (const [text, cls] of [[c.camera_id], [c.state, `state-${c.state}`], [c.fps.toFixed(2)],
+                               [c.fps_produced.toFixed(2)], [lastResult]]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      if (cls) cell.className = cls;
+      row.append(cell);
+    }
+    row.addEventListener("click", () => { selectedCamera = c.camera_id; refreshAll(); });
+    return row;
+  }));
+  if (!selectedCamera && cameras.length) selectedCamera = cameras[0].camera_id;
+}
+
+function loadImage(url) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error("no frame"));
+    image.src = url;
+  });
+}
+
+async function refreshLive() {
+  const canvas = document.getElementById("live");
+  const caption = document.getElementById("live-caption");
+  document.getElementById("live-camera").textContent = selectedCamera || "no camera";
+  if (!selectedCamera) return;
+  const [latest] = await named("recent_detections", {camera_id: selectedCamera, limit: 1});
+  let image = null;
+  try {
+    // The frame the result was computed on, if the server still holds it; else the camera's newest.
+    const frame = latest ? `&frame_event_id=${encodeURIComponent(latest.frame_event_id)}` : "";
+    image = await loadImage(`/api/frames/${encodeURIComponent(selectedCamera)}.jpg?t=${Date.now()}${frame}`);
+  } catch (_) { /* no frame held: boxes on a blank frame */ }
+  const width = image ? image.naturalWidth : (latest ? latest.width : 768);
+  const height = image ? image.naturalHeight : (latest ? latest.height : 576);
+  canvas.width = width; canvas.height = height;
+  const context = canvas.getContext("2d");
+  context.fillStyle = "#222"; context.fillRect(0, 0, width, height);
+  if (image) context.drawImage(image, 0, 0);
+  let boxes = 0;
+  if (latest) {
+    // Boxes are in the pixels of the frame the model saw; scale if the held frame differs in size.
+    const sx = width / (latest.width || width), sy = height / (latest.height || height);
+    context.lineWidth = 2; context.font = "14px system-ui"; context.textBaseline = "bottom";
+    latest.boxes.forEach(([x1, y1, x2, y2], i) => {
+      const colour = COLOURS[i % COLOURS.length];
+      context.strokeStyle = colour; context.fillStyle = colour;
+      context.strokeRect(x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
+      context.fillText(`${latest.labels[i]} ${(latest.scores[i] * 100).toFixed(0)}%`, x1 * sx + 2, y1 * sy);
+      boxes += 1;
+    });
+    caption.textContent = `result of ${latest.event_time.replace("T", " ").slice(0, 23)}: ${boxes} detections` +
+      (image ? "" : " (no frame held for this camera)");
+  } else {
+    caption.textContent = "no result in the window";
+  }
+  canvas.dataset.boxes = String(boxes);
+  canvas.dataset.frame = image ? "1" : "0";
+}
+
+async function refreshCharts() {
+  const [throughput, latency, classes, deadLetters] = await Promise.all([
+    named("throughput"), named("latency_over_time", {stage: "total"}), named("detections_per_class"),
+    named("dead_letter_rate"),
+  ]);
+  draw("throughput", pivot(throughput, "minute", "camera_id", "fps"), {unit: "results/s"});
+  const latencyRows = latency.flatMap(r => [["p50", r.p50_ms], ["p95", r.p95_ms], ["p99", r.p99_ms]]
+    .map(([q, v]) => ({minute: r.minute, series: `${r.model_name} ${q}`, value: v})));
+  draw("latency", pivot(latencyRows, "minute", "series", "value"), {unit: "ms"});
+  draw("classes", pivot(classes, "minute", "label", "detections"), {unit: "detections", bars: true});
+  draw("dead-letters", pivot(deadLetters, "minute", r => `${r.origin_topic} ${r.reason}`, "letters"),
+       {unit: "letters", bars: true});
+  const total = deadLetters.reduce((n, r) => n + r.letters, 0);
+  document.getElementById("dead-letters-total").textContent = `${total} dead letters in the window`;
+}
+
+async function refreshAll() {
+  const error = document.getElementById("error");
+  try {
+    nextWindow();
+    await refreshCameras();
+    await Promise.all([refreshLive(), refreshCharts()]);
+    error.textContent = "";
+    document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
+  } catch (exc) {
+    error.textContent = String(exc.message || exc);
+  }
+}
+
+document.getElementById("window").addEventListener("change", refreshAll);
+refreshAll();
+setInterval(refreshAll, REFRESH_MS);

@@ -1,0 +1,143 @@
+"""The metrics sink on the session's real stack: every reporting topic lands in ClickHouse, named queries and the
+CLI answer from it, the sink exports its own metrics, and the dashboard renders in headless Chromium."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from libs.common.envelope import new_envelope
+from libs.common.topics import INFERENCE, MONITORING
+from protos import events_pb2
+from tests.integration.conftest import query, wait_for
+from tests.integration.kafka_tools import produce
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def named(stack, name: str, **parameters) -> list[dict]:
+    request = urllib.request.Request(f"{stack.config.query_api_url}/api/query", method="POST",
+                                     data=json.dumps({"named": name, "parameters": parameters}).encode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload = json.loads(response.read())
+    return [dict(zip(payload["columns"], row)) for row in payload["rows"]]
+
+
+@pytest.fixture(scope="module")
+def reported(stack):
+    """A drift alert, a model status and an undecodable inference event sent through Kafka, and stored."""
+    marker = uuid.uuid4().hex[:8]
+    drift = events_pb2.MonitoringEvent(envelope=new_envelope("model/yolov3-tiny", "test"), drift_alert=events_pb2.DriftAlert(
+        model_name="yolov3-tiny", feature=f"input.brightness.{marker}", metric="psi", score=0.4, threshold=0.2))
+    status = events_pb2.MonitoringEvent(envelope=new_envelope("model/yolov3-tiny", "test"), model_status=events_pb2.ModelStatus(
+        model=events_pb2.ModelRef(name="yolov3-tiny", version="1"), state="ready"))
+    produce(stack.config.kafka_bootstrap, MONITORING, [(b"yolov3-tiny", drift.SerializeToString()),
+                                                       (b"yolov3-tiny", status.SerializeToString())])
+    produce(stack.config.kafka_bootstrap, INFERENCE, [(marker.encode(), b"\xff\xfe not a protobuf " + marker.encode())])
+    wait_for(lambda: query(stack, f"SELECT count() AS n FROM drift_scores WHERE feature = 'input.brightness.{marker}'")[0]["n"],
+             60, what="the drift alert stored")
+    # The sink dead-letters the bad event into vigil.dlq, then reads it back from there as a dead letter.
+    wait_for(lambda: query(stack, f"SELECT count() AS n FROM dead_letters WHERE message_key = '{marker}' "
+                                  "AND origin_topic = 'vigil.inference' AND reason = 'malformed_event' "
+                                  "AND service = 'metrics'")[0]["n"], 60, what="the dead letter counted")
+    return marker
+
+
+def test_monitoring_events_and_dead_letters_from_kafka_are_stored(stack, reported):
+    drift = [r for r in named(stack, "drift_scores") if r["feature"].endswith(reported)]
+    assert [(r["metric"], r["score"], r["drifted"]) for r in drift] == [("psi", 0.4, True)]
+    kinds = {r["kind"] for r in query(stack, "SELECT DISTINCT kind FROM monitoring_events")}
+    assert {"drift_alert", "model_status"} <= kinds
+    # The ingest service reports its camera's status on vigil.monitoring: the camera's health timeline.
+    health = wait_for(lambda: named(stack, "camera_health_timeline", camera_id=stack.config.camera_id), 60,
+                      what="camera status reports from ingest")
+    assert health[-1]["state"] in {"online", "connecting"}
+    rate = named(stack, "dead_letter_rate")
+    assert any(r["origin_topic"] == "vigil.inference" and r["reason"] == "malformed_event" for r in rate)
+
+
+def test_named_queries_through_the_cli(stack):
+    wait_for(lambda: named(stack, "fps_per_camera", camera_id=stack.config.camera_id), 120, what="results stored")
+    command = Path(sys.executable).parent / "vigil"
+    done = subprocess.run([str(command), "--state-dir", str(stack.paths.state), "query", "--named", "fps_per_camera",
+                           "--param", f"camera_id={stack.config.camera_id}"],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["camera_id"] for r in rows] == [stack.config.camera_id] and rows[0]["frames"] > 0
+    latency = [json.loads(line) for line in subprocess.run(
+        [str(command), "--state-dir", str(stack.paths.state), "query", "--named", "latency_quantiles"],
+        capture_output=True, text=True, timeout=60, cwd="/").stdout.splitlines()]
+    stages = {r["stage"]: r for r in latency if r["model_name"] == "yolov3-tiny"}
+    assert {"infer", "decode", "total"} <= set(stages)
+    assert 0 < stages["infer"]["p50_ms"] <= stages["infer"]["p99_ms"] <= stages["total"]["p99_ms"]
+    refused = subprocess.run([str(command), "--state-dir", str(stack.paths.state), "query",
+                              "SELECT * FROM system.tables"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert refused.returncode == 2 and "system.tables" in refused.stderr
+
+
+def test_the_sink_exports_lag_batch_size_insert_latency_and_rate(stack):
+    expected = [r'vigil_metrics_consumer_lag\{partition="\d+",topic="vigil.inference"\} \d',
+                r'vigil_metrics_batch_rows_count\{table="inference_events"\} [1-9]',
+                r'vigil_metrics_insert_seconds_count\{table="inference_events"\} [1-9]',
+                r'vigil_metrics_rows_per_second\{table="inference_events"\} \d',
+                r'vigil_metrics_rows_stored_total\{table="inference_events"\} [1-9]']
+
+    def missing():
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.config.ports.metrics_ops}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return [pattern for pattern in expected if not re.search(pattern, text)]
+
+    # librdkafka's statistics (the lag) come every 5 s.
+    wait_for(lambda: not missing(), 30, what="the sink's metrics in /metrics")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, reported):
+    from playwright.sync_api import sync_playwright
+
+    wait_for(lambda: query(stack, "SELECT count() AS n FROM inference_events WHERE detection_count > 0 "
+                                  "AND event_time > now() - INTERVAL 1 MINUTE")[0]["n"], 120, what="recent detections")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            requests_elsewhere = []
+            page.on("request", lambda r: None if r.url.startswith(stack.config.query_api_url)
+                    else requests_elsewhere.append(r.url))
+            page.goto(f"{stack.config.query_api_url}/")
+            page.wait_for_function("Number(document.body.dataset.refreshed || 0) >= 1", timeout=30_000)
+            # The live view needs a frame of the camera and a result with boxes: wait for both.
+            page.wait_for_function(
+                "document.getElementById('live').dataset.frame === '1' "
+                "&& Number(document.getElementById('live').dataset.boxes) > 0", timeout=30_000)
+            page.wait_for_function("Number(document.getElementById('dead-letters').dataset.points) > 0",
+                                   timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            error = page.inner_text("#error")
+            points = {chart: int(page.get_attribute(f"#{chart}", "data-points"))
+                      for chart in ("throughput", "latency", "classes", "dead-letters")}
+            camera_row = page.inner_text(f"#cameras tr[data-camera='{stack.config.camera_id}']")
+            boxes = int(page.get_attribute("#live", "data-boxes"))
+            drawn = page.evaluate("document.querySelectorAll('.uplot canvas').length")
+        finally:
+            browser.close()
+    assert error == ""
+    assert all(n > 0 for n in points.values()), points
+    assert drawn >= 4, "each chart is drawn by uPlot on a canvas"
+    assert boxes > 0
+    assert "online" in camera_row or "connecting" in camera_row
+    assert requests_elsewhere == [], "the dashboard loads nothing from elsewhere"
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
