@@ -213,6 +213,9 @@ class CameraStream:
                 yield frame
             reader.abandoned.set()
             if self.stop.is_set():
+                # Let the reader release its capture before the process may exit (FFmpeg threads torn down
+                # mid-read abort the process); a reader hung on a frozen server is left behind.
+                reader.join(self.options.stall_timeout_s + 1)
                 return
             stalled = reader.is_alive()
             if got_frame and not stalled and reader.failure == "end of file":

@@ -48,7 +48,9 @@ def main() -> None:
         kafka, service="metrics", group_id="vigil-metrics", topics=[INFERENCE, MONITORING, kafka.dlq_topic],
         handler=metrics_batch_handler(EventSink(store), kafka.dlq_topic),
         max_batch=settings.batch_max_events, max_wait_s=settings.batch_max_wait_s,
-        consumer_overrides={"statistics.interval.ms": 5000, "stats_cb": record_consumer_lag},
+        # Bigger fetches: a backlog is caught up in batches of batch_max_events, not of librdkafka's 1 MiB.
+        consumer_overrides={"statistics.interval.ms": 5000, "stats_cb": record_consumer_lag,
+                            "max.partition.fetch.bytes": 8 * 1024 * 1024},
     )
     runtime.health.liveness["consume_loop"] = runner.heartbeat.check
     runtime.health.readiness["kafka_assigned"] = flag_check(runner.assigned, "partitions assigned")

@@ -83,8 +83,38 @@ def _view(name: str, target: str, select: str) -> str:
     return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {target} AS {select}"
 
 
+def _view_and_backfill(version: int, view_migration: str, backfill_migration: str, view: str, target: str,
+                       select: str) -> list[tuple[int, str, str]]:
+    """Two migrations: the view that feeds `target` from new rows, then `target` filled from the rows stored
+    before the view existed (migrations run before the sink consumes, so nothing is counted twice)."""
+    return [(version, view_migration, _view(view, target, select)),
+            (version + 1, backfill_migration, f"INSERT INTO {target} {select}")]
+
+
+def _events_engine(key: str, ttl_days: int, partition: str | None = "toYYYYMM(event_time)") -> str:
+    """The engine of a table of events: one row per event id (the sink checks before it inserts; replacing
+    on the sort key is the second line of defence), dropped ttl_days after the event."""
+    partition_clause = f"PARTITION BY {partition}\n        " if partition else ""
+    return (f"ENGINE = ReplacingMergeTree\n        {partition_clause}ORDER BY ({key})\n"
+            f"        TTL toDateTime(event_time) + INTERVAL {ttl_days} DAY")
+
+
+def _rollup(table: str, key: str, columns: list[str]) -> str:
+    """A per-minute rollup: partial aggregates merged by the engine, kept longer than the raw events."""
+    body = ",\n            ".join(["minute DateTime('UTC')", *columns])
+    return f"""
+        CREATE TABLE IF NOT EXISTS {table} (
+            {body}
+        )
+        ENGINE = AggregatingMergeTree
+        PARTITION BY toYYYYMM(minute)
+        ORDER BY ({key}, minute)
+        TTL minute + INTERVAL 400 DAY
+    """
+
+
 MIGRATIONS += [
-    (2, "detections", """
+    (2, "detections", f"""
         CREATE TABLE IF NOT EXISTS detections (
             event_id UUID,
             camera_id LowCardinality(String),
@@ -99,68 +129,42 @@ MIGRATIONS += [
         )
         -- Filled by the engine from inference_events (one insert feeds both), so a detection exists exactly
         -- when its event does.
-        ENGINE = ReplacingMergeTree
-        PARTITION BY toYYYYMMDD(event_time)
-        ORDER BY (camera_id, event_time, event_id, detection_index)
-        TTL toDateTime(event_time) + INTERVAL 30 DAY
+        {_events_engine("camera_id, event_time, event_id, detection_index", 30, partition="toYYYYMMDD(event_time)")}
     """),
-    (3, "detections_from_inference", _view("detections_from_inference", "detections", _DETECTIONS_SELECT)),
-    (4, "detections_backfill", f"INSERT INTO detections {_DETECTIONS_SELECT}"),
-    (5, "inference_minute", """
-        CREATE TABLE IF NOT EXISTS inference_minute (
-            minute DateTime('UTC'),
-            camera_id LowCardinality(String),
-            model_name LowCardinality(String),
-            model_version LowCardinality(String),
-            shadow Bool,
-            frames SimpleAggregateFunction(sum, UInt64),
-            detections SimpleAggregateFunction(sum, UInt64),
-            empty_frames SimpleAggregateFunction(sum, UInt64)
-        )
-        ENGINE = AggregatingMergeTree
-        PARTITION BY toYYYYMM(minute)
-        ORDER BY (camera_id, model_name, model_version, shadow, minute)
-        TTL minute + INTERVAL 400 DAY
-    """),
-    (6, "inference_minute_view", _view("inference_minute_from_inference", "inference_minute",
-                                       _INFERENCE_MINUTE_SELECT)),
-    (7, "inference_minute_backfill", f"INSERT INTO inference_minute {_INFERENCE_MINUTE_SELECT}"),
-    (8, "latency_minute", """
-        CREATE TABLE IF NOT EXISTS latency_minute (
-            minute DateTime('UTC'),
-            model_name LowCardinality(String),
-            model_version LowCardinality(String),
-            camera_id LowCardinality(String),
-            stage LowCardinality(String),
-            latency_ms AggregateFunction(quantiles(0.5, 0.95, 0.99), Float64),
-            samples SimpleAggregateFunction(sum, UInt64)
-        )
-        ENGINE = AggregatingMergeTree
-        PARTITION BY toYYYYMM(minute)
-        ORDER BY (model_name, stage, model_version, camera_id, minute)
-        TTL minute + INTERVAL 400 DAY
-    """),
-    (9, "latency_minute_view", _view("latency_minute_from_inference", "latency_minute", _LATENCY_MINUTE_SELECT)),
-    (10, "latency_minute_backfill", f"INSERT INTO latency_minute {_LATENCY_MINUTE_SELECT}"),
-    (11, "detections_minute", """
-        CREATE TABLE IF NOT EXISTS detections_minute (
-            minute DateTime('UTC'),
-            camera_id LowCardinality(String),
-            model_name LowCardinality(String),
-            shadow Bool,
-            label LowCardinality(String),
-            detections SimpleAggregateFunction(sum, UInt64),
-            score_sum SimpleAggregateFunction(sum, Float64)
-        )
-        ENGINE = AggregatingMergeTree
-        PARTITION BY toYYYYMM(minute)
-        ORDER BY (label, camera_id, model_name, shadow, minute)
-        TTL minute + INTERVAL 400 DAY
-    """),
-    (12, "detections_minute_view", _view("detections_minute_from_inference", "detections_minute",
-                                         _DETECTIONS_MINUTE_SELECT)),
-    (13, "detections_minute_backfill", f"INSERT INTO detections_minute {_DETECTIONS_MINUTE_SELECT}"),
-    (14, "monitoring_events", """
+    *_view_and_backfill(3, "detections_from_inference", "detections_backfill",
+                        "detections_from_inference", "detections", _DETECTIONS_SELECT),
+    (5, "inference_minute", _rollup("inference_minute", "camera_id, model_name, model_version, shadow", [
+        "camera_id LowCardinality(String)",
+        "model_name LowCardinality(String)",
+        "model_version LowCardinality(String)",
+        "shadow Bool",
+        "frames SimpleAggregateFunction(sum, UInt64)",
+        "detections SimpleAggregateFunction(sum, UInt64)",
+        "empty_frames SimpleAggregateFunction(sum, UInt64)",
+    ])),
+    *_view_and_backfill(6, "inference_minute_view", "inference_minute_backfill",
+                        "inference_minute_from_inference", "inference_minute", _INFERENCE_MINUTE_SELECT),
+    (8, "latency_minute", _rollup("latency_minute", "model_name, stage, model_version, camera_id", [
+        "model_name LowCardinality(String)",
+        "model_version LowCardinality(String)",
+        "camera_id LowCardinality(String)",
+        "stage LowCardinality(String)",
+        "latency_ms AggregateFunction(quantiles(0.5, 0.95, 0.99), Float64)",
+        "samples SimpleAggregateFunction(sum, UInt64)",
+    ])),
+    *_view_and_backfill(9, "latency_minute_view", "latency_minute_backfill",
+                        "latency_minute_from_inference", "latency_minute", _LATENCY_MINUTE_SELECT),
+    (11, "detections_minute", _rollup("detections_minute", "label, camera_id, model_name, shadow", [
+        "camera_id LowCardinality(String)",
+        "model_name LowCardinality(String)",
+        "shadow Bool",
+        "label LowCardinality(String)",
+        "detections SimpleAggregateFunction(sum, UInt64)",
+        "score_sum SimpleAggregateFunction(sum, Float64)",
+    ])),
+    *_view_and_backfill(12, "detections_minute_view", "detections_minute_backfill",
+                        "detections_minute_from_inference", "detections_minute", _DETECTIONS_MINUTE_SELECT),
+    (14, "monitoring_events", f"""
         CREATE TABLE IF NOT EXISTS monitoring_events (
             event_id UUID,
             trace_id String,
@@ -173,12 +177,9 @@ MIGRATIONS += [
             stored_time DateTime64(3, 'UTC') DEFAULT now64(3),
             detail String                     -- the event's payload as JSON
         )
-        ENGINE = ReplacingMergeTree
-        PARTITION BY toYYYYMMDD(event_time)
-        ORDER BY (kind, subject, event_time, event_id)
-        TTL toDateTime(event_time) + INTERVAL 30 DAY
+        {_events_engine("kind, subject, event_time, event_id", 30, partition="toYYYYMMDD(event_time)")}
     """),
-    (15, "camera_health", """
+    (15, "camera_health", f"""
         CREATE TABLE IF NOT EXISTS camera_health (
             event_id UUID,
             camera_id LowCardinality(String),
@@ -192,12 +193,9 @@ MIGRATIONS += [
             reconnects UInt32,
             last_frame_time Nullable(DateTime64(3, 'UTC'))
         )
-        ENGINE = ReplacingMergeTree
-        PARTITION BY toYYYYMM(event_time)
-        ORDER BY (camera_id, event_time, event_id)
-        TTL toDateTime(event_time) + INTERVAL 90 DAY
+        {_events_engine("camera_id, event_time, event_id", 90, partition="toYYYYMM(event_time)")}
     """),
-    (16, "drift_scores", """
+    (16, "drift_scores", f"""
         CREATE TABLE IF NOT EXISTS drift_scores (
             event_id UUID,
             model_name LowCardinality(String),
@@ -210,12 +208,9 @@ MIGRATIONS += [
             window_end DateTime64(3, 'UTC'),
             event_time DateTime64(3, 'UTC')
         )
-        ENGINE = ReplacingMergeTree
-        PARTITION BY toYYYYMM(event_time)
-        ORDER BY (model_name, feature, metric, event_time, event_id)
-        TTL toDateTime(event_time) + INTERVAL 400 DAY
+        {_events_engine("model_name, feature, metric, event_time, event_id", 400, partition="toYYYYMM(event_time)")}
     """),
-    (17, "dead_letters", """
+    (17, "dead_letters", f"""
         CREATE TABLE IF NOT EXISTS dead_letters (
             event_id UUID,                    -- derived from the dead letter's own topic, partition and offset
             event_time DateTime64(3, 'UTC'),  -- when it was dead-lettered (its Kafka timestamp)
@@ -230,44 +225,27 @@ MIGRATIONS += [
             message_key String,
             message_bytes UInt32
         )
-        ENGINE = ReplacingMergeTree
-        PARTITION BY toYYYYMM(event_time)
-        ORDER BY (origin_topic, event_time, event_id)
-        TTL toDateTime(event_time) + INTERVAL 30 DAY
+        {_events_engine("origin_topic, event_time, event_id", 30, partition="toYYYYMM(event_time)")}
     """),
-    (18, "camera_minute", """
-        CREATE TABLE IF NOT EXISTS camera_minute (
-            minute DateTime('UTC'),
-            camera_id LowCardinality(String),
-            fps_produced AggregateFunction(avg, Float64),
-            fps_read AggregateFunction(avg, Float64),
-            frames_dropped_min SimpleAggregateFunction(min, UInt64),
-            frames_dropped_max SimpleAggregateFunction(max, UInt64),
-            last_state AggregateFunction(argMax, LowCardinality(String), DateTime64(3, 'UTC')),
-            reports SimpleAggregateFunction(sum, UInt64)
-        )
-        ENGINE = AggregatingMergeTree
-        PARTITION BY toYYYYMM(minute)
-        ORDER BY (camera_id, minute)
-        TTL minute + INTERVAL 400 DAY
-    """),
+    (18, "camera_minute", _rollup("camera_minute", "camera_id", [
+        "camera_id LowCardinality(String)",
+        "fps_produced AggregateFunction(avg, Float64)",
+        "fps_read AggregateFunction(avg, Float64)",
+        "frames_dropped_min SimpleAggregateFunction(min, UInt64)",
+        "frames_dropped_max SimpleAggregateFunction(max, UInt64)",
+        "last_state AggregateFunction(argMax, LowCardinality(String), DateTime64(3, 'UTC'))",
+        "reports SimpleAggregateFunction(sum, UInt64)",
+    ])),
     (19, "camera_minute_view", _view("camera_minute_from_health", "camera_minute", _CAMERA_MINUTE_SELECT)),
-    (20, "dead_letters_minute", """
-        CREATE TABLE IF NOT EXISTS dead_letters_minute (
-            minute DateTime('UTC'),
-            origin_topic LowCardinality(String),
-            reason LowCardinality(String),
-            service LowCardinality(String),
-            letters SimpleAggregateFunction(sum, UInt64)
-        )
-        ENGINE = AggregatingMergeTree
-        PARTITION BY toYYYYMM(minute)
-        ORDER BY (origin_topic, reason, service, minute)
-        TTL minute + INTERVAL 400 DAY
-    """),
+    (20, "dead_letters_minute", _rollup("dead_letters_minute", "origin_topic, reason, service", [
+        "origin_topic LowCardinality(String)",
+        "reason LowCardinality(String)",
+        "service LowCardinality(String)",
+        "letters SimpleAggregateFunction(sum, UInt64)",
+    ])),
     (21, "dead_letters_minute_view", _view("dead_letters_minute_from_dead_letters", "dead_letters_minute",
                                            _DEAD_LETTERS_MINUTE_SELECT)),
-    (22, "annotations", """
+    (22, "annotations", f"""
         CREATE TABLE IF NOT EXISTS annotations (
             event_id UUID,
             task_id String,
@@ -282,12 +260,9 @@ MIGRATIONS += [
             priority Float64,
             event_time DateTime64(3, 'UTC')
         )
-        ENGINE = ReplacingMergeTree
-        PARTITION BY toYYYYMM(event_time)
-        ORDER BY (task_id, kind, event_time, event_id)
-        TTL toDateTime(event_time) + INTERVAL 400 DAY
+        {_events_engine("task_id, kind, event_time, event_id", 400, partition="toYYYYMM(event_time)")}
     """),
-    (23, "model_versions", """
+    (23, "model_versions", f"""
         CREATE TABLE IF NOT EXISTS model_versions (
             event_id UUID,
             model_name LowCardinality(String),
@@ -299,9 +274,7 @@ MIGRATIONS += [
             trained_on Array(String),
             event_time DateTime64(3, 'UTC')
         )
-        ENGINE = ReplacingMergeTree
-        ORDER BY (model_name, model_version, event_time, event_id)
-        TTL toDateTime(event_time) + INTERVAL 3650 DAY
+        {_events_engine("model_name, model_version, event_time, event_id", 3650, partition=None)}
     """),
 ]
 

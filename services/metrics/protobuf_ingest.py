@@ -64,11 +64,20 @@ def write_schema(directory: Path) -> str:
 
 def frame(messages: Sequence[tuple[bytes, int]]) -> bytes:
     """Length-delimited StoredInferenceResult messages from (InferenceResult bytes, Kafka timestamp ms)."""
+    # Varints cost a Python loop each: a batch shares few distinct lengths and timestamps, so cache them.
+    lengths: dict[int, bytes] = {}
+    timestamps: dict[int, bytes] = {}
     parts = []
     for index, (value, timestamp_ms) in enumerate(messages):
-        body = b"".join((value, _TIMESTAMP_TAG, _varint(max(timestamp_ms, 0)), _INDEX_TAG, _varint(index)))
-        parts.append(_varint(len(body)))
-        parts.append(body)
+        stamp = timestamps.get(timestamp_ms)
+        if stamp is None:
+            stamp = timestamps[timestamp_ms] = _TIMESTAMP_TAG + _varint(max(timestamp_ms, 0))
+        position = _INDEX_TAG + _varint(index)
+        size = len(value) + len(stamp) + len(position)
+        prefix = lengths.get(size)
+        if prefix is None:
+            prefix = lengths[size] = _varint(size)
+        parts += (prefix, value, stamp, position)
     return b"".join(parts)
 
 
@@ -133,11 +142,11 @@ class ProtobufInferenceIngest:
                     raise UnparseableBatch(str(exc).strip().splitlines()[0][:300]) from exc
                 raise
             try:
-                invalid = {int(i): reason for i, reason in client.query(
-                    f"SELECT batch_index, {_REASON} AS reason FROM {_STAGING} WHERE reason != ''").result_rows}
-                lo, hi, valid = client.query(
-                    f"SELECT min({_EVENT_MS}), max({_EVENT_MS}), uniqExact(envelope_event_id) FROM {_STAGING} "
-                    f"WHERE {_REASON} = ''").result_rows[0]
+                problems, lo, hi, valid = client.query(
+                    f"SELECT groupArrayIf((batch_index, reason), reason != ''), minIf(ms, reason = ''), "
+                    f"maxIf(ms, reason = ''), countIf(reason = '') "
+                    f"FROM (SELECT batch_index, {_REASON} AS reason, {_EVENT_MS} AS ms FROM {_STAGING})").result_rows[0]
+                invalid = {int(i): reason for i, reason in problems}
                 fresh = 0
                 if valid:
                     window = {"lo": lo, "hi": hi}

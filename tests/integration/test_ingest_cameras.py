@@ -252,3 +252,27 @@ def test_bad_sources_get_a_clear_state_and_reason_and_nothing_crashes(stack, cam
                  what="the demo camera's frames")
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.config.ports.ingest_ops}/livez", timeout=5) as response:
         assert response.status == 200
+
+
+def test_an_http_mjpeg_camera_streams_downscaled_frames(stack, registry, footage):
+    from tests.integration.mjpeg_server import MjpegCamera
+
+    with MjpegCamera(footage, fps=10) as mjpeg, TopicRecorder(stack.config.kafka_bootstrap, FRAMES) as frames:
+        registry.add("mjpeg", mjpeg.url, sample_fps=5.0, max_width=384)
+        received = wait_for(lambda: [events_pb2.Frame.FromString(v) for _, k, v in frames.since(0) if k == b"mjpeg"][:3]
+                            or None, 30, what="frames from the MJPEG camera")
+        assert all((f.width, f.height) == (384, 288) for f in received)
+
+
+def test_the_motion_gate_skips_a_static_scene_and_reports_the_count(stack, registry, footage):
+    from tests.integration.mjpeg_server import MjpegCamera
+
+    with MjpegCamera(footage, fps=10, frames=1) as still, \
+            TopicRecorder(stack.config.kafka_bootstrap, MONITORING) as monitoring, \
+            TopicRecorder(stack.config.kafka_bootstrap, FRAMES) as frames:
+        registry.add("still", still.url, sample_fps=5.0, motion_min_changed_fraction=0.01)
+        skipped = wait_for(lambda: max((s.frames_skipped for _, s in statuses(monitoring) if s.camera_id == "still"),
+                                       default=0) >= 10, 30, what="skipped frames reported")
+        assert skipped
+        produced = [k for _, k, _ in frames.since(0) if k == b"still"]
+        assert len(produced) == 1, "only the first frame of an unchanging scene is produced"

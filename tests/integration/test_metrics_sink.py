@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from libs.common.envelope import new_envelope
-from libs.common.topics import INFERENCE, MONITORING
+from libs.common.topics import MONITORING
 from protos import events_pb2
 from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import produce
@@ -34,20 +34,26 @@ def named(stack, name: str, **parameters) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reported(stack):
-    """A drift alert, a model status and an undecodable inference event sent through Kafka, and stored."""
+    """A drift alert, a model status and an undecodable monitoring event sent through Kafka, and stored."""
     marker = uuid.uuid4().hex[:8]
-    drift = events_pb2.MonitoringEvent(envelope=new_envelope("model/yolov3-tiny", "test"), drift_alert=events_pb2.DriftAlert(
-        model_name="yolov3-tiny", feature=f"input.brightness.{marker}", metric="psi", score=0.4, threshold=0.2))
-    status = events_pb2.MonitoringEvent(envelope=new_envelope("model/yolov3-tiny", "test"), model_status=events_pb2.ModelStatus(
-        model=events_pb2.ModelRef(name="yolov3-tiny", version="1"), state="ready"))
+    drift = events_pb2.MonitoringEvent(
+        envelope=new_envelope("model/yolov3-tiny", "test"),
+        drift_alert=events_pb2.DriftAlert(model_name="yolov3-tiny", feature=f"input.brightness.{marker}", metric="psi",
+                                          score=0.4, threshold=0.2))
+    status = events_pb2.MonitoringEvent(
+        envelope=new_envelope("model/yolov3-tiny", "test"),
+        model_status=events_pb2.ModelStatus(model=events_pb2.ModelRef(name="yolov3-tiny", version="1"), state="ready"))
     produce(stack.config.kafka_bootstrap, MONITORING, [(b"yolov3-tiny", drift.SerializeToString()),
                                                        (b"yolov3-tiny", status.SerializeToString())])
-    produce(stack.config.kafka_bootstrap, INFERENCE, [(marker.encode(), b"\xff\xfe not a protobuf " + marker.encode())])
-    wait_for(lambda: query(stack, f"SELECT count() AS n FROM drift_scores WHERE feature = 'input.brightness.{marker}'")[0]["n"],
+    # Into vigil.monitoring, not vigil.inference: other tests read every inference event from the beginning.
+    produce(stack.config.kafka_bootstrap, MONITORING,
+            [(marker.encode(), b"\xff\xfe not a protobuf " + marker.encode())])
+    wait_for(lambda: query(stack, "SELECT count() AS n FROM drift_scores "
+                                  f"WHERE feature = 'input.brightness.{marker}'")[0]["n"],
              60, what="the drift alert stored")
     # The sink dead-letters the bad event into vigil.dlq, then reads it back from there as a dead letter.
     wait_for(lambda: query(stack, f"SELECT count() AS n FROM dead_letters WHERE message_key = '{marker}' "
-                                  "AND origin_topic = 'vigil.inference' AND reason = 'malformed_event' "
+                                  "AND origin_topic = 'vigil.monitoring' AND reason = 'malformed_event' "
                                   "AND service = 'metrics'")[0]["n"], 60, what="the dead letter counted")
     return marker
 
@@ -62,7 +68,7 @@ def test_monitoring_events_and_dead_letters_from_kafka_are_stored(stack, reporte
                       what="camera status reports from ingest")
     assert health[-1]["state"] in {"online", "connecting"}
     rate = named(stack, "dead_letter_rate")
-    assert any(r["origin_topic"] == "vigil.inference" and r["reason"] == "malformed_event" for r in rate)
+    assert any(r["origin_topic"] == "vigil.monitoring" and r["reason"] == "malformed_event" for r in rate)
 
 
 def test_named_queries_through_the_cli(stack):

@@ -157,11 +157,13 @@ def test_sigkill_of_inference_mid_stream_loses_no_frame_and_the_store_keeps_each
         duplicates = len(results) - len(distinct)
         print(f"frames: {len(frame_ids)}, results: {len(results)}, duplicates after SIGKILL: {duplicates}")
 
-        def store_caught_up():
-            row = query(stack, "SELECT count() AS n, uniqExact(event_id) AS u FROM inference_events")[0]
-            return row if row["u"] >= len(distinct) else None
+        seen: list[dict] = []
 
-        row = wait_for(store_caught_up, 60, what="the sink to store every result")
+        def store_caught_up():
+            seen.append(query(stack, "SELECT count() AS n, uniqExact(event_id) AS u FROM inference_events")[0])
+            return seen[-1] if seen[-1]["u"] >= len(distinct) else None
+
+        row = wait_for(store_caught_up, 60, what=f"the sink to store all {len(distinct)} results (seen: {seen[-1:]})")
         assert row["n"] == row["u"] == len(distinct), "each event id is stored exactly once"
     finally:
         stack.supervisor.up(progress=lambda *_: None)

@@ -112,8 +112,9 @@ class KafkaMessage:
 def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(store, engine):
     sink = EventSink(store, engine_parses_inference=engine)
     handle = metrics_batch_handler(sink, "vigil.dlq")
-    status = events_pb2.MonitoringEvent(envelope=new_envelope("camera/c", "ingest"), camera_status=events_pb2.CameraStatus(
-        camera_id="c", state=events_pb2.CAMERA_STATE_ONLINE, fps_produced=5))
+    status = events_pb2.MonitoringEvent(
+        envelope=new_envelope("camera/c", "ingest"),
+        camera_status=events_pb2.CameraStatus(camera_id="c", state=events_pb2.CAMERA_STATE_ONLINE, fps_produced=5))
     no_detail = events_pb2.MonitoringEvent(envelope=new_envelope("camera/c", "ingest"))
     good = inference_result("handler")
     bad_id = inference_result("handler")
@@ -124,8 +125,8 @@ def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(
         KafkaMessage("vigil.inference", bad_id.SerializeToString()),
         KafkaMessage("vigil.monitoring", status.SerializeToString()),
         KafkaMessage("vigil.monitoring", no_detail.SerializeToString()),
-        KafkaMessage("vigil.dlq", b"whatever", offset=9, key=b"k", headers=[("vigil.dlq.reason", b"undecodable_image"),
-                                                                             ("vigil.dlq.origin.topic", b"vigil.frames")]),
+        KafkaMessage("vigil.dlq", b"whatever", offset=9, key=b"k",
+                     headers=[("vigil.dlq.reason", b"undecodable_image"), ("vigil.dlq.origin.topic", b"vigil.frames")]),
         KafkaMessage("vigil.inference", good.SerializeToString()),
     ]
     outcomes = handle(batch)

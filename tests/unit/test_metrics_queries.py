@@ -118,7 +118,8 @@ def refusal(api: str, sql: str) -> tuple[int, str]:
 
 def test_fps_per_camera_counts_primary_results_over_the_window(api):
     rows = named(api, "fps_per_camera")
-    assert rows == [{"camera_id": "cam-a", "frames": 120, "fps": 1.0}, {"camera_id": "cam-b", "frames": 30, "fps": 0.25}]
+    assert rows == [{"camera_id": "cam-a", "frames": 120, "fps": 1.0},
+                    {"camera_id": "cam-b", "frames": 30, "fps": 0.25}]
     assert named(api, "fps_per_camera", camera_id="cam-b") == [{"camera_id": "cam-b", "frames": 30, "fps": 0.25}]
 
 
@@ -178,7 +179,8 @@ def test_recent_detections_are_the_latest_results_of_a_camera(api):
 
 
 def test_detections_table_has_one_row_per_detection(store):
-    count, events = store.query_readonly("SELECT count(), uniqExact(event_id) FROM detections WHERE NOT shadow")["rows"][0]
+    count, events = store.query_readonly(
+        "SELECT count(), uniqExact(event_id) FROM detections WHERE NOT shadow")["rows"][0]
     assert (count, events) == (60 * 3 + 60 + 30, 150)
 
 
