@@ -38,8 +38,12 @@ test-unit: install
 test-integration: install
 	$(PY) -m pytest -ra tests/integration
 
+# Each benchmark in turn, alone on the machine (figures go to bench/results/*.json).
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench.ingest
+	$(PY) -m bench.inference
+	$(PY) -m bench.metrics_sink
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (a test fails when they are stale).
 protos:
