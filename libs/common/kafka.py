@@ -8,7 +8,7 @@ batch in hand finish, flush and commit before the consumer closes."""
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter as Tally
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -211,7 +211,7 @@ class KafkaRunner:
         started = time.perf_counter()
         # One counter update per topic and batch: a label lookup per message costs more than the sink's
         # own work per event at tens of thousands of events per second.
-        for topic, count in Counter(msg.topic() for msg in messages).items():
+        for topic, count in Tally(msg.topic() for msg in messages).items():
             CONSUMED.labels(topic).inc(count)
         outcomes = self._handle(messages, stop)
         if outcomes is None:  # stopped while retrying: commit nothing, the batch is redelivered
