@@ -123,7 +123,7 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
             requests_elsewhere = []
             page.on("request", lambda r: None if r.url.startswith(stack.config.query_api_url)
                     else requests_elsewhere.append(r.url))
-            page.goto(f"{stack.config.query_api_url}/")
+            page.goto(f"{stack.config.query_api_url}/?camera={stack.config.camera_id}")
             page.wait_for_function("Number(document.body.dataset.refreshed || 0) >= 1", timeout=30_000)
             # The live view needs a frame of the camera and a result with boxes: wait for both.
             page.wait_for_function(

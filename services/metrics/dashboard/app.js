@@ -5,7 +5,8 @@
 const REFRESH_MS = 5000;
 const COLOURS = ["#1a73e8", "#e8710a", "#188038", "#d93025", "#9334e6", "#12b5cb", "#f9ab00", "#5f6368"];
 const charts = {};
-let selectedCamera = null;
+// ?camera=ID opens the dashboard on that camera; otherwise the first online camera is shown.
+let selectedCamera = new URLSearchParams(window.location.search).get("camera");
 
 // The window every query of one refresh uses: [since, until).
 let window_ = null;
@@ -87,7 +88,9 @@ async function refreshCameras() {
     row.addEventListener("click", () => { selectedCamera = c.camera_id; refreshAll(); });
     return row;
   }));
-  if (!selectedCamera && cameras.length) selectedCamera = cameras[0].camera_id;
+  if (!selectedCamera && cameras.length) {
+    selectedCamera = (cameras.find(c => c.state === "online") || cameras[0]).camera_id;
+  }
 }
 
 function loadImage(url) {
