@@ -174,6 +174,12 @@ class LocalStack:
         if registry.list().get(camera_id) != config:
             registry.put(config)
 
+    def unregister_camera(self, camera_id: str) -> None:
+        from libs.common.settings import KafkaSettings
+        from services.ingest.registry import CameraRegistryClient
+
+        CameraRegistryClient(KafkaSettings(bootstrap_servers=self.config.kafka_bootstrap)).remove(camera_id)
+
     def where_to_look(self) -> list[tuple[str, str]]:
         p = self.config.ports
         return [
