@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -163,19 +165,34 @@ def test_a_frozen_server_is_reported_stalled_by_the_watchdog_and_recovers(stack,
         wait_for(lambda: first_state_after(monitoring, "frozen", "online", resumed_at), 30, what="online again")
 
 
-def test_removing_a_camera_stops_its_frames_and_adding_one_starts_them_within_5s(stack, camera_server, registry):
+def vigil_cameras(stack, *args: str) -> subprocess.CompletedProcess:
+    command = Path(sys.executable).parent / "vigil"
+    return subprocess.run([str(command), "--state-dir", str(stack.paths.state), "cameras", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_vigil_cameras_remove_stops_frames_and_add_starts_them_within_5s(stack, camera_server):
     with TopicRecorder(stack.config.kafka_bootstrap, FRAMES) as frames:
         added_at = time.monotonic()
-        registry.add("coming-and-going", camera_server.url(1), sample_fps=5.0)
-        first = wait_for(lambda: next((t for t, k, _ in frames.since(added_at) if k == b"coming-and-going"), None),
-                         15, what="a first frame")
-        assert first - added_at <= 5.0, f"first frame {first - added_at:.1f}s after the add"
-        time.sleep(2)
-        registry.remove("coming-and-going")
+        added = vigil_cameras(stack, "add", "coming-and-going", camera_server.url(1), "--fps", "5")
+        assert added.returncode == 0, added.stderr
+        try:
+            first = wait_for(lambda: next((t for t, k, _ in frames.since(added_at) if k == b"coming-and-going"), None),
+                             15, what="a first frame")
+            assert first - added_at <= 5.0, f"first frame {first - added_at:.1f}s after the add"
+            listed = vigil_cameras(stack, "list")
+            assert '"camera_id": "coming-and-going"' in listed.stdout
+            assert vigil_cameras(stack, "add", "coming-and-going", camera_server.url(1)).returncode == 2, \
+                "adding an existing camera is refused (update changes it)"
+            time.sleep(2)
+        finally:
+            removed = vigil_cameras(stack, "remove", "coming-and-going")
+        assert removed.returncode == 0, removed.stderr
         removed_at = time.monotonic()
         time.sleep(8)
         late = [t - removed_at for t, k, _ in frames.since(removed_at + 5) if k == b"coming-and-going"]
         assert not late, f"frames {late} s after the remove"
+    assert "coming-and-going" not in vigil_cameras(stack, "list").stdout
 
 
 def test_two_replicas_split_the_cameras_and_a_survivor_takes_over_after_sigkill(stack, camera_server, registry, tmp_path):
