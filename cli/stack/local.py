@@ -106,7 +106,8 @@ def install_stack(cache: Path) -> None:
     ensure_default_model(cache)
 
 
-def _ready(port: int) -> bool:
+def service_ready(port: int) -> bool:
+    """The service whose ops endpoint is on this port says it can work now (/readyz answers 200)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
             return response.status == 200
@@ -138,19 +139,19 @@ class LocalStack:
         ]
         services = [
             ComponentSpec(
-                "metrics", python_module_argv("services.metrics"), lambda: _ready(p.metrics_ops),
+                "metrics", python_module_argv("services.metrics"), lambda: service_ready(p.metrics_ops),
                 env={**env, "VIGIL_METRICS_OPS_PORT": str(p.metrics_ops), "VIGIL_METRICS_API_PORT": str(p.query_api),
                      "VIGIL_METRICS_STORE_PATH": str(self.paths.data("clickhouse")), **self.extra_env.get("metrics", {})},
                 cwd=REPO_ROOT,
             ),
             ComponentSpec(
-                "inference", python_module_argv("services.inference"), lambda: _ready(p.inference_ops),
+                "inference", python_module_argv("services.inference"), lambda: service_ready(p.inference_ops),
                 env={**env, "VIGIL_INFERENCE_OPS_PORT": str(p.inference_ops), "VIGIL_INFERENCE_GRPC_PORT": str(p.grpc),
                      "VIGIL_CACHE_DIR": str(self.paths.cache), **self.extra_env.get("inference", {})},
                 cwd=REPO_ROOT, start_timeout_s=300,  # the first start on a machine converts the model
             ),
             ComponentSpec(
-                "ingest", python_module_argv("services.ingest"), lambda: _ready(p.ingest_ops),
+                "ingest", python_module_argv("services.ingest"), lambda: service_ready(p.ingest_ops),
                 env={**env, "VIGIL_INGEST_OPS_PORT": str(p.ingest_ops), "VIGIL_INGEST_REPLICA_ID": "local-1",
                      "VIGIL_INGEST_SENSORS_HTTP_PORT": str(p.sensors_http),
                      **self.extra_env.get("ingest", {})},

@@ -16,7 +16,7 @@ import pytest
 
 from cli.stack import camera
 from cli.stack.component import ComponentSpec
-from cli.stack.local import REPO_ROOT
+from cli.stack.local import REPO_ROOT, service_ready
 from libs.common.settings import KafkaSettings
 from libs.common.topics import FRAMES, MONITORING
 from protos import events_pb2
@@ -199,7 +199,7 @@ def test_two_replicas_split_the_cameras_and_a_survivor_takes_over_after_sigkill(
     ops_port = free_ports(1)[0]
     second = ComponentSpec(
         "ingest-2", [sys.executable, "-m", "services.ingest"],
-        healthy=lambda: _ready(ops_port),
+        healthy=lambda: service_ready(ops_port),
         env={**stack.config.service_env(), "VIGIL_INGEST_OPS_PORT": str(ops_port), "VIGIL_INGEST_REPLICA_ID": "local-2"},
         cwd=REPO_ROOT,
     )
@@ -226,14 +226,6 @@ def test_two_replicas_split_the_cameras_and_a_survivor_takes_over_after_sigkill(
             assert back - killed_at <= 30, f"{camera_id} moved after {back - killed_at:.1f}s"
         wait_for(lambda: set(moved) <= set(frames_per_camera(frames, killed_at, time.monotonic())), 20,
                  what="frames of the moved cameras")
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def test_bad_sources_get_a_clear_state_and_reason_and_nothing_crashes(stack, camera_server, registry, tmp_path):
