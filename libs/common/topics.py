@@ -18,6 +18,7 @@ MONITORING = "vigil.monitoring"
 DLQ = "vigil.dlq"
 CAMERAS = "vigil.cameras"
 SENSORS_REGISTRY = "vigil.sensors.registry"
+MODELS = "vigil.models"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ CATALOG: tuple[TopicSpec, ...] = (
     # all of it, so one partition keeps it in one order.
     TopicSpec(SENSORS_REGISTRY, 1, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
                                         "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
+    # Model registry announcements (ModelVersion), keyed by model name: compaction keeps each model's latest
+    # change, its current primary. One partition keeps one order of changes.
+    TopicSpec(MODELS, 1, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+                              "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
 )
 
 

@@ -1,0 +1,136 @@
+"""`vigil models import | list | show | promote | rollback`: the model registry in the object store.
+
+  vigil models import NAME DIR [--parent VERSION]   a converted model dir as the next immutable version
+  vigil models list [--json]                        models, their versions, which one is primary
+  vigil models show NAME [VERSION]                  a version's manifest as JSON (default: the latest)
+  vigil models promote NAME VERSION                 make VERSION the primary; announced on vigil.models
+  vigil models rollback NAME                        the previously promoted version becomes primary again"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from libs.common.objectstore import object_store_client
+from libs.common.settings import KafkaSettings, ObjectStoreSettings
+from libs.common.topics import CATALOG, MODELS, ensure_topics
+from protos import events_pb2
+from services.inference.registry import BUCKET, ModelRegistry, RegistryError, announcement
+
+
+def _registry(stack, args: argparse.Namespace) -> ModelRegistry:
+    settings = ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",
+                                   access_key=stack.config.s3_access_key, secret_key=stack.config.s3_secret_key)
+    return ModelRegistry(object_store_client(settings), args.bucket)
+
+
+def _who() -> str:
+    return f"cli/{getpass.getuser()}"
+
+
+def announce(kafka: KafkaSettings, messages: list[events_pb2.ModelVersion]) -> None:
+    """Produces the announcements in order, keyed by model name: the last one per model (the new primary)
+    is what compaction keeps."""
+    config = kafka.client_config()
+    ensure_topics(config, kafka.replication_factor, tuple(s for s in CATALOG if s.name == MODELS))
+    errors: list[str] = []
+    producer = Producer({**config, "client.id": "vigil-cli", "enable.idempotence": True, "acks": "all"})
+    for message in messages:
+        producer.produce(MODELS, key=message.model.name.encode(), value=message.SerializeToString(),
+                         on_delivery=lambda err, _msg: err and errors.append(err.str()))
+    if producer.flush(30) or errors:
+        raise RegistryError(f"the promotion is recorded but its announcement on {MODELS} failed: "
+                            f"{errors or 'timed out'}; promote again to announce it")
+
+
+def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: int | None, primary: int,
+                     action: str) -> None:
+    messages = []
+    if retired is not None and retired != primary:
+        messages.append(announcement(registry.manifest(name, retired), "retired",
+                                     registry.artifact_ref(name, retired), action, _who()))
+    messages.append(announcement(registry.manifest(name, primary), "primary", registry.artifact_ref(name, primary),
+                                 action, _who()))
+    announce(KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap), messages)
+
+
+def cmd_import(stack, args: argparse.Namespace) -> int:
+    manifest = _registry(stack, args).import_dir(args.name, args.dir, _who(), args.parent)
+    size = sum(f["size"] for f in manifest["files"])
+    print(f"{args.name} version {manifest['version']} imported ({len(manifest['files'])} files, {size} bytes, "
+          f"{manifest['precision']})")
+    return 0
+
+
+def cmd_list(stack, args: argparse.Namespace) -> int:
+    registry = _registry(stack, args)
+    rows = [{"name": name, "versions": registry.versions(name), "primary": registry.primary(name)}
+            for name in registry.models()]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'model':<32} {'primary':>8}  versions")
+    for row in rows:
+        versions = ", ".join(f"{v}*" if v == row["primary"] else str(v) for v in row["versions"])
+        print(f"{row['name']:<32} {row['primary'] or '-':>8}  {versions}")
+    return 0
+
+
+def cmd_show(stack, args: argparse.Namespace) -> int:
+    print(json.dumps(_registry(stack, args).manifest(args.name, args.version), indent=2))
+    return 0
+
+
+def cmd_promote(stack, args: argparse.Namespace) -> int:
+    registry = _registry(stack, args)
+    previous = registry.promote(args.name, args.version, _who())
+    _announce_change(stack, args, registry, args.name, previous, args.version, "promote")
+    print(f"{args.name} version {args.version} is primary" + (f" (was {previous})" if previous else ""))
+    return 0
+
+
+def cmd_rollback(stack, args: argparse.Namespace) -> int:
+    registry = _registry(stack, args)
+    retired, restored = registry.rollback(args.name, _who())
+    _announce_change(stack, args, registry, args.name, retired, restored, "rollback")
+    print(f"{args.name} version {restored} is primary again (version {retired} retired)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> dict:
+    models = subparsers.add_parser("models", help="the model registry: import, list, show, promote, rollback",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    models.add_argument("--bucket", default=BUCKET, help=f"the registry's bucket (default {BUCKET})")
+    models.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local stack's)")
+    sub = models.add_subparsers(dest="models_command", required=True)
+    imp = sub.add_parser("import", help="upload a converted model dir as the next version")
+    imp.add_argument("name")
+    imp.add_argument("dir", type=Path, help="a dir with model.xml, model.bin, model.json (and labels.txt)")
+    imp.add_argument("--parent", type=int, help="the registry version this one derives from "
+                     "(default: found from model.json's lineage)")
+    listing = sub.add_parser("list", help="models, versions, and the primary of each (marked *)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per model")
+    show = sub.add_parser("show", help="a version's manifest as JSON")
+    show.add_argument("name")
+    show.add_argument("version", type=int, nargs="?", help="default: the latest")
+    promote = sub.add_parser("promote", help="make a version the primary")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    rollback = sub.add_parser("rollback", help="promote the previously promoted version again")
+    rollback.add_argument("name")
+    commands = {"import": cmd_import, "list": cmd_list, "show": cmd_show, "promote": cmd_promote,
+                "rollback": cmd_rollback}
+
+    def cmd_models(stack, args: argparse.Namespace) -> int:
+        try:
+            return commands[args.models_command](stack, args)
+        except RegistryError as exc:
+            print(f"vigil: {exc}", file=sys.stderr)
+            return 1
+
+    return {"models": cmd_models}

@@ -1,0 +1,328 @@
+"""The model registry in the object store: numbered, immutable versions of converted model directories
+(`NAME/VERSION/` + a manifest of sha256, sizes and metadata) and a promotion pointer per model with its history.
+
+Layout in the bucket: `NAME/VERSION/<files>`, `NAME/VERSION/manifest.json` (written last: a version without it
+is an unfinished import, never listed nor reused), `NAME/promotion.json` (every promote and rollback)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from minio import Minio
+from minio.error import S3Error
+
+from libs.common.envelope import new_envelope
+from protos import events_pb2
+
+BUCKET = "vigil-models"
+MANIFEST = "manifest.json"
+PROMOTION = "promotion.json"
+MANIFEST_SCHEMA = 1
+REQUIRED_FILES = ("model.xml", "model.bin", "model.json")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CHUNK = 1024 * 1024
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done; the message says why."""
+
+
+class UnknownModel(RegistryError):
+    pass
+
+
+class UnknownVersion(RegistryError):
+    pass
+
+
+class VersionExists(RegistryError):
+    pass
+
+
+class CorruptArtifact(RegistryError):
+    """A downloaded file is not the file the manifest names (sha256 or size differ)."""
+
+
+# --- pure parts -------------------------------------------------------------------------------------------
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise RegistryError(f"{name!r} is not a model name: letters, digits, '.', '_', '-', at most 128")
+    return name
+
+
+def next_version(used: set[int] | list[int]) -> int:
+    """Versions are 1, 2, 3...; a number seen in the store (even an unfinished import) is never reused."""
+    return max(used, default=0) + 1
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def build_manifest(name: str, version: int, model_dir: Path, imported_by: str, imported_at: datetime,
+                   parent_version: int | None = None) -> dict:
+    """The manifest of `model_dir` as version `version` of `name`: every file with sha256 and size, and what
+    model.json says about the model (source, labels, input, precision, calibration, metrics, lineage)."""
+    model_dir = Path(model_dir)
+    missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise RegistryError(f"{model_dir} is not a converted model: {', '.join(missing)} missing")
+    try:
+        metadata = json.loads((model_dir / "model.json").read_text())
+    except ValueError as exc:
+        raise RegistryError(f"{model_dir}/model.json is not JSON: {exc}") from exc
+    files = []
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.name != MANIFEST):
+        sha256, size = file_digest(path)
+        files.append({"path": path.name, "sha256": sha256, "size": size})
+    labels_file = metadata.get("labels", "labels.txt")
+    labels_path = model_dir / labels_file
+    labels = [line for line in labels_path.read_text().split("\n") if line] if labels_path.is_file() else []
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "name": name,
+        "version": version,
+        "files": files,
+        "source": metadata.get("source", {}),
+        "source_version": str(metadata.get("version", "")),
+        "format": metadata.get("format", ""),
+        "labels": {"file": labels_file if labels else "", "names": labels},
+        "input": metadata.get("input", {}),
+        "precision": metadata.get("precision", "fp32"),
+        "calibration": metadata.get("calibration"),
+        "metrics": metadata.get("metrics"),
+        "lineage": {
+            "parent_version": parent_version,
+            "derived_from": metadata.get("lineage"),
+            "imported_by": imported_by,
+            "imported_at": imported_at.astimezone(timezone.utc).isoformat(),
+        },
+        "model_json": metadata,
+    }
+
+
+def parent_from_lineage(metadata_lineage: dict | None, name: str, manifests: list[dict]) -> int | None:
+    """The registry version a derived model comes from: model.json's lineage names its parent as
+    `name:source_version` (quantize.py); the latest registered version of `name` built from that is it."""
+    parent = (metadata_lineage or {}).get("parent", "")
+    parent_name, _, parent_source = parent.rpartition(":")
+    if parent_name != name:
+        return None
+    matches = [m["version"] for m in manifests if m.get("source_version") == parent_source]
+    return max(matches, default=None)
+
+
+def promoted_stack(history: list[dict]) -> list[int]:
+    """The primaries one under another: a promote pushes, a rollback pops. The top is the primary now."""
+    stack: list[int] = []
+    for entry in history:
+        if entry["action"] == "promote":
+            stack.append(entry["version"])
+        elif entry["action"] == "rollback" and stack:
+            stack.pop()
+    return stack
+
+
+def current_primary(history: list[dict]) -> int | None:
+    stack = promoted_stack(history)
+    return stack[-1] if stack else None
+
+
+def rollback_target(history: list[dict]) -> int:
+    """The version that was primary before the current one."""
+    stack = promoted_stack(history)
+    if len(stack) < 2:
+        raise RegistryError("nothing to roll back to: no version was promoted before the current one"
+                            if stack else "nothing to roll back: no version is promoted")
+    return stack[-2]
+
+
+def announcement(manifest: dict, stage: str, artifact: events_pb2.ObjectRef, action: str, by: str
+                 ) -> events_pb2.ModelVersion:
+    """The ModelVersion for vigil.models (keyed by model name)."""
+    return events_pb2.ModelVersion(
+        envelope=new_envelope(source=f"registry/{manifest['name']}", producer="vigil-models"),
+        model=events_pb2.ModelRef(name=manifest["name"], version=str(manifest["version"]),
+                                  precision=manifest["precision"]),
+        stage=stage, artifact=artifact,
+        metadata={"action": action, "by": by, "source_version": manifest["source_version"]},
+    )
+
+
+# --- the store ---------------------------------------------------------------------------------------------
+
+class ModelRegistry:
+    def __init__(self, client: Minio, bucket: str = BUCKET) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            self.client.make_bucket(self.bucket)
+
+    # reading
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                return None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def _version_numbers(self, name: str) -> tuple[set[int], set[int]]:
+        """(every version number with any object, the complete ones: those with a manifest)."""
+        used, complete = set(), set()
+        for obj in self.client.list_objects(self.bucket, prefix=f"{name}/", recursive=True):
+            parts = obj.object_name.split("/")
+            if len(parts) == 3 and parts[1].isdigit():
+                used.add(int(parts[1]))
+                if parts[2] == MANIFEST:
+                    complete.add(int(parts[1]))
+        return used, complete
+
+    def models(self) -> list[str]:
+        if not self.client.bucket_exists(self.bucket):
+            return []
+        return sorted(o.object_name.rstrip("/") for o in self.client.list_objects(self.bucket) if o.is_dir)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._version_numbers(name)[1])
+
+    def manifest_bytes(self, name: str, version: int | None = None) -> tuple[int, bytes]:
+        if version is None:
+            versions = self.versions(name)
+            if not versions:
+                raise UnknownModel(f"no model {name!r} in the registry")
+            version = versions[-1]
+        data = self._get(f"{name}/{version}/{MANIFEST}")
+        if data is None:
+            if not self.versions(name):
+                raise UnknownModel(f"no model {name!r} in the registry")
+            raise UnknownVersion(f"model {name!r} has no version {version} (versions: "
+                                 f"{', '.join(map(str, self.versions(name)))})")
+        return version, data
+
+    def manifest(self, name: str, version: int | None = None) -> dict:
+        return json.loads(self.manifest_bytes(name, version)[1])
+
+    def artifact_ref(self, name: str, version: int) -> events_pb2.ObjectRef:
+        _, data = self.manifest_bytes(name, version)
+        return events_pb2.ObjectRef(bucket=self.bucket, key=f"{name}/{version}/{MANIFEST}", size=len(data),
+                                    sha256=hashlib.sha256(data).hexdigest())
+
+    def history(self, name: str) -> list[dict]:
+        data = self._get(f"{name}/{PROMOTION}")
+        return json.loads(data)["history"] if data else []
+
+    def primary(self, name: str) -> int | None:
+        return current_primary(self.history(name))
+
+    # writing
+
+    def import_dir(self, name: str, model_dir: Path, by: str, parent_version: int | None = None) -> dict:
+        """Uploads `model_dir` as the next version of `name`; returns its manifest. Never overwrites."""
+        check_name(name)
+        self.ensure_bucket()
+        used, complete = self._version_numbers(name)
+        if parent_version is not None and parent_version not in complete:
+            raise UnknownVersion(f"parent version {parent_version} of {name!r} is not in the registry")
+        version = next_version(used)
+        manifest = build_manifest(name, version, model_dir, by, datetime.now(timezone.utc), parent_version)
+        if parent_version is None:
+            lineage = manifest["lineage"]
+            lineage["parent_version"] = parent_from_lineage(
+                lineage["derived_from"], name, [self.manifest(name, v) for v in sorted(complete)])
+        prefix = f"{name}/{version}/"
+        if any(True for _ in self.client.list_objects(self.bucket, prefix=prefix)):
+            raise VersionExists(f"{name} version {version} already exists; it is never overwritten")
+        for entry in manifest["files"]:
+            self.client.fput_object(self.bucket, prefix + entry["path"], str(Path(model_dir) / entry["path"]),
+                                    metadata={"sha256": entry["sha256"]})
+        # Another importer may have raced us to this number: the first manifest wins, ours is refused.
+        if self._get(prefix + MANIFEST) is not None:
+            raise VersionExists(f"{name} version {version} was completed by another import meanwhile")
+        data = json.dumps(manifest, indent=2).encode()
+        self.client.put_object(self.bucket, prefix + MANIFEST, io.BytesIO(data), len(data),
+                               content_type="application/json")
+        return manifest
+
+    def _append_history(self, name: str, entry: dict) -> None:
+        history = self.history(name) + [entry]
+        data = json.dumps({"name": name, "history": history}, indent=2).encode()
+        self.client.put_object(self.bucket, f"{name}/{PROMOTION}", io.BytesIO(data), len(data),
+                               content_type="application/json")
+
+    def promote(self, name: str, version: int, by: str, action: str = "promote") -> int | None:
+        """Makes `version` the primary; returns the previous primary (None if there was none)."""
+        self.manifest_bytes(name, version)  # unknown model or version: a clear error, nothing written
+        history = self.history(name)
+        previous = current_primary(history)
+        if action == "promote" and previous == version:
+            raise RegistryError(f"{name} version {version} is already the primary")
+        self._append_history(name, {"action": action, "version": version, "by": by,
+                                    "at": datetime.now(timezone.utc).isoformat()})
+        return previous
+
+    def rollback(self, name: str, by: str) -> tuple[int, int]:
+        """Makes the previously promoted version the primary again; returns (retired, restored)."""
+        history = self.history(name)
+        if not history and not self.versions(name):
+            raise UnknownModel(f"no model {name!r} in the registry")
+        target = rollback_target(history)
+        retired = self.promote(name, target, by, action="rollback")
+        return retired, target
+
+    def download(self, name: str, version: int, dest: Path) -> Path:
+        """Writes the version's files into `dest` (created; must not exist), each checked against its sha256
+        and size. A mismatch raises CorruptArtifact and leaves nothing at `dest`."""
+        dest = Path(dest)
+        manifest = self.manifest(name, version)
+        if dest.exists():
+            raise RegistryError(f"{dest} exists: download into a new directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        try:
+            for entry in manifest["files"]:
+                key = f"{name}/{version}/{entry['path']}"
+                try:
+                    response = self.client.get_object(self.bucket, key)
+                except S3Error as exc:
+                    raise CorruptArtifact(f"s3://{self.bucket}/{key}: {exc.code}") from exc
+                digest, size = hashlib.sha256(), 0
+                try:
+                    with open(staging / entry["path"], "wb") as out:
+                        for chunk in response.stream(_CHUNK):
+                            digest.update(chunk)
+                            size += len(chunk)
+                            out.write(chunk)
+                finally:
+                    response.close()
+                    response.release_conn()
+                if digest.hexdigest() != entry["sha256"] or size != entry["size"]:
+                    raise CorruptArtifact(f"s3://{self.bucket}/{key} does not match its manifest (sha256 "
+                                          f"{digest.hexdigest()[:12]}..., {size} bytes; expected "
+                                          f"{entry['sha256'][:12]}..., {entry['size']} bytes): refused")
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            staging.rename(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dest
