@@ -44,3 +44,16 @@ def test_kustomization_and_skaffold_name_existing_files():
 def test_no_secret_values_in_manifests():
     for _, doc in documents():
         assert doc["kind"] != "Secret", "secrets are created by the operator, never kept in git"
+
+
+def test_every_variable_the_manifests_set_is_a_setting_the_services_read():
+    from cli.settings_reference import SETTINGS_CLASSES, environment_variables
+
+    known = {var for _, cls in SETTINGS_CLASSES for var, _, _ in environment_variables(cls)}
+    used = set()
+    for _, doc in documents():
+        if doc["kind"] == "ConfigMap":
+            used |= set(doc["data"])
+        elif doc["kind"] in ("Deployment", "StatefulSet"):
+            used |= {e["name"] for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
+    assert used - known == set(), "manifests set variables no service reads"
