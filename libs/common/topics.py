@@ -19,6 +19,7 @@ DLQ = "vigil.dlq"
 CAMERAS = "vigil.cameras"
 SENSORS_REGISTRY = "vigil.sensors.registry"
 MODELS = "vigil.models"
+INFERENCE_SHADOW = "vigil.inference.shadow"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     # change, its current primary. One partition keeps one order of changes.
     TopicSpec(MODELS, 1, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
                               "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
+    # A shadow model's results (shadow=true), kept apart from vigil.inference so no consumer of the primary
+    # stream ever sees them; keyed by camera id like vigil.inference.
+    TopicSpec(INFERENCE_SHADOW, 6, 7 * DAY_MS),
 )
 
 

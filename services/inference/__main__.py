@@ -43,8 +43,10 @@ def main() -> None:
     repository = DirectoryRepository(settings.model_repository, loader, also=(model_dir,))
     announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))
     server = ModelServer(detector, repository, settings.max_input_bytes, settings.camera_models,
-                         on_status=model_status_announcer(announcer))
-    for name in sorted(set(settings.camera_models.values()) - {detector.name}):
+                         on_status=model_status_announcer(announcer), canary_model=settings.canary_model,
+                         canary_share=settings.canary_share, shadow_model=settings.shadow_model)
+    extra_models = {*settings.camera_models.values(), settings.canary_model, settings.shadow_model}
+    for name in sorted(extra_models - {detector.name, None}):
         server.load(name)  # a camera's model that cannot load stops the start: better than serving it wrongly
     grpc_server, grpc_port = start_grpc_server(server, settings.grpc_host, settings.grpc_port, settings.grpc_workers,
                                                settings.max_input_bytes, grpc_security(settings))
@@ -58,7 +60,7 @@ def main() -> None:
             claim_check = (ClaimCheckStore(object_store_client(object_store), bucket="vigil-frames")
                            if object_store.secret_key is not None else None)
             pipeline = FramePipeline(server.model_for_camera, max_frame_bytes=settings.max_input_bytes,
-                                     claim_check=claim_check)
+                                     claim_check=claim_check, shadow_for=server.shadow_for_camera)
             runner = KafkaRunner(
                 kafka, service="inference", group_id="vigil-inference", topics=[FRAMES],
                 handler=frame_batch_handler(pipeline),

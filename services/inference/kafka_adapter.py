@@ -1,4 +1,5 @@
-"""Kafka side of inference: vigil.frames in, vigil.inference out, undecodable frames to the dead-letter topic.
+"""Kafka side of inference: vigil.frames in, vigil.inference out (a shadow model's results to
+vigil.inference.shadow only), undecodable frames to the dead-letter topic.
 A batch consumed from Kafka (frames of many cameras) is one batch through the pipeline; results are
 produced in the order of the frames, so each camera's results keep its order."""
 from __future__ import annotations
@@ -11,7 +12,7 @@ from google.protobuf.message import DecodeError
 from libs.common.envelope import new_envelope
 from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected
 from libs.common.logs import get_logger, trace_context
-from libs.common.topics import INFERENCE, MONITORING
+from libs.common.topics import INFERENCE, INFERENCE_SHADOW, MONITORING
 from protos import events_pb2
 from services.inference.pipeline import FramePipeline, InvalidFrame
 
@@ -26,12 +27,14 @@ def frame_batch_handler(pipeline: FramePipeline):
                 positions.append(i)
             except DecodeError as exc:
                 outcomes[i] = Rejected("malformed_event", f"not a Frame event: {exc}")
-        for i, result in zip(positions, pipeline.run(frames)):
+        for i, (result, shadow) in zip(positions, pipeline.run_with_shadows(frames)):
             if isinstance(result, InvalidFrame):
                 outcomes[i] = Rejected(result.reason, result.detail)
                 continue
             with trace_context(result.envelope.trace_id):
-                outcomes[i] = [Outbound(INFERENCE, result.SerializeToString(), result.camera_id.encode())]
+                key = result.camera_id.encode()
+                outcomes[i] = [Outbound(INFERENCE, result.SerializeToString(), key)] + (
+                    [Outbound(INFERENCE_SHADOW, shadow.SerializeToString(), key)] if shadow is not None else [])
         return outcomes  # type: ignore[return-value]
 
     return handle

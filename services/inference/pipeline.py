@@ -58,7 +58,10 @@ class FramePipeline:
     A plain detector routes every camera to it."""
 
     def __init__(self, model_for: YoloDetector | Callable[[str], YoloDetector],
-                 max_frame_bytes: int = 32 << 20, claim_check: ClaimCheckStore | None = None) -> None:
+                 max_frame_bytes: int = 32 << 20, claim_check: ClaimCheckStore | None = None,
+                 shadow_for: Callable[[str], YoloDetector | None] | None = None) -> None:
+        # The shadow model a camera's frames also go through (None: none); see run_with_shadows.
+        self.shadow_for = shadow_for or (lambda _camera_id: None)
         # Frames sent by reference (claim-check) are fetched from the object store through this.
         self.claim_check = claim_check
         if isinstance(model_for, YoloDetector):
@@ -83,8 +86,15 @@ class FramePipeline:
         return entry
 
     def run(self, frames: Sequence[events_pb2.Frame]) -> list[events_pb2.InferenceResult | InvalidFrame]:
+        return [outcome for outcome, _ in self.run_with_shadows(frames)]
+
+    def run_with_shadows(self, frames: Sequence[events_pb2.Frame]
+                         ) -> list[tuple[events_pb2.InferenceResult | InvalidFrame, events_pb2.InferenceResult | None]]:
+        """Per frame, in order: its result (or why it has none) and the shadow model's result (shadow=true), if
+        a shadow model other than the frame's own model is set. The frame is decoded once for both."""
         batch_start_ns = time.time_ns()
         outcomes: list[events_pb2.InferenceResult | InvalidFrame | None] = [None] * len(frames)
+        shadows: list[events_pb2.InferenceResult | None] = [None] * len(frames)
         jobs: list[tuple[int, dict]] = []
         with self._lock:
             used: dict[int, object] = {}
@@ -94,15 +104,21 @@ class FramePipeline:
                 if isinstance(image, InvalidFrame):
                     outcomes[i] = image
                     continue
-                detector, queue, ref = self._queue_of(self.model_for(frame.camera_id))
-                used[id(detector)] = queue
-                t1 = time.perf_counter()
-                tensor, info = detector.preprocess(image)
-                t2 = time.perf_counter()
-                job = {"detector": detector, "model": ref, "info": info, "decode_ms": (t1 - t0) * 1000,
-                       "preprocess_ms": (t2 - t1) * 1000, "started": t2}
-                queue.start_async({0: tensor}, job)
-                jobs.append((i, job))
+                decode_ms = (time.perf_counter() - t0) * 1000
+                primary = self.model_for(frame.camera_id)
+                shadow = self.shadow_for(frame.camera_id)
+                for detector, is_shadow in ((primary, False), (shadow, True)):
+                    if detector is None or (is_shadow and detector is primary):
+                        continue
+                    detector, queue, ref = self._queue_of(detector)
+                    used[id(detector)] = queue
+                    t1 = time.perf_counter()
+                    tensor, info = detector.preprocess(image)
+                    t2 = time.perf_counter()
+                    job = {"detector": detector, "model": ref, "info": info, "decode_ms": decode_ms,
+                           "preprocess_ms": (t2 - t1) * 1000, "started": t2, "shadow": is_shadow}
+                    queue.start_async({0: tensor}, job)
+                    jobs.append((i, job))
             for queue in used.values():
                 queue.wait_all()
             for key in set(self._queues) - set(used):
@@ -113,8 +129,11 @@ class FramePipeline:
             postprocess_ms = (time.perf_counter() - t0) * 1000
             frame, model = frames[i], job["model"]
             queue_ms = max(0.0, (batch_start_ns - frame.envelope.ingest_time.ToNanoseconds()) / 1e6)
-            outcomes[i] = events_pb2.InferenceResult(
-                envelope=derived_envelope(frame.envelope, PRODUCER, f"{model.name}:{model.version}"),
+            # The derivation names the model version (and the shadow role), so a shadow result's id never
+            # equals the primary result's, while a replayed frame still yields the same ids.
+            derivation = f"{model.name}:{model.version}" + ("/shadow" if job["shadow"] else "")
+            result = events_pb2.InferenceResult(
+                envelope=derived_envelope(frame.envelope, PRODUCER, derivation),
                 camera_id=frame.camera_id,
                 frame_event_id=frame.envelope.event_id,
                 frame_sequence=frame.sequence,
@@ -124,8 +143,13 @@ class FramePipeline:
                                   "infer": job["infer_ms"], "postprocess": postprocess_ms},
                 width=job["info"].width,
                 height=job["info"].height,
+                shadow=job["shadow"],
             )
-        return outcomes  # type: ignore[return-value]
+            if job["shadow"]:
+                shadows[i] = result
+            else:
+                outcomes[i] = result
+        return list(zip(outcomes, shadows))  # type: ignore[arg-type]
 
 
 def _on_done(request, job: dict) -> None:

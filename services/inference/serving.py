@@ -13,6 +13,7 @@ import numpy as np
 
 from services.inference.detector import YoloDetector
 from services.inference.images import ImageRefused, decode_image
+from services.inference.routing import in_canary
 
 SERVER_NAME = "vigil-inference"
 SERVER_VERSION = "0.2.0"
@@ -126,8 +127,17 @@ def warm_up(model: Detector) -> None:
 class ModelServer:
     def __init__(self, default_model: Detector, repository: ModelRepository | None = None,
                  max_input_bytes: int = 32 << 20, camera_models: dict[str, str] | None = None,
-                 on_status: Callable[[str, str, str, str], None] | None = None) -> None:
+                 on_status: Callable[[str, str, str, str], None] | None = None,
+                 canary_model: str | None = None, canary_share: float = 0.0,
+                 shadow_model: str | None = None) -> None:
+        for role, name in (("canary", canary_model), ("shadow", shadow_model)):
+            if name == default_model.name:
+                raise ValueError(f"the {role} model must have another name than the default model "
+                                 f"'{name}': loading it would replace the default")
         self.default_model = default_model
+        # Cameras routed by a stable hash to the canary model (when loaded); explicit camera_models win.
+        self.canary_model, self.canary_share = canary_model, canary_share
+        self.shadow_model = shadow_model  # also sees every frame; its results are marked shadow
         # Called with (name, version, state, reason) as a load goes: loading, ready, failed; unloaded.
         self.on_status = on_status or (lambda name, version, state, reason: None)
         self.camera_models = dict(camera_models or {})  # camera id -> model name; others get the default
@@ -152,14 +162,21 @@ class ModelServer:
         return model
 
     def model_for_camera(self, camera_id: str) -> Detector:
-        """The model a camera's frames go through: its own if one is set and loaded, else the default. Read
-        per frame, so a model loaded or swapped meanwhile takes over from the next batch on."""
+        """The model a camera's frames go through: its own if one is set and loaded, else the canary model if
+        the camera is in the canary share and it is loaded, else the default. Read per frame, so a model loaded
+        or swapped meanwhile takes over from the next batch on."""
         name = self.camera_models.get(camera_id)
+        if name is None and self.canary_model and in_canary(camera_id, self.canary_share):
+            name = self.canary_model
         if name is not None:
             model = self.models.get(name)
             if model is not None:
                 return model
         return self.default_model
+
+    def shadow_for_camera(self, camera_id: str) -> Detector | None:
+        """The shadow model that also sees this camera's frames (every camera's), if one is set and loaded."""
+        return self.models.get(self.shadow_model) if self.shadow_model else None
 
     # -- the repository extension -------------------------------------------------------------------------
 

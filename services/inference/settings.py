@@ -34,4 +34,11 @@ class InferenceSettings(ServiceSettings):
     camera_models: dict[str, str] = Field({}, description="JSON object camera id -> model name "
                                           "(loaded from the model repository at start); other cameras get the "
                                           "default model.")
+    canary_model: str | None = Field(None, description="Model (by name, from the model repository, loaded at "
+                                     "start) that a share of the cameras without an own model go to.")
+    canary_share: float = Field(0.0, ge=0.0, le=1.0, description="Share (0..1) of cameras routed to the canary "
+                                "model, chosen by a stable hash of the camera id.")
+    shadow_model: str | None = Field(None, description="Model (by name, from the model repository, loaded at "
+                                     "start) that also sees every frame; its results go to "
+                                     "vigil.inference.shadow with shadow=true.")
     consume: bool = Field(True, description="Consume vigil.frames (off: serve gRPC only).")
