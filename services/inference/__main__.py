@@ -2,6 +2,8 @@
 every frame event on vigil.frames."""
 from __future__ import annotations
 
+import threading
+
 from libs.common.claimcheck import ClaimCheckStore
 from libs.common.objectstore import object_store_client
 from libs.common.kafka import DeliveringProducer, KafkaRunner, producer_config
@@ -10,6 +12,8 @@ from libs.common.ops import flag_check
 from libs.common.service import start_service
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import FRAMES, ensure_topics
+from services.inference.registry import ModelRegistry
+from services.inference.registry_follower import ModelRegistryFollower, PinnedRepository
 from services.inference.detector import ensure_default_model
 from services.inference.grpc_adapter import GrpcSecurity, start_grpc_server
 from services.inference.kafka_adapter import frame_batch_handler, model_status_announcer
@@ -28,6 +32,27 @@ def grpc_security(settings: InferenceSettings) -> GrpcSecurity:
     )
 
 
+def start_registry_follower(settings: InferenceSettings, kafka: KafkaSettings, server: ModelServer,
+                            repository: PinnedRepository, runtime) -> threading.Thread | None:
+    """When enabled (by default when the object store's secret is set): a thread that hot-swaps in each
+    version of a served model that becomes primary in the model registry."""
+    object_store = ObjectStoreSettings()
+    follow = settings.follow_registry
+    if follow is None:
+        follow = object_store.secret_key is not None
+    if not follow:
+        return None
+    from tools.fetch_assets import default_cache_dir
+
+    follower = ModelRegistryFollower(
+        kafka.client_config(), ModelRegistry(object_store_client(object_store), settings.registry_bucket), server,
+        repository, settings.registry_cache_dir or default_cache_dir() / "registry")
+    runtime.health.liveness["registry_follower"] = follower.heartbeat.check
+    thread = threading.Thread(target=follower.run, args=(runtime.stop,), name="registry-follower", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
     settings = InferenceSettings()
     kafka = KafkaSettings()
@@ -40,7 +65,7 @@ def main() -> None:
     model_dir = settings.model_dir or ensure_default_model()
     loader = yolo_loader(settings.device, settings.precision_hint, settings.score_threshold)
     detector = loader(model_dir)
-    repository = DirectoryRepository(settings.model_repository, loader, also=(model_dir,))
+    repository = PinnedRepository(DirectoryRepository(settings.model_repository, loader, also=(model_dir,)), loader)
     announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))
     server = ModelServer(detector, repository, settings.max_input_bytes, settings.camera_models,
                          on_status=model_status_announcer(announcer), canary_model=settings.canary_model,
@@ -53,6 +78,7 @@ def main() -> None:
     server.warm_up()
     runtime.health.readiness["model_ready"] = flag_check(server.ready, f"model {detector.name} loaded and warm")
     log.info("serving", model=detector.name, version=detector.version, grpc=f"{settings.grpc_host}:{grpc_port}")
+    follower_thread = start_registry_follower(settings, kafka, server, repository, runtime)
 
     try:
         if settings.consume:
@@ -73,6 +99,9 @@ def main() -> None:
     finally:
         # Let in-flight gRPC calls finish, refuse new ones.
         grpc_server.stop(grace=settings.shutdown_timeout_s / 2).wait()
+        runtime.stop.set()
+        if follower_thread is not None:
+            follower_thread.join(timeout=settings.shutdown_timeout_s / 2)
         runtime.close()
 
 

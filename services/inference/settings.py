@@ -42,3 +42,9 @@ class InferenceSettings(ServiceSettings):
                                      "start) that also sees every frame; its results go to "
                                      "vigil.inference.shadow with shadow=true.")
     consume: bool = Field(True, description="Consume vigil.frames (off: serve gRPC only).")
+    follow_registry: bool | None = Field(None, description="Follow vigil.models and hot-swap in each version "
+                                         "of a served model promoted (or rolled back to) in the model registry; "
+                                         "default: on when the S3 secret key is set.")
+    registry_bucket: str = Field("vigil-models", description="Bucket of the model registry that is followed.")
+    registry_cache_dir: Path | None = Field(None, description="Where registry versions are downloaded "
+                                            "(default: <VIGIL_CACHE_DIR>/registry/NAME/VERSION).")

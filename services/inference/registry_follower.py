@@ -1,0 +1,179 @@
+"""Follows the model registry's announcements on vigil.models: when a version of a model this server serves
+becomes primary (a promote or a rollback), it is downloaded from the object store (sha256-verified, cached per
+version) and hot-swapped in through ModelServer.load, which warms it beside the old one and switches in one
+assignment. A download or load that fails leaves the current version serving and is reported as a failed
+ModelStatus on vigil.monitoring.
+
+Like the sensor registry follower, it reads the compacted topic from the beginning on every start with no
+consumer group offsets (partitions assigned at OFFSET_BEGINNING), so a restarted server serves the primary."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from google.protobuf.message import DecodeError
+
+from libs.common.logs import get_logger
+from libs.common.ops import Heartbeat
+from libs.common.topics import MODELS
+from protos import events_pb2
+from services.inference.registry import MANIFEST, ModelRegistry, file_digest
+from services.inference.serving import Detector, ModelLoadFailed, ModelNotFound, ModelRepository, ModelServer
+
+log = get_logger(__name__)
+
+
+class PinnedRepository:
+    """A model repository where a model name can be pinned to a downloaded registry version's dir: loads of that
+    name come from the pin, every other name from the wrapped repository."""
+
+    def __init__(self, base: ModelRepository | None, loader: Callable[[Path], Detector]) -> None:
+        self.base = base
+        self.loader = loader
+        self.pins: dict[str, tuple[str, Path]] = {}  # name -> (model.json version, dir)
+
+    def available(self) -> dict[str, str]:
+        return {**(self.base.available() if self.base else {}),
+                **{name: version for name, (version, _) in self.pins.items()}}
+
+    def load(self, name: str) -> Detector:
+        pin = self.pins.get(name)
+        if pin is not None:
+            return self.loader(pin[1])
+        if self.base is None:
+            raise ModelNotFound(f"model '{name}' is not in the repository")
+        return self.base.load(name)
+
+
+def primaries(messages: list[bytes | None]) -> dict[str, events_pb2.ModelVersion]:
+    """The last "primary" announcement per model among `messages` (in log order); undecodable ones skipped.
+    A retirement alone changes nothing: the primary announced with it is what a server loads."""
+    latest: dict[str, events_pb2.ModelVersion] = {}
+    for value in messages:
+        try:
+            message = events_pb2.ModelVersion.FromString(value or b"")
+        except DecodeError as exc:
+            log.warning("not a ModelVersion on the models topic", error=str(exc))
+            continue
+        if message.stage == "primary" and message.model.name and message.model.version.isdigit():
+            latest[message.model.name] = message
+    return latest
+
+
+def verified_download(registry: ModelRegistry, name: str, version: int, cache_dir: Path) -> Path:
+    """`cache_dir/NAME/VERSION`, re-used if every file still matches the manifest saved with it, else
+    (re-)downloaded and verified by the registry."""
+    dest = Path(cache_dir) / name / str(version)
+    try:
+        manifest = json.loads((dest / MANIFEST).read_text())
+        if all(file_digest(dest / f["path"]) == (f["sha256"], f["size"]) for f in manifest["files"]):
+            return dest
+    except (OSError, ValueError, KeyError):
+        pass
+    shutil.rmtree(dest, ignore_errors=True)
+    return registry.download(name, version, dest)
+
+
+class ModelRegistryFollower:
+    def __init__(self, client_config: dict[str, str], registry: ModelRegistry, server: ModelServer,
+                 repository: PinnedRepository, cache_dir: Path, topic: str = MODELS, poll_s: float = 0.5) -> None:
+        self.registry = registry
+        self.server = server
+        self.repository = repository
+        self.cache_dir = Path(cache_dir)
+        self.topic = topic
+        self.poll_s = poll_s
+        self.current: dict[str, int] = {}  # name -> the registry version serving (known once one was applied)
+        self.heartbeat = Heartbeat(max_age_s=300)  # a download and a load happen between beats
+        self._config = {
+            **client_config,
+            # Required by the client, never joined: assign() and no commits.
+            "group.id": f"vigil-inference-models-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+        }
+
+    def served(self) -> set[str]:
+        server = self.server
+        return {server.default_model.name, *server.camera_models.values(), server.canary_model,
+                server.shadow_model} - {None}
+
+    def apply(self, message: events_pb2.ModelVersion) -> str:
+        """Makes the announced primary serve if it is one of ours and not serving yet; returns what happened:
+        ignored, current, loaded or failed."""
+        name, version = message.model.name, int(message.model.version)
+        source_version = message.metadata.get("source_version", "")
+        if name not in self.served() or message.artifact.bucket != self.registry.bucket:
+            return "ignored"
+        serving = self.server.models.get(name)
+        if self.current.get(name) == version or (
+                name not in self.current and serving is not None and serving.version == source_version):
+            self.current[name] = version
+            return "current"
+        try:
+            model_dir = verified_download(self.registry, name, version, self.cache_dir)
+        except Exception as exc:
+            reason = f"registry version {version}: {type(exc).__name__}: {exc}"
+            self.server.on_status(name, source_version, "failed", reason + (
+                f"; version {serving.version} keeps serving" if serving else ""))
+            log.warning("registry version not downloaded", model=name, version=version, error=str(exc))
+            return "failed"
+        previous = self.repository.pins.get(name)
+        self.repository.pins[name] = (source_version, model_dir)
+        try:
+            self.server.load(name)
+        except (ModelLoadFailed, ModelNotFound) as exc:  # reported by the server already
+            if previous is None:
+                self.repository.pins.pop(name, None)
+            else:
+                self.repository.pins[name] = previous
+            log.warning("registry version not loaded", model=name, version=version, error=str(exc))
+            return "failed"
+        self.current[name] = version
+        log.info("registry version serving", model=name, version=version, source_version=source_version,
+                 action=message.metadata.get("action", ""))
+        return "loaded"
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = Consumer(self._config)
+        try:
+            while not (partitions := self._partitions(consumer)):
+                self.heartbeat.beat()
+                if stop.wait(2):
+                    return
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            log.info("following the model registry", topic=self.topic, models=sorted(self.served()))
+            while not stop.is_set():
+                self.heartbeat.beat()
+                values = []
+                for msg in consumer.consume(200, self.poll_s):
+                    err = msg.error()
+                    if err is None:
+                        values.append(msg.value())
+                    elif err.fatal():
+                        raise RuntimeError(f"fatal Kafka error: {err.str()}")
+                    elif err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("kafka error", error=err.str())
+                # Only the latest primary per model in what has arrived: a start replaying the log loads once.
+                for message in primaries(values).values():
+                    if stop.is_set():
+                        break
+                    try:
+                        self.apply(message)
+                    except Exception as exc:  # never let one announcement stop the follower
+                        log.exception("model announcement not applied", model=message.model.name, error=str(exc))
+        finally:
+            consumer.close()
+
+    def _partitions(self, consumer: Consumer) -> list[int]:
+        """The topic's partitions; none while it does not exist yet or Kafka is not reachable."""
+        try:
+            topic = consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        except Exception as exc:
+            log.warning("kafka not reachable", error=str(exc))
+            return []
+        return sorted(topic.partitions) if topic is not None and topic.error is None else []

@@ -1,0 +1,103 @@
+"""The inference service follows the model registry on a real stack (SeaweedFS, Kafka, the service): a version
+promoted with `vigil models promote` is downloaded and hot-swapped in, and a rollback brings the previous one
+back; gRPC ModelMetadata and the results on vigil.inference show the version serving."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import types
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from cli.models import cmd_promote, cmd_rollback
+from libs.common.envelope import new_envelope
+from libs.common.objectstore import object_store_client
+from libs.common.settings import ObjectStoreSettings
+from libs.common.topics import FRAMES, INFERENCE, MONITORING
+from protos import events_pb2, inference_pb2, inference_pb2_grpc
+from services.inference.registry import BUCKET, ModelRegistry
+from tests.integration.conftest import wait_for
+from tests.integration.kafka_tools import end_offsets, produce, read_range
+from tests.integration.test_inference_grpc import inference_stack
+
+pytestmark = pytest.mark.integration
+NAME = "yolov3-tiny"
+
+
+@pytest.fixture(scope="module")
+def follow_stack(tmp_path_factory):
+    with inference_stack(tmp_path_factory.mktemp("inference-follow"), {}) as stack:
+        yield stack
+
+
+def served_version(stack) -> str:
+    """ModelMetadata's version over gRPC (the project's stubs: tritonclient's protos clash with them in one
+    process; test_inference_grpc covers tritonclient)."""
+    with grpc.insecure_channel(f"127.0.0.1:{stack.config.ports.grpc}") as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        (version,) = stub.ModelMetadata(inference_pb2.ModelMetadataRequest(name=NAME), timeout=10).versions
+        return version
+
+
+def result_version(stack, sequence: int) -> str:
+    """The model version on the result of one frame produced now."""
+    bootstrap = stack.config.kafka_bootstrap
+    start = end_offsets(bootstrap, INFERENCE)
+    jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+    frame = events_pb2.Frame(envelope=new_envelope("camera/cam-f", "test"), camera_id="cam-f", sequence=sequence,
+                             width=64, height=48, encoding="jpeg", data=jpeg)
+    produce(bootstrap, FRAMES, [(b"cam-f", frame.SerializeToString())])
+    found = wait_for(lambda: read_range(bootstrap, INFERENCE, start, end_offsets(bootstrap, INFERENCE)), 60,
+                     what="the frame's result")
+    (result,) = [events_pb2.InferenceResult.FromString(m.value()) for m in found]
+    return result.model.version
+
+
+def test_a_promoted_version_is_hot_swapped_in_and_a_rollback_swaps_the_previous_back(follow_stack, tmp_path):
+    from services.inference.detector import ensure_default_model
+
+    stack = follow_stack
+    settings = ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",
+                                   access_key=stack.config.s3_access_key, secret_key=stack.config.s3_secret_key)
+    registry = ModelRegistry(object_store_client(settings), BUCKET)
+    second = tmp_path / "second"
+    shutil.copytree(ensure_default_model(stack.paths.cache), second)
+    metadata = json.loads((second / "model.json").read_text())
+    assert metadata["name"] == NAME and metadata["version"] != "2"
+    (second / "model.json").write_text(json.dumps({**metadata, "version": "2"}))
+    assert registry.import_dir(NAME, ensure_default_model(stack.paths.cache), "test")["version"] == 1
+    assert registry.import_dir(NAME, second, "test")["version"] == 2
+    assert served_version(stack) == metadata["version"] == result_version(stack, 0)
+
+    # Version 1 (what serves already) is the primary first: nothing to swap; then version 2.
+    assert cmd_promote(stack, types.SimpleNamespace(bucket=BUCKET, bootstrap=None, name=NAME, version=1)) == 0
+    args = types.SimpleNamespace(bucket=BUCKET, bootstrap=None, name=NAME, version=2)
+    assert cmd_promote(stack, args) == 0
+    wait_for(lambda: served_version(stack) == "2", 120, what="version 2 serving over gRPC")
+    assert result_version(stack, 1) == "2"
+    assert (stack.paths.cache / "registry" / NAME / "2" / "manifest.json").is_file()  # downloaded, verified
+
+    assert cmd_rollback(stack, args) == 0
+    wait_for(lambda: served_version(stack) == metadata["version"], 120, what="version 1 serving again")
+    assert result_version(stack, 2) == metadata["version"]
+
+    # A version whose stored file was tampered with is refused on download: reported, version 1 keeps serving.
+    (second / "model.json").write_text(json.dumps({**metadata, "version": "3"}))
+    assert registry.import_dir(NAME, second, "test")["version"] == 3
+    registry.client.put_object(BUCKET, f"{NAME}/3/model.bin", io.BytesIO(b"tampered"), 8)
+    monitoring_start = end_offsets(stack.config.kafka_bootstrap, MONITORING)
+    assert cmd_promote(stack, types.SimpleNamespace(bucket=BUCKET, bootstrap=None, name=NAME, version=3)) == 0
+
+    def failed_status():
+        events = [events_pb2.MonitoringEvent.FromString(m.value()) for m in read_range(
+            stack.config.kafka_bootstrap, MONITORING, monitoring_start, end_offsets(stack.config.kafka_bootstrap,
+                                                                                      MONITORING))]
+        return [e.model_status for e in events if e.model_status.state == "failed"]
+
+    (status,) = wait_for(failed_status, 60, what="a failed ModelStatus")
+    assert status.model.name == NAME and "CorruptArtifact" in status.reason and "keeps serving" in status.reason
+    assert served_version(stack) == metadata["version"] == result_version(stack, 3)
