@@ -5,19 +5,18 @@ assignment. A download or load that fails leaves the current version serving and
 ModelStatus on vigil.monitoring.
 
 Like the sensor registry follower, it reads the compacted topic from the beginning on every start with no
-consumer group offsets (partitions assigned at OFFSET_BEGINNING), so a restarted server serves the primary."""
+consumer group offsets (libs/common/compacted.py), so a restarted server serves the primary."""
 from __future__ import annotations
 
 import json
 import shutil
 import threading
-import uuid
 from pathlib import Path
 from typing import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from google.protobuf.message import DecodeError
 
+from libs.common.compacted import CompactedTopicFollower, Records
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
@@ -86,16 +85,12 @@ class ModelRegistryFollower:
         self.server = server
         self.repository = repository
         self.cache_dir = Path(cache_dir)
-        self.topic = topic
-        self.poll_s = poll_s
         self.current: dict[str, int] = {}  # name -> the registry version serving (known once one was applied)
-        self.heartbeat = Heartbeat(max_age_s=300)  # a download and a load happen between beats
-        self._config = {
-            **client_config,
-            # Required by the client, never joined: assign() and no commits.
-            "group.id": f"vigil-inference-models-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-        }
+        self._stop = threading.Event()
+        self._follower = CompactedTopicFollower(
+            client_config, topic, self._apply_batch, "vigil-inference-models", poll_s=poll_s,
+            heartbeat=Heartbeat(max_age_s=300))  # a download and a load happen between beats
+        self.heartbeat = self._follower.heartbeat
 
     def served(self) -> set[str]:
         server = self.server
@@ -139,41 +134,15 @@ class ModelRegistryFollower:
         return "loaded"
 
     def run(self, stop: threading.Event) -> None:
-        consumer = Consumer(self._config)
-        try:
-            while not (partitions := self._partitions(consumer)):
-                self.heartbeat.beat()
-                if stop.wait(2):
-                    return
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-            log.info("following the model registry", topic=self.topic, models=sorted(self.served()))
-            while not stop.is_set():
-                self.heartbeat.beat()
-                values = []
-                for msg in consumer.consume(200, self.poll_s):
-                    err = msg.error()
-                    if err is None:
-                        values.append(msg.value())
-                    elif err.fatal():
-                        raise RuntimeError(f"fatal Kafka error: {err.str()}")
-                    elif err.code() != KafkaError._PARTITION_EOF:
-                        log.warning("kafka error", error=err.str())
-                # Only the latest primary per model in what has arrived: a start replaying the log loads once.
-                for message in primaries(values).values():
-                    if stop.is_set():
-                        break
-                    try:
-                        self.apply(message)
-                    except Exception as exc:  # never let one announcement stop the follower
-                        log.exception("model announcement not applied", model=message.model.name, error=str(exc))
-        finally:
-            consumer.close()
+        self._stop = stop
+        self._follower.run(stop)
 
-    def _partitions(self, consumer: Consumer) -> list[int]:
-        """The topic's partitions; none while it does not exist yet or Kafka is not reachable."""
-        try:
-            topic = consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
-        except Exception as exc:
-            log.warning("kafka not reachable", error=str(exc))
-            return []
-        return sorted(topic.partitions) if topic is not None and topic.error is None else []
+    def _apply_batch(self, records: Records) -> None:
+        # Only the latest primary per model in what has arrived: a start replaying the log loads once.
+        for message in primaries([value for _key, value in records]).values():
+            if self._stop.is_set():
+                break
+            try:
+                self.apply(message)
+            except Exception as exc:  # never let one announcement stop the follower
+                log.exception("model announcement not applied", model=message.model.name, error=str(exc))

@@ -9,12 +9,11 @@ seconds."""
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from google.protobuf.message import DecodeError
 
+from libs.common.compacted import Records, read_compacted_topic
 from libs.common.kafka import producer_config
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
@@ -155,29 +154,15 @@ class CameraRegistryClient:
 
     def list(self, timeout_s: float = 15.0) -> dict[str, events_pb2.CameraConfig]:
         """The registry as it stands: the latest config of each camera, tombstoned ones left out."""
-        consumer = Consumer({**self.kafka.client_config(), "group.id": f"vigil-cli-{uuid.uuid4().hex[:8]}",
-                             "enable.auto.commit": False})
-        try:
-            partitions = consumer.list_topics(CAMERAS, timeout=timeout_s).topics[CAMERAS].partitions
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(CAMERAS, p), timeout=timeout_s)
-                    for p in partitions}
-            pending = {p for p, (low, high) in ends.items() if high > low}
-            consumer.assign([TopicPartition(CAMERAS, p, OFFSET_BEGINNING) for p in pending])
-            cameras: dict[str, events_pb2.CameraConfig] = {}
-            deadline = time.monotonic() + timeout_s
-            while pending and time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                camera_id = msg.key().decode()
-                if msg.value() is None:
+        cameras: dict[str, events_pb2.CameraConfig] = {}
+
+        def apply(records: Records) -> None:
+            for key, value in records:
+                camera_id = (key or b"").decode()
+                if value is None:
                     cameras.pop(camera_id, None)
                 else:
-                    cameras[camera_id] = events_pb2.CameraConfig.FromString(msg.value())
-                if msg.offset() + 1 >= ends[msg.partition()][1]:
-                    pending.discard(msg.partition())
-            if pending:
-                raise TimeoutError(f"registry partitions {sorted(pending)} not read in {timeout_s}s")
-            return dict(sorted(cameras.items()))
-        finally:
-            consumer.close()
+                    cameras[camera_id] = events_pb2.CameraConfig.FromString(value)
+
+        read_compacted_topic(self.kafka.client_config(), CAMERAS, apply, "vigil-cli-cameras", timeout_s)
+        return dict(sorted(cameras.items()))

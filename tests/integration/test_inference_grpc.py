@@ -142,12 +142,7 @@ def probe(url: str, footage: str) -> dict:
     import tritonclient.grpc as triton
     from tritonclient.utils import InferenceServerException
 
-    def status_of(call) -> str:
-        try:
-            call()
-            return "OK"
-        except InferenceServerException as error:
-            return f"{error.status()}: {error.message()}"
+    from tests.integration.triton_client_probe import status_of
 
     def pixels_input(image):
         tensor = triton.InferInput("image", list(image.shape), "UINT8")

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from typing import Callable, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
+from libs.common.compacted import CompactedTopicFollower, Records, read_compacted_topic
 from libs.common.kafka import Outbound, Outcome, Rejected, producer_config
 from libs.common.logs import get_logger, trace_context
-from libs.common.ops import Heartbeat
 from libs.common.settings import KafkaSettings
 from libs.common.topics import SENSORS, SENSORS_REGISTRY
 from protos import events_pb2
@@ -85,84 +84,36 @@ def sensor_reading_batch_handler(
 
 
 class RegistryFollower:
-    """Reads the whole registry topic from the beginning, then follows it. No consumer group offsets: every
-    replica needs every sensor, and every start must rebuild the view from the compacted log."""
+    """The sensor registry, read whole from the beginning and then followed, into a SensorRegistry."""
 
     def __init__(self, client_config: dict[str, str], registry: SensorRegistry, topic: str = SENSORS_REGISTRY,
                  poll_s: float = 0.2) -> None:
         self.registry = registry
-        self.topic = topic
-        self.poll_s = poll_s
-        self.loaded = threading.Event()  # the whole log as of start has been applied
-        self.heartbeat = Heartbeat(max_age_s=30)
-        self._config = {
-            **client_config,
-            # Required by the client, never joined: assign() and no commits.
-            "group.id": f"vigil-sensor-registry-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+        self._follower = CompactedTopicFollower(client_config, topic, self._apply, "vigil-sensor-registry",
+                                                poll_s=poll_s)
+        self.loaded = self._follower.loaded  # the whole log as of start has been applied
+        self.heartbeat = self._follower.heartbeat
 
     def run(self, stop: threading.Event) -> None:
-        consumer = Consumer(self._config)
-        try:
-            partitions = self._wait_for_partitions(consumer, stop)
-            if partitions is None:
-                return
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-            unread = set(partitions)
-            log.info("following the sensor registry", topic=self.topic, partitions=len(partitions))
-            while not stop.is_set():
-                self.heartbeat.beat()
-                msg = consumer.poll(self.poll_s)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        unread.discard(msg.partition())
-                        if not unread and not self.loaded.is_set():
-                            self.loaded.set()
-                            log.info("sensor registry loaded", sensors=len(self.registry.snapshot()))
-                    elif err.fatal():
-                        raise RuntimeError(f"fatal Kafka error: {err.str()}")
-                    else:
-                        log.warning("kafka error", error=err.str())
-                    continue
-                change = self.registry.apply(msg.key(), msg.value())
-                if self.loaded.is_set():
-                    log.info("sensor registry changed", sensor_id=(msg.key() or b"").decode("utf-8", "replace"),
-                             change=change)
-        finally:
-            consumer.close()
+        self._follower.run(stop)
 
-    def _wait_for_partitions(self, consumer: Consumer, stop: threading.Event) -> list[int] | None:
-        while not stop.is_set():
-            self.heartbeat.beat()
-            try:
-                topic = consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
-                if topic is not None and topic.error is None and topic.partitions:
-                    return sorted(topic.partitions)
-                log.warning("sensor registry topic not there yet", topic=self.topic)
-            except Exception as exc:  # the broker is not reachable yet: keep trying, liveness stays green
-                log.warning("cannot list the sensor registry topic", error=str(exc))
-            stop.wait(1.0)
-        return None
+    def _apply(self, records: Records) -> None:
+        for key, value in records:
+            change = self.registry.apply(key, value)
+            if self.loaded.is_set():
+                log.info("sensor registry changed", sensor_id=(key or b"").decode("utf-8", "replace"), change=change)
 
 
 def read_registry(client_config: dict[str, str], timeout_s: float = 30.0,
                   topic: str = SENSORS_REGISTRY) -> dict[str, events_pb2.SensorDefinition]:
     """The registry as it is now: the topic read once to its end (for `vigil sensors list`)."""
     registry = SensorRegistry()
-    follower = RegistryFollower(client_config, registry, topic)
-    stop = threading.Event()
-    thread = threading.Thread(target=follower.run, args=(stop,), name="sensor-registry-read", daemon=True)
-    thread.start()
-    loaded = follower.loaded.wait(timeout_s)
-    stop.set()
-    thread.join()
-    if not loaded:
-        raise TimeoutError(f"{topic} not read to its end within {timeout_s:.0f}s")
+
+    def apply(records: Records) -> None:
+        for key, value in records:
+            registry.apply(key, value)
+
+    read_compacted_topic(client_config, topic, apply, "vigil-sensor-registry", timeout_s)
     return dict(registry.snapshot())
 
 
