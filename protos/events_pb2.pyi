@@ -374,3 +374,45 @@ class SensorDefinition(_message.Message):
     updated_time: _timestamp_pb2.Timestamp
     updated_by: str
     def __init__(self, sensor_id: _Optional[str] = ..., quantity: _Optional[str] = ..., unit: _Optional[str] = ..., min_value: _Optional[float] = ..., max_value: _Optional[float] = ..., description: _Optional[str] = ..., updated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
+
+class SensorAnomalyResult(_message.Message):
+    __slots__ = ("envelope", "sensor_id", "quantity", "value", "model", "score", "anomaly", "threshold", "stage_latency_ms", "reading_event_id", "unit", "features")
+    class StageLatencyMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STAGE_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    READING_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    sensor_id: str
+    quantity: str
+    value: float
+    model: ModelRef
+    score: float
+    anomaly: bool
+    threshold: float
+    stage_latency_ms: _containers.ScalarMap[str, float]
+    reading_event_id: str
+    unit: str
+    features: _containers.ScalarMap[str, float]
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., sensor_id: _Optional[str] = ..., quantity: _Optional[str] = ..., value: _Optional[float] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., score: _Optional[float] = ..., anomaly: _Optional[bool] = ..., threshold: _Optional[float] = ..., stage_latency_ms: _Optional[_Mapping[str, float]] = ..., reading_event_id: _Optional[str] = ..., unit: _Optional[str] = ..., features: _Optional[_Mapping[str, float]] = ...) -> None: ...

@@ -20,6 +20,7 @@ from cli.stack.supervisor import Supervisor, python_module_argv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".state"
+SEAWEEDFS_GRPC_OFFSET = 10000  # weed serves each component's gRPC on its HTTP port + this
 
 
 @dataclass
@@ -42,15 +43,20 @@ class StackPorts:
     def free(cls) -> "StackPorts":
         """Ports nobody listens on now, for a test stack beside a running one."""
         names = list(cls.__dataclass_fields__)
-        sockets = []
-        for _ in names:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        ports = {name: s.getsockname()[1] for name, s in zip(names, sockets)}
-        for s in sockets:
-            s.close()
-        return cls(**ports)
+        while True:
+            sockets = []
+            for _ in names:
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                sockets.append(s)
+            ports = {name: s.getsockname()[1] for name, s in zip(names, sockets)}
+            for s in sockets:
+                s.close()
+            # SeaweedFS reserves each of its HTTP ports + 10000 for gRPC and refuses to start on a port that
+            # is another's reserved one: draw again in that (rare) case.
+            taken = set(ports.values())
+            if not any(port + SEAWEEDFS_GRPC_OFFSET in taken for port in taken):
+                return cls(**ports)
 
 
 @dataclass

@@ -20,6 +20,7 @@ CAMERAS = "vigil.cameras"
 SENSORS_REGISTRY = "vigil.sensors.registry"
 MODELS = "vigil.models"
 INFERENCE_SHADOW = "vigil.inference.shadow"
+INFERENCE_SENSORS = "vigil.inference.sensors"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ CATALOG: tuple[TopicSpec, ...] = (
     # A shadow model's results (shadow=true), kept apart from vigil.inference so no consumer of the primary
     # stream ever sees them; keyed by camera id like vigil.inference.
     TopicSpec(INFERENCE_SHADOW, 6, 7 * DAY_MS),
+    # Sensor anomaly results (SensorAnomalyResult), keyed by sensor id like vigil.sensors; a topic of their own,
+    # since readers of vigil.inference expect InferenceResult.
+    TopicSpec(INFERENCE_SENSORS, 3, 7 * DAY_MS),
 )
 
 

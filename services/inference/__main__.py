@@ -18,8 +18,9 @@ from services.inference.detector import ensure_default_model
 from services.inference.grpc_adapter import GrpcSecurity, start_grpc_server
 from services.inference.kafka_adapter import frame_batch_handler, model_status_announcer
 from services.inference.pipeline import FramePipeline
-from services.inference.serving import DirectoryRepository, ModelServer, yolo_loader
+from services.inference.serving import DirectoryRepository, ModelServer, model_loader
 from services.inference.settings import InferenceSettings
+from services.inference.sensor_kafka_adapter import start_sensor_path
 
 
 def grpc_security(settings: InferenceSettings) -> GrpcSecurity:
@@ -63,7 +64,7 @@ def main() -> None:
     if settings.consume and kafka.create_topics:
         ensure_topics(kafka.client_config(), kafka.replication_factor)  # before any model status is announced
     model_dir = settings.model_dir or ensure_default_model()
-    loader = yolo_loader(settings.device, settings.precision_hint, settings.score_threshold)
+    loader = model_loader(settings.device, settings.precision_hint, settings.score_threshold)
     detector = loader(model_dir)
     repository = PinnedRepository(DirectoryRepository(settings.model_repository, loader, also=(model_dir,)), loader)
     announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))
@@ -79,6 +80,7 @@ def main() -> None:
     runtime.health.readiness["model_ready"] = flag_check(server.ready, f"model {detector.name} loaded and warm")
     log.info("serving", model=detector.name, version=detector.version, grpc=f"{settings.grpc_host}:{grpc_port}")
     follower_thread = start_registry_follower(settings, kafka, server, repository, runtime)
+    sensor_path = start_sensor_path(settings, kafka, runtime)  # vigil.sensors -> vigil.inference.sensors, own thread
 
     try:
         if settings.consume:
@@ -102,7 +104,11 @@ def main() -> None:
         runtime.stop.set()
         if follower_thread is not None:
             follower_thread.join(timeout=settings.shutdown_timeout_s / 2)
+        if sensor_path is not None:
+            sensor_path.join(timeout_s=settings.shutdown_timeout_s / 2)
         runtime.close()
+    if sensor_path is not None:
+        sensor_path.raise_if_failed()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import openvino as ov
 
-from services.inference.detector import Detection, YoloDetector
+from services.inference.detector import Detection, YoloDetector, network_input
 
 ACCEPT_KEPT_SHARE = 0.95
 MATCH_IOU = 0.5
@@ -101,7 +101,7 @@ def quantize_detector(model_dir: Path, calibration: Sequence[np.ndarray], held_o
     model_dir, out = Path(model_dir), Path(out)
     fp32 = YoloDetector.load(model_dir, precision_hint="f32", performance_hint="LATENCY")
     model = ov.Core().read_model(model_dir / "model.xml")
-    dataset = nncf.Dataset(list(calibration), lambda frame: fp32.preprocess(frame)[0])
+    dataset = nncf.Dataset(list(calibration), lambda frame: network_input(frame, fp32.input_size))
     quantized = nncf.quantize(model, dataset, subset_size=len(calibration),
                               model_type=None, preset=nncf.QuantizationPreset.PERFORMANCE)
 

@@ -7,11 +7,14 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from services.inference.detector import YoloDetector
+from services.inference.extra_detectors import (
+    CENTERFACE_KIND, SSDLITE_KIND, FaceDetectorCenterFace, PersonDetectorSSDLite,
+)
 from services.inference.images import ImageRefused, decode_image
 from services.inference.routing import in_canary
 
@@ -62,11 +65,24 @@ DATATYPE_BYTES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "UINT16": 2, "INT16": 2, "FP
 
 
 class Detector(Protocol):
+    """What serving (gRPC: `detect`) and the Kafka pipeline (the stages, through an AsyncInferQueue) need of a
+    model; YoloDetector, PersonDetectorSSDLite and FaceDetectorCenterFace have it."""
     name: str
     version: str
-    input_size: tuple[int, int]
+    input_size: tuple[int, int]  # (width, height) of the network input; warm-up runs a frame of this size
+
+    @property
+    def inference_precision(self) -> str: ...
 
     def detect(self, bgr: np.ndarray) -> list: ...
+
+    def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, Any]: ...
+
+    def make_infer_queue(self, jobs: int = 0) -> Any: ...
+
+    def infer_request_outputs(self, request: Any) -> dict[str, np.ndarray]: ...
+
+    def postprocess(self, outputs: dict[str, np.ndarray], info: Any) -> list: ...
 
 
 @dataclass(frozen=True)
@@ -288,8 +304,35 @@ class ModelServer:
         }
 
 
-def yolo_loader(device: str, precision_hint: str | None, score_threshold: float) -> Callable[[Path], Detector]:
+class UnknownModelKind(ValueError):
+    """A model dir whose model.json names a kind no loader exists for."""
+
+
+# model.json "kind" -> the detector class that loads such a dir (absent: "yolo", the darknet converter's dirs).
+MODEL_KINDS: dict[str, Callable[..., Detector]] = {
+    "yolo": YoloDetector.load,
+    SSDLITE_KIND: PersonDetectorSSDLite.load,
+    CENTERFACE_KIND: FaceDetectorCenterFace.load,
+}
+
+
+def model_kind(model_dir: Path) -> str:
+    """The kind named by the dir's model.json ("yolo" when it names none)."""
+    try:
+        metadata = json.loads((Path(model_dir) / "model.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadFailed(f"{model_dir}: cannot read model.json: {exc}") from exc
+    kind = metadata.get("kind", "yolo") if isinstance(metadata, dict) else None
+    if kind not in MODEL_KINDS:
+        raise UnknownModelKind(f"{model_dir}: model.json names kind {kind!r}, which this server cannot load "
+                               f"(known kinds: {', '.join(MODEL_KINDS)})")
+    return kind
+
+
+def model_loader(device: str, precision_hint: str | None, score_threshold: float) -> Callable[[Path], Detector]:
+    """Loads a model dir with the detector its model.json's `kind` names. score_threshold is the default for
+    models whose model.json states none of its own."""
     def load(model_dir: Path) -> Detector:
-        return YoloDetector.load(model_dir, device, precision_hint, score_threshold)
+        return MODEL_KINDS[model_kind(model_dir)](Path(model_dir), device, precision_hint, score_threshold)
 
     return load

@@ -48,3 +48,8 @@ class InferenceSettings(ServiceSettings):
     registry_bucket: str = Field("vigil-models", description="Bucket of the model registry that is followed.")
     registry_cache_dir: Path | None = Field(None, description="Where registry versions are downloaded "
                                             "(default: <VIGIL_CACHE_DIR>/registry/NAME/VERSION).")
+    consume_sensors: bool = Field(True, description="Consume vigil.sensors and score each reading with the sensor "
+                                  "anomaly model; results go to vigil.inference.sensors.")
+    sensor_model_dir: Path | None = Field(None, description="Directory of the sensor anomaly model (OpenVINO IR "
+                                          "and model.json); unset trains it into the cache on first start.")
+    sensor_batch_max_readings: int = Field(256, description="Most sensor readings taken from Kafka for one batch.")

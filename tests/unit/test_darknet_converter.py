@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import openvino as ov
 import pytest
 
 from services.inference.darknet_converter import convert
@@ -96,8 +97,12 @@ def test_converted_yolov3_tiny_matches_opencv_darknet_reference(
 def test_converted_model_exposes_raw_yolo_heads_and_its_metadata(freshly_converted_yolov3_tiny: Path,
                                                                   f32_detector: YoloDetector):
     compiled = f32_detector.compiled_model
+    # Served, the network takes resized frames as they are (BGR uint8, NHWC) and converts them in its graph.
     assert compiled.input(0).get_any_name() == "image"
-    assert list(compiled.input(0).get_shape()) == [1, 3, 416, 416]
+    assert list(compiled.input(0).get_shape()) == [1, 416, 416, 3]
+    assert compiled.input(0).get_element_type() == ov.Type.u8
+    network = ov.Core().read_model(freshly_converted_yolov3_tiny / "model.xml")
+    assert list(network.input(0).get_shape()) == [1, 3, 416, 416]
     assert {o.get_any_name(): list(o.get_shape()) for o in compiled.outputs} == {
         "yolo_13": [1, 255, 13, 13], "yolo_26": [1, 255, 26, 26]}
 

@@ -17,7 +17,7 @@ import pytest
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
 from services.inference.grpc_adapter import GrpcSecurity, start_grpc_server
-from services.inference.serving import DirectoryRepository, ModelServer, yolo_loader
+from services.inference.serving import DirectoryRepository, ModelServer, model_loader
 
 LIMIT = 4 << 20  # small enough to test, big enough for a 768x576 frame
 MODEL = "yolov3-tiny"
@@ -49,7 +49,7 @@ def repository_dir(tmp_path_factory, yolov3_tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def model_server(yolov3_tiny_model_dir, repository_dir) -> ModelServer:
-    loader = yolo_loader("CPU", "f32", 0.25)
+    loader = model_loader("CPU", "f32", 0.25)
     server = ModelServer(loader(yolov3_tiny_model_dir),
                          DirectoryRepository(repository_dir, loader, also=(yolov3_tiny_model_dir,)), LIMIT)
     server.warm_up()

@@ -1,0 +1,545 @@
+"""The sensor anomaly model, free of any transport: synthetic normal readings, sliding-window features per
+sensor, a Gaussian (Mahalanobis) model trained here with plain numpy, exported to OpenVINO IR, and a scorer
+that runs the IR.
+
+Why these features (one row per reading, from the sensor's previous WINDOW readings and the reading itself):
+- level: the value against the quantity's normal envelope learned in training (mean, std over all sensors and
+  times of day). Catches drift and a value stuck far from normal, which a short window follows and so hides.
+- deviation: the value's distance from the mean of the previous WINDOW readings, in units of their std
+  (floored at the quantity's typical short-window spread, so a quiet window does not turn noise into a spike).
+  The window excludes the reading, so a spike cannot inflate its own yardstick. Catches spikes and steps.
+- rate: the change from the median of the previous RECENT readings, in units of its typical size for the
+  quantity. Catches jumps, also when the window itself is already disturbed; the median keeps the reading
+  after a spike from looking like a jump back.
+- trend: the change per reading from the median of the window's first SHORT readings to the median of its last
+  SHORT (the reading included), in the same units. A drifting sensor keeps moving one way for longer and
+  faster than the daily cycle and the weather do: this sees a drift long before its offset leaves the normal
+  envelope. Medians, not a least-squares slope, so a spike inside the window does not tilt it.
+- spread: log of the typical absolute change between the last SHORT readings (the reading included; the two
+  largest changes left out) over the quantity's typical one. A stuck sensor repeats one value, so its spread
+  collapses to the floor; a noisy one (loose contact) raises it. Leaving out the largest changes keeps the
+  readings after a spike from looking noisy.
+Every scale is learned from the training data, never taken from the generator's parameters.
+
+The model: the mean and covariance of the training rows; a reading's score is its Mahalanobis distance
+sqrt((x - mean)^T cov^-1 (x - mean)), computed as ||(x - mean) @ inv(L)^T|| with cov = L L^T (Cholesky).
+That is one Subtract, one MatMul and a sum of squares: the exported IR is the same arithmetic. The anomaly
+threshold is the 99.9th percentile of the training scores, so about one normal reading in a thousand is
+flagged by construction; held-out normal readings and injected anomalies measure the rest (model.json)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import openvino.opset16 as ops
+
+from libs.common.envelope import derived_envelope
+from protos import events_pb2
+
+MODEL_NAME = "sensor-anomaly"
+# The version results name. The cache dir also carries a hash of this file, so a cached build is never reused
+# by changed code; bump this when the scores mean something new to consumers.
+MODEL_VERSION = "1"
+FEATURES = ("level", "deviation", "rate", "trend", "spread")
+WINDOW = 24          # previous readings a reading is compared with
+SHORT = 8            # readings (the current one included) whose spread tells a stuck or a noisy sensor
+RECENT = 3           # readings before the current one whose median it is compared with for a jump
+SPREAD_FLOOR = 0.01  # spread below 1% of the typical one counts as 1% (a stuck sensor's is exactly 0)
+THRESHOLD_PERCENTILE = 99.9
+INTERVAL_S = 60.0    # the synthetic sensors report once a minute
+TRAIN_SEED = 20261126
+HELD_OUT_SEED = 7
+
+
+@dataclass(frozen=True)
+class SyntheticQuantity:
+    """How a normal indoor sensor of one quantity behaves: a per-sensor base level, a daily cycle peaking at
+    peak_hour with a per-sensor amplitude, a slow AR(1) 'weather' wander, white noise, and the device's
+    resolution (readings are rounded to it, as real devices report)."""
+
+    unit: str
+    base: tuple[float, float]
+    amplitude: tuple[float, float]
+    peak_hour: float
+    wander: float
+    noise: float
+    resolution: float
+
+
+SYNTHETIC_QUANTITIES: dict[str, SyntheticQuantity] = {
+    "temperature": SyntheticQuantity("°C", (18.0, 24.0), (1.5, 4.0), 15.0, 0.5, 0.08, 0.01),
+    "humidity": SyntheticQuantity("%", (35.0, 55.0), (3.0, 8.0), 5.0, 2.0, 0.4, 0.1),
+    "pressure": SyntheticQuantity("hPa", (1000.0, 1025.0), (0.3, 1.0), 10.0, 1.5, 0.05, 0.01),
+}
+
+
+def synthetic_series(rng: np.random.Generator, quantity: str, count: int, interval_s: float = INTERVAL_S,
+                     start_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One normal sensor's readings: (times in seconds since the epoch's midnight, values)."""
+    q = SYNTHETIC_QUANTITIES[quantity]
+    base = rng.uniform(*q.base)
+    amplitude = rng.uniform(*q.amplitude)
+    start = rng.uniform(0, 86400) if start_s is None else start_s
+    times = start + interval_s * np.arange(count)
+    cycle = amplitude * np.cos(2 * math.pi * (times / 3600.0 - q.peak_hour) / 24.0)
+    # Weather: three slow waves (periods of 6 to 48 hours, random phases) with a total std of q.wander.
+    # Smooth, as the weather is: a random walk would make every minute's change as big as the noise.
+    periods_s = rng.uniform(6, 48, 3) * 3600.0
+    phases = rng.uniform(0, 2 * math.pi, 3)
+    wander = q.wander * np.sqrt(2 / 3) * np.cos(2 * math.pi * times[:, None] / periods_s + phases).sum(axis=1)
+    values = base + cycle + wander + rng.normal(0.0, q.noise, count)
+    return times, np.round(values / q.resolution) * q.resolution
+
+
+@dataclass(frozen=True)
+class QuantityScales:
+    """What normal looks like for one quantity, learned from the training readings."""
+
+    unit: str
+    mean: float         # of the values
+    std: float          # of the values
+    step: float         # std of change_from_recent
+    short_spread: float  # median short_spread of SHORT consecutive readings
+    # Each feature's mean and std over this quantity's training rows: features are standardized per quantity,
+    # so one model serves quantities whose normal rows differ in shape (pressure's weather moves it more, in
+    # noise widths, than a room's temperature moves).
+    feature_mean: tuple[float, ...] = (0.0,) * len(FEATURES)
+    feature_std: tuple[float, ...] = (1.0,) * len(FEATURES)
+
+
+def change_from_recent(windows: np.ndarray) -> np.ndarray:
+    """Per row of consecutive readings: the last one minus the median of the RECENT before it. A jump shows
+    at once; the reading after a spike does not look like a jump back, as it would against the spike alone."""
+    return windows[:, -1] - np.median(windows[:, -RECENT - 1:-1], axis=1)
+
+
+def short_spread(windows: np.ndarray) -> np.ndarray:
+    """Per row of [k, n] consecutive readings: the mean of the n - 3 smallest absolute changes from one
+    reading to the next. Zero for a stuck sensor, high for a noisy one. A single spike makes two large changes,
+    which are left out, so the readings after a spike do not look noisy; and a device's rounding repeating a
+    value a few times is not yet a stuck sensor."""
+    changes = np.sort(np.abs(np.diff(windows, axis=1)), axis=1)
+    return changes[:, :windows.shape[1] - 3].mean(axis=1)
+
+
+def learn_scales(unit: str, series: list[np.ndarray]) -> QuantityScales:
+    values = np.concatenate(series)
+    steps = np.concatenate([change_from_recent(np.lib.stride_tricks.sliding_window_view(s, RECENT + 1))
+                            for s in series])
+    spreads = np.concatenate([short_spread(np.lib.stride_tricks.sliding_window_view(s, SHORT)) for s in series])
+    scales = QuantityScales(unit=unit, mean=float(values.mean()), std=float(values.std()),
+                            step=float(steps.std()), short_spread=float(np.median(spreads)))
+    rows = np.concatenate([series_features(s, scales) for s in series])
+    return replace(scales, feature_mean=tuple(float(m) for m in rows.mean(axis=0)),
+                   feature_std=tuple(float(d) for d in rows.std(axis=0)))
+
+
+def window_features(windows: np.ndarray, scales: QuantityScales) -> np.ndarray:
+    """Feature rows [k, len(FEATURES)] from windows [k, WINDOW + 1]: each row is a sensor's previous WINDOW
+    readings followed by the reading scored. Used by training and by the live path alike."""
+    windows = np.asarray(windows, np.float64)
+    previous, current = windows[:, :WINDOW], windows[:, WINDOW]
+    prev_std = np.maximum(previous.std(axis=1), scales.short_spread)
+    spread = short_spread(windows[:, -SHORT:])
+    rows = np.stack([
+        (current - scales.mean) / scales.std,
+        (current - previous.mean(axis=1)) / prev_std,
+        change_from_recent(windows) / scales.step,
+        (np.median(windows[:, -SHORT:], axis=1) - np.median(windows[:, :SHORT], axis=1))
+        / (WINDOW + 1 - SHORT) / scales.step,
+        np.log(np.maximum(spread / scales.short_spread, SPREAD_FLOOR)),
+    ], axis=1)
+    return (rows - np.asarray(scales.feature_mean)) / np.asarray(scales.feature_std)
+
+
+def series_features(values: np.ndarray, scales: QuantityScales) -> np.ndarray:
+    """Feature rows for every reading of one sensor's series that has a full window before it."""
+    return window_features(np.lib.stride_tricks.sliding_window_view(np.asarray(values, np.float64), WINDOW + 1),
+                           scales)
+
+
+@dataclass(frozen=True)
+class MahalanobisModel:
+    mean: np.ndarray       # [F]
+    whitening: np.ndarray  # [F, F]: (x - mean) @ whitening has identity covariance on the training rows
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, ridge: float = 1e-6) -> MahalanobisModel:
+        mean = rows.mean(axis=0)
+        cov = np.cov(rows - mean, rowvar=False) + ridge * np.eye(rows.shape[1])
+        lower = np.linalg.cholesky(cov)
+        return cls(mean=mean, whitening=np.linalg.inv(lower).T)
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        z = (np.asarray(rows, np.float64) - self.mean) @ self.whitening
+        return np.sqrt((z * z).sum(axis=1))
+
+
+def export_openvino(model: MahalanobisModel) -> ov.Model:
+    """The same arithmetic as MahalanobisModel.score as an OpenVINO graph: features [N, F] f32 -> score [N].
+    Every node is named, so the same model always serializes to the same bytes (OpenVINO's default names
+    carry a process-wide counter)."""
+    features = ops.parameter([-1, len(model.mean)], ov.Type.f32, name="features")
+    mean = ops.constant(model.mean.astype(np.float32), name="mean")
+    centred = ops.subtract(features, mean, name="centred")
+    whitening = ops.constant(model.whitening.astype(np.float32), name="whitening")
+    white = ops.matmul(centred, whitening, False, False, name="whitened")
+    axis = ops.constant(np.array([1], np.int64), name="feature_axis")
+    squared = ops.reduce_sum(ops.multiply(white, white, name="squares"), axis, keep_dims=False, name="distance2")
+    score = ops.sqrt(squared, name="score")
+    score.output(0).get_tensor().set_names({"score"})
+    return ov.Model([ops.result(score, name="score_result")], [features], MODEL_NAME)
+
+
+# --- injected anomalies, to measure the model (model.json metrics) and to test it -------------------------
+
+ANOMALY_KINDS = ("spike", "stuck", "drift")
+
+
+def inject(kind: str, values: np.ndarray, start: int, length: int, quantity: str,
+           rng: np.random.Generator) -> np.ndarray:
+    """A copy of `values` with one anomaly from `start` for `length` readings:
+    spike: single readings (every 6th of the segment) jump by 15..30 times the quantity's noise, either way;
+    stuck: the sensor repeats the value it had just before `start`;
+    drift: an offset growing by 2 noise-widths per reading (e.g. +0.16 °C a minute), as a failing sensor's."""
+    q = SYNTHETIC_QUANTITIES[quantity]
+    out = values.copy()
+    if kind == "spike":
+        for i in range(start, start + length, 6):
+            out[i] += rng.choice([-1.0, 1.0]) * rng.uniform(15, 30) * q.noise
+    elif kind == "stuck":
+        out[start:start + length] = values[start - 1]
+    elif kind == "drift":
+        out[start:start + length] += 2 * q.noise * np.arange(1, length + 1)
+    else:
+        raise ValueError(f"unknown anomaly kind {kind!r}")
+    return np.round(out / q.resolution) * q.resolution
+
+
+def anomalous_readings(kind: str, segment: int) -> np.ndarray:
+    """Indices (relative to the segment start) of the readings an anomaly of this kind makes abnormal and a
+    detector can be expected to see: each spike; a stuck run once SHORT - 3 of its changes are zero; the
+    second half of a drift, once its offset is many noise widths."""
+    if kind == "spike":
+        return np.arange(0, segment, 6)
+    if kind == "stuck":
+        return np.arange(SHORT - 3, segment)
+    return np.arange(segment // 2, segment)
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    seed: int = TRAIN_SEED
+    sensors_per_quantity: int = 24
+    days: float = 2.0
+    interval_s: float = INTERVAL_S
+
+
+@dataclass
+class TrainedSensorModel:
+    model: MahalanobisModel
+    scales: dict[str, QuantityScales]
+    threshold: float
+    train_scores: np.ndarray
+
+    def features(self, quantity: str, values: np.ndarray) -> np.ndarray:
+        return series_features(values, self.scales[quantity])
+
+    def score_series(self, quantity: str, values: np.ndarray) -> np.ndarray:
+        """Scores of every reading with a full window before it (numpy, float64)."""
+        return self.model.score(self.features(quantity, values))
+
+
+def train(plan: TrainingPlan = TrainingPlan()) -> TrainedSensorModel:
+    rng = np.random.default_rng(plan.seed)
+    count = int(plan.days * 86400 / plan.interval_s)
+    series = {quantity: [synthetic_series(rng, quantity, count, plan.interval_s)[1]
+                         for _ in range(plan.sensors_per_quantity)]
+              for quantity in SYNTHETIC_QUANTITIES}
+    scales = {quantity: learn_scales(SYNTHETIC_QUANTITIES[quantity].unit, s) for quantity, s in series.items()}
+    rows = np.concatenate([series_features(v, scales[q]) for q, vs in series.items() for v in vs])
+    model = MahalanobisModel.fit(rows)
+    scores = model.score(rows)
+    threshold = float(np.percentile(scores, THRESHOLD_PERCENTILE))
+    return TrainedSensorModel(model, scales, threshold, scores)
+
+
+def evaluate(trained: TrainedSensorModel, seed: int = HELD_OUT_SEED, sensors_per_quantity: int = 8,
+             count: int = 1440, segment: int = 60) -> dict[str, object]:
+    """Rates on data the model never saw: the share of held-out normal readings flagged, and per anomaly kind
+    the share of its abnormal readings (anomalous_readings) flagged."""
+    rng = np.random.default_rng(seed)
+    normal_flags: list[np.ndarray] = []
+    caught = {kind: [] for kind in ANOMALY_KINDS}
+    for quantity in SYNTHETIC_QUANTITIES:
+        for _ in range(sensors_per_quantity):
+            values = synthetic_series(rng, quantity, count)[1]
+            normal_flags.append(trained.score_series(quantity, values) > trained.threshold)
+            for kind in ANOMALY_KINDS:
+                start = int(rng.integers(WINDOW + 1, count - segment))
+                scores = trained.score_series(quantity, inject(kind, values, start, segment, quantity, rng))
+                # A score at index i belongs to reading i + WINDOW.
+                idx = start + anomalous_readings(kind, segment) - WINDOW
+                caught[kind].append(scores[idx] > trained.threshold)
+    return {
+        "held_out_seed": seed,
+        "normal_flagged_rate": float(np.concatenate(normal_flags).mean()),
+        "normal_readings": int(sum(len(f) for f in normal_flags)),
+        "detection_rate": {kind: float(np.concatenate(f).mean()) for kind, f in caught.items()},
+    }
+
+
+def write_model_dir(trained: TrainedSensorModel, out: Path, plan: TrainingPlan = TrainingPlan(),
+                    metrics: dict | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(export_openvino(trained.model), out / "model.xml", compress_to_fp16=False)
+    metadata = {
+        "name": MODEL_NAME,
+        "version": MODEL_VERSION,
+        "kind": "tabular",
+        "format": "openvino-ir",
+        "input": {"name": "features", "shape": [-1, len(FEATURES)], "dtype": "f32"},
+        "output": {"name": "score", "shape": [-1], "meaning": "Mahalanobis distance from normal"},
+        "features": list(FEATURES),
+        "window": WINDOW,
+        "short_window": SHORT,
+        "spread_floor": SPREAD_FLOOR,
+        "threshold": trained.threshold,
+        "threshold_rule": f"{THRESHOLD_PERCENTILE}th percentile of the training scores",
+        "quantities": {q: asdict(s) for q, s in trained.scales.items()},
+        "training": {
+            "data": "synthetic normal indoor readings, one a minute per sensor: per-sensor base level, daily "
+                    "cycle, AR(1) wander, white noise, rounded to the device resolution",
+            "generator": {q: asdict(s) for q, s in SYNTHETIC_QUANTITIES.items()},
+            **asdict(plan),
+            "rows": int(len(trained.train_scores)),
+            "score_percentiles": {str(p): float(np.percentile(trained.train_scores, p)) for p in (50, 90, 99, 99.9)},
+        },
+        "metrics": metrics if metrics is not None else evaluate(trained),
+    }
+    (out / "model.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+def sensor_anomaly_model_dir(cache_dir: Path | None = None) -> Path:
+    """`cache_dir/models/sensor-anomaly/<version>-<hash of this file>`: a change to the generator, the features
+    or the training gets a model built by the new code, never a cached one built by the old."""
+    if cache_dir is None:
+        from tools.fetch_assets import default_cache_dir
+        cache_dir = default_cache_dir()
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    return Path(cache_dir) / "models" / MODEL_NAME / f"{MODEL_VERSION}-{code}"
+
+
+def ensure_sensor_anomaly_model(cache_dir: Path | None = None) -> Path:
+    """Returns the model dir in the cache, training and exporting the model first if it is missing
+    (a few seconds; deterministic, so every machine builds the same model)."""
+    model_dir = sensor_anomaly_model_dir(cache_dir)
+    if not (model_dir / "model.json").is_file():
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Built aside and renamed into place: a crash mid-build never leaves a dir that looks finished. Two
+        # processes building at once build the same bytes; the one that renames second just drops its copy.
+        with tempfile.TemporaryDirectory(prefix=f".{model_dir.name}-", dir=model_dir.parent,
+                                         ignore_cleanup_errors=True) as staging:
+            write_model_dir(train(), Path(staging)).chmod(0o755)
+            try:
+                Path(staging).rename(model_dir)
+            except OSError:
+                if not (model_dir / "model.json").is_file():
+                    raise
+    return model_dir
+
+
+# --- serving -----------------------------------------------------------------------------------------------
+
+class SensorAnomalyScorer:
+    """The exported IR compiled once (f32: bf16 would move scores near the threshold), scoring batches of
+    feature rows. Thread-safe: one infer request, taken in turn."""
+
+    def __init__(self, compiled: ov.CompiledModel, metadata: dict) -> None:
+        self.compiled = compiled
+        self.metadata = metadata
+        self.name: str = metadata["name"]
+        self.version: str = str(metadata["version"])
+        self.threshold = float(metadata["threshold"])
+        self.window = int(metadata["window"])
+        self.scales = {q: QuantityScales(**s) for q, s in metadata["quantities"].items()}
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str = "CPU", core: ov.Core | None = None) -> SensorAnomalyScorer:
+        model_dir = Path(model_dir)
+        metadata = json.loads((model_dir / "model.json").read_text())
+        if metadata.get("kind") != "tabular" or metadata.get("features") != list(FEATURES) \
+                or metadata.get("window") != WINDOW or metadata.get("short_window") != SHORT:
+            raise ValueError(f"{model_dir} is not a sensor anomaly model with features {FEATURES}, "
+                             f"window {WINDOW} and short window {SHORT}")
+        compiled = (core or ov.Core()).compile_model(
+            model_dir / "model.xml", device, {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+        return cls(compiled, metadata)
+
+    def score(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Feature rows [N, F] -> (scores [N] f32, anomaly flags [N] bool)."""
+        rows = np.ascontiguousarray(rows, np.float32).reshape(-1, len(FEATURES))
+        if len(rows) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, bool)
+        with self._lock:
+            scores = self._request.infer({0: rows})[0].copy()
+        return scores, scores > self.threshold
+
+
+@dataclass(frozen=True)
+class WindowedReading:
+    """A reading ready to be scored: its feature row, or why it is not scored."""
+
+    features: np.ndarray | None
+    skipped: str | None = None  # "warming_up", "unknown_quantity", "unit_mismatch", "out_of_order"
+
+
+class SensorWindows:
+    """Per sensor, its last WINDOW values in memory, so that each new reading yields one feature row.
+
+    Readings must come in event-time order per sensor (vigil.sensors is keyed by sensor id, so they do):
+    one not newer than the sensor's last is skipped, which also keeps a redelivered reading out of the
+    window. A gap longer than max_gap_s starts the window again. The least recently seen sensors are
+    forgotten beyond max_sensors. Nothing is persisted: a restart (or a partition moving to another
+    replica) starts every sensor's window empty, and its next WINDOW readings are not scored."""
+
+    def __init__(self, scales: dict[str, QuantityScales], window: int = WINDOW, max_gap_s: float = 3600.0,
+                 max_sensors: int = 100_000) -> None:
+        self.scales = scales
+        self.window = window
+        self.max_gap_s = max_gap_s
+        self.max_sensors = max_sensors
+        self._sensors: OrderedDict[str, tuple[deque[float], int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sensors)
+
+    def add(self, sensor_id: str, quantity: str, unit: str, value: float, event_time_ns: int) -> WindowedReading:
+        scales = self.scales.get(quantity)
+        if scales is None:
+            return WindowedReading(None, "unknown_quantity")
+        if unit != scales.unit:
+            return WindowedReading(None, "unit_mismatch")
+        history, last_ns = self._sensors.get(sensor_id, (None, 0))
+        if history is not None and event_time_ns <= last_ns:
+            return WindowedReading(None, "out_of_order")
+        if history is None or (event_time_ns - last_ns) / 1e9 > self.max_gap_s:
+            history = deque(maxlen=self.window)
+        features = None
+        if len(history) == self.window:
+            features = window_features(np.array([[*history, value]]), scales)[0]
+        history.append(value)
+        self._sensors[sensor_id] = (history, event_time_ns)
+        self._sensors.move_to_end(sensor_id)
+        while len(self._sensors) > self.max_sensors:
+            self._sensors.popitem(last=False)
+        return WindowedReading(features, None if features is not None else "warming_up")
+
+
+@dataclass(frozen=True)
+class InvalidReading:
+    """A reading that can never be scored (it should not have passed ingest): it goes to the dead letters."""
+
+    reason: str
+    detail: str
+
+
+PRODUCER = "inference"
+
+
+class SensorReadingScorer:
+    """Readings in (in their order), one result per reading out: a SensorAnomalyResult, an InvalidReading,
+    or the reason the reading was not scored (a str: warming_up, unknown_quantity, unit_mismatch,
+    out_of_order). A batch of readings is one OpenVINO inference."""
+
+    def __init__(self, scorer: SensorAnomalyScorer, windows: SensorWindows | None = None) -> None:
+        self.scorer = scorer
+        self.windows = windows or SensorWindows(scorer.scales, scorer.window)
+        self.model_ref = events_pb2.ModelRef(name=scorer.name, version=scorer.version, precision="fp32")
+
+    def run(self, readings: list[events_pb2.SensorReading]
+            ) -> list[events_pb2.SensorAnomalyResult | InvalidReading | str]:
+        started = time.perf_counter()
+        outcomes: list[events_pb2.SensorAnomalyResult | InvalidReading | str] = []
+        rows, positions = [], []
+        for reading in readings:
+            problem = reading_problem(reading)
+            if problem is not None:
+                outcomes.append(problem)
+                continue
+            windowed = self.windows.add(reading.sensor_id, reading.quantity, reading.unit, reading.value,
+                                        reading.envelope.event_time.ToNanoseconds())
+            if windowed.features is None:
+                outcomes.append(windowed.skipped or "warming_up")
+                continue
+            positions.append(len(outcomes))
+            outcomes.append("")  # replaced by the result once the batch is scored
+            rows.append(windowed.features)
+        features_ms = (time.perf_counter() - started) * 1000
+        if not rows:
+            return outcomes
+        started = time.perf_counter()
+        scores, flags = self.scorer.score(np.stack(rows))
+        infer_ms = (time.perf_counter() - started) * 1000
+        latency = {"features": features_ms / len(rows), "infer": infer_ms / len(rows)}
+        derivation = f"{self.scorer.name}:{self.scorer.version}"
+        for position, row, score, flag in zip(positions, rows, scores, flags):
+            reading = readings[position]
+            outcomes[position] = events_pb2.SensorAnomalyResult(
+                envelope=derived_envelope(reading.envelope, PRODUCER, derivation),
+                sensor_id=reading.sensor_id, quantity=reading.quantity, value=reading.value, unit=reading.unit,
+                model=self.model_ref, score=float(score), anomaly=bool(flag), threshold=self.scorer.threshold,
+                stage_latency_ms=latency, reading_event_id=reading.envelope.event_id,
+                features=dict(zip(FEATURES, (float(v) for v in row))),
+            )
+        return outcomes
+
+
+def reading_problem(reading: events_pb2.SensorReading) -> InvalidReading | None:
+    missing = [name for name in ("sensor_id", "quantity", "unit") if not getattr(reading, name).strip()]
+    if not reading.envelope.event_id:
+        missing.append("envelope.event_id")
+    if not reading.envelope.HasField("event_time"):
+        missing.append("envelope.event_time")
+    if missing:
+        return InvalidReading("missing_field", "missing or empty: " + ", ".join(missing))
+    if not math.isfinite(reading.value):
+        return InvalidReading("not_finite", f"value is {reading.value}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train_cmd = commands.add_parser("train", help="train on synthetic normal readings and export to OpenVINO IR")
+    train_cmd.add_argument("--out", type=Path, required=True, help="directory for model.xml/.bin and model.json")
+    train_cmd.add_argument("--seed", type=int, default=TRAIN_SEED)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    plan = TrainingPlan(seed=args.seed)
+    trained = train(plan)
+    write_model_dir(trained, args.out, plan)
+    metadata = json.loads((args.out / "model.json").read_text())
+    print(json.dumps({"out": str(args.out), "threshold": trained.threshold, "metrics": metadata["metrics"],
+                      "seconds": round(time.perf_counter() - started, 2)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
