@@ -95,7 +95,10 @@ def main() -> None:
                 max_batch=settings.batch_max_frames, max_wait_s=settings.batch_max_wait_s,
             )
             runtime.health.liveness["consume_loop"] = runner.heartbeat.check
-            runner.run(runtime.stop)
+            try:
+                runner.run(runtime.stop)
+            finally:
+                pipeline.close()
         else:
             runtime.stop.wait()
     finally:
