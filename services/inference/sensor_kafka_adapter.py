@@ -22,8 +22,8 @@ from libs.common.service import ServiceRuntime
 from libs.common.settings import KafkaSettings
 from libs.common.topics import INFERENCE_SENSORS, SENSORS, ensure_topics
 from protos import events_pb2
-from services.inference.sensor_anomaly import (InvalidReading, SensorAnomalyScorer, SensorReadingScorer,
-                                               ensure_sensor_anomaly_model)
+from services.inference.sensor_anomaly import ensure_sensor_anomaly_model
+from services.inference.sensor_scoring import InvalidReading, SensorAnomalyScorer, SensorReadingScorer
 from services.inference.settings import InferenceSettings
 
 READINGS = Counter("vigil_inference_sensor_readings_total", "Sensor readings consumed, by what became of them",

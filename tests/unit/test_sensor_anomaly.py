@@ -11,6 +11,7 @@ import pytest
 
 from protos import events_pb2
 from services.inference import sensor_anomaly as sa
+from services.inference import sensor_scoring as scoring
 from libs.common.envelope import new_envelope
 
 
@@ -25,8 +26,8 @@ def model_dir(tmp_path_factory, trained):
 
 
 @pytest.fixture(scope="module")
-def scorer(model_dir) -> sa.SensorAnomalyScorer:
-    return sa.SensorAnomalyScorer.load(model_dir)
+def scorer(model_dir) -> scoring.SensorAnomalyScorer:
+    return scoring.SensorAnomalyScorer.load(model_dir)
 
 
 def test_injected_spikes_stuck_values_and_drift_are_flagged_and_held_out_normal_readings_rarely(trained):
@@ -122,7 +123,7 @@ def test_live_path_scores_each_sensors_readings_as_training_does_batched_across_
                                          "temperature", rng)),
         "h-1": ("humidity", sa.synthetic_series(rng, "humidity", 120)[1]),
     }
-    live = sa.SensorReadingScorer(scorer)
+    live = scoring.SensorReadingScorer(scorer)
     t0 = 1_700_000_000.0
     # Interleaved across sensors, in batches of 16 readings, as they come from Kafka.
     stream = [reading(sid, q, float(v[i]), t0 + 60 * i) for i in range(120) for sid, (q, v) in series.items()]
@@ -143,7 +144,7 @@ def test_live_path_scores_each_sensors_readings_as_training_does_batched_across_
 
 
 def test_a_replayed_reading_gets_the_same_result_id_and_the_window_skips_it(scorer):
-    first, again = sa.SensorReadingScorer(scorer), sa.SensorReadingScorer(scorer)
+    first, again = scoring.SensorReadingScorer(scorer), scoring.SensorReadingScorer(scorer)
     readings = [reading("p-1", "pressure", 1013.0 + 0.05 * math.sin(i), 1e9 + 60 * i, event_id=f"r{i}")
                 for i in range(sa.WINDOW + 3)]
     a, b = first.run(readings), again.run(readings)
@@ -155,7 +156,7 @@ def test_a_replayed_reading_gets_the_same_result_id_and_the_window_skips_it(scor
 
 
 def test_readings_that_cannot_be_scored_are_told_apart_from_those_that_are_not_scored_yet(scorer):
-    live = sa.SensorReadingScorer(scorer)
+    live = scoring.SensorReadingScorer(scorer)
     no_unit = reading("t-9", "temperature", 20.0, 1e9)
     no_unit.ClearField("unit")
     no_time = reading("t-9", "temperature", 20.0, 1e9)
@@ -164,13 +165,13 @@ def test_readings_that_cannot_be_scored_are_told_apart_from_those_that_are_not_s
     wrong_unit.unit = "K"
     outcomes = live.run([no_unit, no_time, reading("t-9", "temperature", math.nan, 1e9),
                          reading("v-1", "vibration", 1.0, 1e9), wrong_unit, reading("t-9", "temperature", 20.0, 1e9)])
-    assert [o.reason if isinstance(o, sa.InvalidReading) else o for o in outcomes] == [
+    assert [o.reason if isinstance(o, scoring.InvalidReading) else o for o in outcomes] == [
         "missing_field", "missing_field", "not_finite", "unknown_quantity", "unit_mismatch", "warming_up"]
     assert "unit" in outcomes[0].detail and "event_time" in outcomes[1].detail
 
 
 def test_a_long_gap_starts_the_sensors_window_again_and_old_sensors_are_forgotten(trained):
-    windows = sa.SensorWindows(trained.scales, max_gap_s=600, max_sensors=2)
+    windows = scoring.SensorWindows(trained.scales, max_gap_s=600, max_sensors=2)
     for i in range(sa.WINDOW):
         assert windows.add("t-1", "temperature", "°C", 20.0 + 0.01 * (i % 3), int(60e9 * i)).skipped == "warming_up"
     assert windows.add("t-1", "temperature", "°C", 20.0, int(60e9 * sa.WINDOW)).features is not None
@@ -197,7 +198,7 @@ def test_the_kafka_handler_keys_results_by_sensor_and_dead_letters_what_is_not_a
     from libs.common.topics import INFERENCE_SENSORS
     from services.inference.sensor_kafka_adapter import sensor_batch_handler
 
-    handle = sensor_batch_handler(sa.SensorReadingScorer(scorer))
+    handle = sensor_batch_handler(scoring.SensorReadingScorer(scorer))
     warm_up = [KafkaMessage(reading("t-7", "temperature", 20.0 + 0.1 * (i % 2), 1e9 + 60 * i).SerializeToString())
                for i in range(sa.WINDOW)]
     assert handle(warm_up) == [[]] * sa.WINDOW, "readings that fill the window produce nothing"
