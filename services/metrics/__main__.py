@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-from libs.common.kafka import KafkaRunner
 from libs.common.logs import get_logger
 from libs.common.ops import flag_check
 from libs.common.service import start_service
@@ -13,6 +12,7 @@ from libs.common.topics import INFERENCE, MONITORING, ensure_topics
 from services.metrics.api import QueryApi
 from services.metrics.kafka_adapter import LatestFrameFollower, metrics_batch_handler, record_consumer_lag
 from services.metrics.latest_frames import LatestFrames
+from services.metrics.prefetching_runner import PrefetchingKafkaRunner
 from services.metrics.settings import MetricsSettings
 from services.metrics.sink import EventSink
 from services.metrics.store import MetricsStore
@@ -44,9 +44,10 @@ def main() -> None:
                                     args=(runtime.stop,), name="latest-frames", daemon=True)
         follower.start()
 
-    runner = KafkaRunner(
+    handler = metrics_batch_handler(EventSink(store), kafka.dlq_topic)
+    runner = PrefetchingKafkaRunner(
         kafka, service="metrics", group_id="vigil-metrics", topics=[INFERENCE, MONITORING, kafka.dlq_topic],
-        handler=metrics_batch_handler(EventSink(store), kafka.dlq_topic),
+        handler=handler, prepare=handler.prepare,
         max_batch=settings.batch_max_events, max_wait_s=settings.batch_max_wait_s,
         # Bigger fetches: a backlog is caught up in batches of batch_max_events, not of librdkafka's 1 MiB.
         consumer_overrides={"statistics.interval.ms": 5000, "stats_cb": record_consumer_lag,

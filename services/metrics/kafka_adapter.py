@@ -19,7 +19,7 @@ from protos import events_pb2
 from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, InvalidEvent, Rows, dead_letter_row, \
     inference_row, monitoring_rows
 from services.metrics.latest_frames import LatestFrames
-from services.metrics.protobuf_ingest import UnparseableBatch
+from services.metrics.protobuf_ingest import FramedBatch, StagedBatch, UnparseableBatch, frame_batch
 from services.metrics.sink import EventSink
 
 log = get_logger(__name__)
@@ -49,46 +49,73 @@ def _dead_letter(msg: Message, rows: Rows) -> None:
         msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1], headers, msg.key(), len(msg.value() or b"")))
 
 
-def metrics_batch_handler(sink: EventSink, dlq_topic: str):
-    decoders: dict[str, Callable[[Message, Rows], None]] = {
-        INFERENCE: _inference, MONITORING: _monitoring, dlq_topic: _dead_letter,
-    }
+# The outcome of a message stored with nothing to produce: one shared empty list (the runner only iterates it),
+# not 100,000 new ones a batch.
+_STORED: list = []
 
-    def decode_here(batch: Sequence[Message], outcomes: list[Outcome | None], positions, rows: Rows) -> None:
-        for position in positions:
-            msg = batch[position]
-            decode = decoders.get(msg.topic())
-            try:
-                if decode is None:
-                    raise InvalidEvent(f"the metrics sink does not read {msg.topic()}")
-                decode(msg, rows)
-                outcomes[position] = []
-            except DecodeError as exc:
-                outcomes[position] = Rejected("malformed_event", f"not a valid event of {msg.topic()}: {exc}")
-            except InvalidEvent as exc:
-                outcomes[position] = Rejected("invalid_event", str(exc))
 
-    def handle(batch: Sequence[Message]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(batch)
+class PreparedBatch(list):
+    """A batch's messages with their inference events framed (and parsed by the engine) ahead of time
+    (MetricsBatchHandler.prepare), so that this work on the next batch overlaps with storing the current one."""
+
+    def __init__(self, messages: Sequence[Message], inference: list[int],
+                 framed: FramedBatch | StagedBatch | None) -> None:
+        super().__init__(messages)
+        self.inference = inference
+        self.framed = framed
+
+
+class MetricsBatchHandler:
+    """The runner's batch handler: inference events to the engine's protobuf path in one piece (when the sink has
+    it), every other message decoded here; returns each message's outcome (stored, or rejected with a reason)."""
+
+    def __init__(self, sink: EventSink, dlq_topic: str) -> None:
+        self.sink = sink
+        self.decoders: dict[str, Callable[[Message, Rows], None]] = {
+            INFERENCE: _inference, MONITORING: _monitoring, dlq_topic: _dead_letter,
+        }
+
+    def prepare(self, batch: Sequence[Message]) -> PreparedBatch:
+        """The runner's hook, called for each batch as it is consumed, while the previous one is being written:
+        frames the batch's inference events and has the engine parse them into a staging table of their own
+        (ProtobufInferenceIngest.stage); nothing is stored yet."""
+        prepared = self._framed(batch)
+        if prepared.framed is not None:
+            prepared.framed = self.sink.protobuf.stage(prepared.framed)
+        return prepared
+
+    def _framed(self, batch: Sequence[Message]) -> PreparedBatch:
+        if isinstance(batch, PreparedBatch):
+            return batch
+        if self.sink.protobuf is None:
+            return PreparedBatch(batch, [], None)
+        inference = [i for i, msg in enumerate(batch) if msg.topic() == INFERENCE]
+        framed = frame_batch([(batch[i].value() or b"", batch[i].timestamp()[1]) for i in inference]) \
+            if inference else None
+        return PreparedBatch(batch, inference, framed)
+
+    def __call__(self, batch: Sequence[Message]) -> list[Outcome]:
+        # A batch the runner did not prepare (e.g. one message handled alone) is framed here and parsed by its
+        # write: only the runner's thread stages batches ahead.
+        batch = self._framed(batch)
+        outcomes: list[Outcome | None] = [_STORED] * len(batch)
         rows: Rows = {INFERENCE_TABLE.name: [], DEAD_LETTERS.name: []}
-        inference = [i for i, msg in enumerate(batch) if msg.topic() == INFERENCE] if sink.protobuf else []
-        inference_set = set(inference)
-        decode_here(batch, outcomes, [i for i in range(len(batch)) if i not in inference_set], rows)
+        if len(batch.inference) < len(batch):
+            inference_set = set(batch.inference)
+            self._decode_here(batch, outcomes, [i for i in range(len(batch)) if i not in inference_set], rows)
         try:
-            if inference:
+            if batch.framed is not None:
                 try:
-                    written = sink.write_inference_protobuf(
-                        [(batch[i].value() or b"", batch[i].timestamp()[1]) for i in inference])
-                    for index, position in enumerate(inference):
-                        reason = written.invalid.get(index)
-                        outcomes[position] = Rejected("invalid_event", reason) if reason else []
+                    written = self.sink.write_inference_protobuf(batch.framed)
+                    for index, reason in written.invalid.items():
+                        outcomes[batch.inference[index]] = Rejected("invalid_event", reason)
                     if written.duplicates:
                         log.info("duplicates skipped", count=written.duplicates, stored=written.stored)
                 except UnparseableBatch as exc:
                     # Some message is not an InferenceResult: decode this batch here, to find and reject it.
                     log.info("the engine could not parse the batch; decoding it here", error=str(exc))
-                    decode_here(batch, outcomes, inference, rows)
-            report = sink.write(rows)
+                    self._decode_here(batch, outcomes, batch.inference, rows)
+            report = self.sink.write(rows)
         except Exception as exc:
             # The store is unavailable or refused the batch as a whole: retry it, commit nothing.
             raise Retryable(f"insert failed: {exc}") from exc
@@ -96,7 +123,23 @@ def metrics_batch_handler(sink: EventSink, dlq_topic: str):
             log.info("duplicates skipped", count=report.duplicates, stored=report.stored)
         return outcomes
 
-    return handle
+    def _decode_here(self, batch: Sequence[Message], outcomes: list[Outcome | None], positions, rows: Rows) -> None:
+        for position in positions:
+            msg = batch[position]
+            decode = self.decoders.get(msg.topic())
+            try:
+                if decode is None:
+                    raise InvalidEvent(f"the metrics sink does not read {msg.topic()}")
+                decode(msg, rows)
+                outcomes[position] = _STORED
+            except DecodeError as exc:
+                outcomes[position] = Rejected("malformed_event", f"not a valid event of {msg.topic()}: {exc}")
+            except InvalidEvent as exc:
+                outcomes[position] = Rejected("invalid_event", str(exc))
+
+
+def metrics_batch_handler(sink: EventSink, dlq_topic: str) -> MetricsBatchHandler:
+    return MetricsBatchHandler(sink, dlq_topic)
 
 
 def record_consumer_lag(stats_json: str) -> None:

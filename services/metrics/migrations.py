@@ -311,3 +311,9 @@ MIGRATIONS += [
         ) ENGINE = Memory
     """),
 ]
+
+MIGRATIONS += [
+    # Two more, for batches parsed ahead of their write while the previous batch is stored (protobuf_ingest.py).
+    (25, "inference_staging_0", "CREATE TABLE IF NOT EXISTS inference_staging_0 AS inference_staging"),
+    (26, "inference_staging_1", "CREATE TABLE IF NOT EXISTS inference_staging_1 AS inference_staging"),
+]

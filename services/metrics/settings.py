@@ -16,7 +16,7 @@ class MetricsSettings(ServiceSettings):
                              description="Data directory of the embedded ClickHouse engine (chdb).")
     clickhouse_url: str | None = Field(None, description="A ClickHouse server, e.g. http://user:pass@host:8123; "
                                                          "when set, used instead of the embedded engine.")
-    batch_max_events: int = Field(50_000, description="Insert after this many events...")
+    batch_max_events: int = Field(100_000, description="Insert after this many events...")
     batch_max_wait_s: float = Field(1.0, description="...or after this long, whichever comes first.")
     api_host: str = Field("127.0.0.1", description="Address of the query API.")
     api_port: int = Field(8088, description="Port of the query API.")

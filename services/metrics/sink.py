@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.metrics.protobuf_ingest import ProtobufInferenceIngest, ProtobufWrite
+from services.metrics.protobuf_ingest import FramedBatch, ProtobufInferenceIngest, ProtobufWrite, StagedBatch
 from services.metrics.rows import INFERENCE, TABLES, TableSpec
 from services.metrics.store import MetricsStore
 
@@ -23,7 +23,7 @@ DUPLICATES = Counter("vigil_metrics_duplicates_total", "Events skipped because t
 INSERT_SECONDS = Histogram("vigil_metrics_insert_seconds", "Time of one batch insert", ["table"],
                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 BATCH_ROWS = Histogram("vigil_metrics_batch_rows", "Rows per insert", ["table"],
-                       buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000, 100000))
+                       buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000, 100000, 200000))
 ROWS_PER_SECOND = Gauge("vigil_metrics_rows_per_second", "Rows stored per second over the last 10 s", ["table"])
 
 
@@ -69,8 +69,10 @@ class EventSink:
             engine_parses_inference = store.embedded
         self.protobuf = ProtobufInferenceIngest(store) if engine_parses_inference else None
 
-    def write_inference_protobuf(self, messages: Sequence[tuple[bytes, int]]) -> ProtobufWrite:
-        """Serialized InferenceResults with their Kafka timestamps; raises UnparseableBatch if one is not."""
+    def write_inference_protobuf(self, messages: Sequence[tuple[bytes, int]] | FramedBatch | StagedBatch
+                                 ) -> ProtobufWrite:
+        """Serialized InferenceResults with their Kafka timestamps (or a batch of them framed, or staged, already);
+        raises UnparseableBatch if one is not an InferenceResult."""
         started = time.perf_counter()
         written = self.protobuf.write(messages)
         table = INFERENCE.name

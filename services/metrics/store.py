@@ -18,6 +18,11 @@ log = get_logger(__name__)
 
 
 
+# For inserts of rows already unique by event id: merging the block on insert (optimize_on_insert) costs about
+# half of an insert into inference_events with its views, and the replacing engines still merge in the background.
+INSERT_SETTINGS = {"optimize_on_insert": 0, "parallel_view_processing": 1}
+
+
 class QueryRefused(ValueError):
     """An ad-hoc query the store will not run (it writes, or it reads what it may not)."""
 
@@ -57,14 +62,19 @@ class MetricsStore:
         reader = open_client(store_path, clickhouse_url, readonly_settings(query_max_rows, query_max_seconds))
         # Explains ad-hoc queries (never runs them): read-only too, without the row limit on its answer.
         inspector = open_client(store_path, clickhouse_url, {"max_execution_time": query_max_seconds, "readonly": 1})
-        return cls(writer, reader, inspector, embedded=not clickhouse_url)
+        return cls(writer, reader, inspector, embedded=not clickhouse_url,
+                   path=None if clickhouse_url else store_path)
 
-    def __init__(self, client: Client, reader: Client, inspector: Client | None = None, embedded: bool = False) -> None:
+    def __init__(self, client: Client, reader: Client, inspector: Client | None = None, embedded: bool = False,
+                 path: Path | None = None) -> None:
         self._client = client
         self._reader = reader
         self._inspector = inspector or reader
         # The embedded engine reads files of this machine: protobuf schemas given by absolute path among them.
         self.embedded = embedded
+        # The embedded engine's data directory (None for a server): files the engine reads live beside its data.
+        self.path = path
+        self._side_writers: list[Client] = []
         # The clients are synchronous and share one engine; the query API and the sink take turns.
         self._lock = threading.Lock()
 
@@ -80,7 +90,10 @@ class MetricsStore:
                 if version in applied:
                     continue
                 self._client.command(sql)
-                self._client.insert("schema_migrations", [[version, name]], column_names=["version", "name"])
+                # A statement, not client.insert(): that one imports pandas on its first call (a second or more
+                # of every fresh start).
+                self._client.command("INSERT INTO schema_migrations (version, name) VALUES ({v:UInt32}, {n:String})",
+                                     parameters={"v": version, "n": name})
                 log.info("migration applied", version=version, name=name)
                 done.append(version)
             return done
@@ -101,14 +114,27 @@ class MetricsStore:
         return {row[0] for row in rows}
 
     def insert_columns(self, table: str, column_names: Sequence[str], columns: Sequence[Sequence[Any]]) -> None:
+        """Rows unique by event id (the sink dedupes before it inserts), so the engine need not merge the block on
+        insert; materialized views run side by side."""
         with self._lock:
-            self._client.insert(table, list(columns), column_names=list(column_names), column_oriented=True)
+            self._client.insert(table, list(columns), column_names=list(column_names), column_oriented=True,
+                                settings=INSERT_SETTINGS)
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[Client]:
         """The writing client, for several statements in a row that nothing else may interleave with."""
         with self._lock:
             yield self._client
+
+    def side_writer(self) -> Client | None:
+        """A second writing client of the embedded engine, for statements that run beside the writer's on tables
+        only they touch (parsing the next batch into a staging table of its own); None for a server. Closed with
+        the store."""
+        if self.path is None:
+            return None
+        client = open_client(self.path, None)
+        self._side_writers.append(client)
+        return client
 
     def query_readonly(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         with self._lock:
@@ -154,4 +180,6 @@ class MetricsStore:
             if self._inspector is not self._reader:
                 self._inspector.close()
             self._reader.close()
+            for client in self._side_writers:
+                client.close()
             self._client.close()

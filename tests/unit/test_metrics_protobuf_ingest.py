@@ -10,7 +10,7 @@ from libs.common.envelope import derived_envelope, new_envelope
 from libs.common.kafka import Rejected
 from protos import events_pb2
 from services.metrics.kafka_adapter import metrics_batch_handler
-from services.metrics.protobuf_ingest import UnparseableBatch, frame
+from services.metrics.protobuf_ingest import UnparseableBatch, frame, frame_batch
 from services.metrics.rows import inference_row
 from services.metrics.sink import EventSink
 from services.metrics.store import MetricsStore
@@ -108,10 +108,15 @@ class KafkaMessage:
     def timestamp(self): return (1, self._timestamp)
 
 
-@pytest.mark.parametrize("engine", [True, False])
-def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(store, engine):
+@pytest.mark.parametrize("engine, ahead", [(True, False), (True, True), (False, False)])
+def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(store, engine, ahead):
+    """ahead: the batch prepared (framed and parsed by the engine) before it is handled, as the sink's loop does."""
     sink = EventSink(store, engine_parses_inference=engine)
-    handle = metrics_batch_handler(sink, "vigil.dlq")
+    handler = metrics_batch_handler(sink, "vigil.dlq")
+
+    def handle(batch):
+        return handler(handler.prepare(batch) if ahead else batch)
+
     status = events_pb2.MonitoringEvent(
         envelope=new_envelope("camera/c", "ingest"),
         camera_status=events_pb2.CameraStatus(camera_id="c", state=events_pb2.CAMERA_STATE_ONLINE, fps_produced=5))
@@ -145,3 +150,50 @@ def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(
 def test_an_unknown_topic_is_rejected(store):
     outcome = metrics_batch_handler(EventSink(store), "vigil.dlq")([KafkaMessage("vigil.other", b"x")])[0]
     assert isinstance(outcome, Rejected) and "does not read vigil.other" in outcome.detail
+
+
+def test_batches_staged_ahead_alternate_tables_and_are_stored_once_even_when_written_twice(store):
+    sink = EventSink(store)
+    events = [inference_result("ahead") for _ in range(5)]
+    bad = inference_result("ahead")
+    bad.frame_event_id = "frame-9"
+    first = sink.protobuf.stage(frame_batch([(e.SerializeToString(), 1) for e in [*events[:3], bad]]))
+    # The next batch is parsed while the first one waits for its write, into the other staging table.
+    second = sink.protobuf.stage(frame_batch([(e.SerializeToString(), 1) for e in events[2:]]))
+    assert {first.staging, second.staging} == {"inference_staging_0", "inference_staging_1"}
+    assert first.invalid == {3: "frame_event_id is not a UUID: frame-9"} and second.invalid == {}
+    written = sink.write_inference_protobuf(first)
+    assert (written.stored, written.duplicates, written.invalid) == (3, 0, first.invalid)
+    # A retry of a staged batch (its staging table emptied by the first write) parses it again.
+    again = sink.write_inference_protobuf(first)
+    assert (again.stored, again.duplicates) == (0, 3)
+    later = sink.write_inference_protobuf(second)
+    assert (later.stored, later.duplicates) == (2, 1)
+    count, unique = store.query_readonly(
+        "SELECT count(), uniqExact(event_id) FROM inference_events WHERE camera_id = 'ahead'")["rows"][0]
+    assert count == unique == 5
+    assert store.query_readonly("SELECT (SELECT count() FROM inference_staging_0) + "
+                                "(SELECT count() FROM inference_staging_1)")["rows"] == [[0]]
+
+
+def test_a_batch_staged_ahead_that_is_not_protobuf_is_unparseable_when_written(store):
+    staged = EventSink(store).protobuf.stage(frame_batch([(b"\xff\xfe not a protobuf", 1)]))
+    assert staged.unparseable
+    with pytest.raises(UnparseableBatch):
+        EventSink(store).write_inference_protobuf(staged)
+
+
+def test_the_schema_lives_in_the_store_directory_not_in_a_temporary_one(store, tmp_path):
+    ingest = EventSink(store).protobuf
+    assert ingest.format_schema.startswith(str((tmp_path / "chdb" / "format_schemas").resolve()))
+
+
+def test_one_id_spelled_in_upper_and_lower_case_is_one_event(store):
+    lower = inference_result("spelling")
+    upper = inference_result("spelling")
+    upper.envelope.event_id = lower.envelope.event_id.upper()
+    written = EventSink(store).write_inference_protobuf([(e.SerializeToString(), 1) for e in (lower, upper)])
+    assert (written.stored, written.duplicates) == (1, 1)
+    again = EventSink(store).write_inference_protobuf([(upper.SerializeToString(), 1)])
+    assert (again.stored, again.duplicates) == (0, 1)
+    assert store.query_readonly("SELECT count() FROM inference_events WHERE camera_id = 'spelling'")["rows"] == [[1]]
