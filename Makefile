@@ -12,7 +12,8 @@ $(STAMP): requirements.lock pyproject.toml tools/install_system_packages.sh
 	bash tools/install_system_packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==0.13.9
-	$(VENV)/bin/uv pip install -q -p $(PY) -r requirements.lock
+	# Bytecode compiled once here: with PYTHONDONTWRITEBYTECODE set, every process start would recompile its imports.
+	$(VENV)/bin/uv pip install -q -p $(PY) --compile-bytecode -r requirements.lock
 	$(VENV)/bin/uv pip install -q -p $(PY) --no-deps -e .
 	touch $(STAMP)
 
