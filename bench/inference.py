@@ -178,7 +178,7 @@ def main() -> int:
 
     network_sized = [cv2.resize(f, (416, 416), interpolation=cv2.INTER_LINEAR) for f in frames]
     with inference_stack(Path(tempfile.mkdtemp(prefix="vigil-bench-inference-"))) as stack:
-        service = stack.supervisor._running_pid("inference")
+        service = stack.supervisor.running_pid("inference")
         say(f"gRPC path, {args.clients} clients, {args.seconds:.0f}s ...")
         grpc_result = grpc_throughput(stack.config.ports.grpc, frames, args.seconds, args.clients, service)
         say(f"      {grpc_result['fps']:.1f} frames/s")

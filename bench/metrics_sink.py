@@ -224,7 +224,7 @@ def sink_speed(events: int, batch: int, factory: InferenceEventFactory, repeat: 
     runs = []
     try:
         kafka_only.up(progress=say)
-        kafka_pid = kafka_only._running_pid("kafka")
+        kafka_pid = kafka_only.running_pid("kafka")
         ensure_topics({"bootstrap.servers": stack.config.kafka_bootstrap}, 1, CATALOG)
         started = time.perf_counter()
         produce_events(stack.config.kafka_bootstrap, INFERENCE, factory, range(events))
@@ -237,7 +237,7 @@ def sink_speed(events: int, batch: int, factory: InferenceEventFactory, repeat: 
             started = time.perf_counter()
             sink_only.up(progress=lambda _: None)
             ready_s = time.perf_counter() - started
-            sink_pid = sink_only._running_pid("metrics")
+            sink_pid = sink_only.running_pid("metrics")
             sink_cpu = _cpu_seconds(sink_pid)
             while _rows_stored(stack.config.ports.metrics_ops) < events:
                 time.sleep(0.05)

@@ -50,7 +50,8 @@ class Supervisor:
     def _record_path(self, name: str) -> Path:
         return self.pid_dir / f"{name}.json"
 
-    def _running_pid(self, name: str) -> int | None:
+    def running_pid(self, name: str) -> int | None:
+        """The pid of the component this supervisor started, if that very process still runs."""
         path = self._record_path(name)
         if not path.exists():
             return None
@@ -64,7 +65,7 @@ class Supervisor:
 
     def up(self, progress=print) -> None:
         for spec in self.specs:
-            pid = self._running_pid(spec.name)
+            pid = self.running_pid(spec.name)
             if pid is not None:
                 progress(f"  {spec.name:<12} already running (pid {pid})")
             else:
@@ -93,7 +94,7 @@ class Supervisor:
             if spec.healthy():
                 progress(f"  {spec.name:<12} healthy  (pid {pid}, {time.monotonic() - started:.1f}s)")
                 return
-            if self._running_pid(spec.name) is None:
+            if self.running_pid(spec.name) is None:
                 raise RuntimeError(f"{spec.name} exited during start; see {self.paths.logs() / (spec.name + '.log')}:\n"
                                    + self.log_tail(spec.name))
             time.sleep(0.25)
@@ -112,7 +113,7 @@ class Supervisor:
             self.stop(spec.name, timeout_s, progress)
 
     def stop(self, name: str, timeout_s: float = 30.0, progress=print, sig: int = signal.SIGTERM) -> None:
-        pid = self._running_pid(name)
+        pid = self.running_pid(name)
         if pid is None:
             return
         try:
@@ -165,7 +166,7 @@ class Supervisor:
     def status(self) -> list[ComponentStatus]:
         result = []
         for spec in self.specs:
-            pid = self._running_pid(spec.name)
+            pid = self.running_pid(spec.name)
             healthy = False
             if pid is not None:
                 try:

@@ -30,7 +30,7 @@ def stack(tmp_path_factory) -> LocalStack:
         yield stack
     finally:
         for name in ("ingest", "inference", "metrics", "camera", "objectstore", "kafka"):
-            if stack.supervisor._running_pid(name):
+            if stack.supervisor.running_pid(name):
                 _progress(f"--- last lines of {name}.log ---\n{stack.supervisor.log_tail(name, 8)}")
         stack.supervisor.down(progress=_progress)
 

@@ -40,7 +40,7 @@ def inference_stack(state: Path, inference_env: dict[str, str] | None = None) ->
         wait_until_topics_have_leaders(stack.config.kafka_bootstrap)
         yield stack
     finally:
-        if stack.supervisor._running_pid("inference"):
+        if stack.supervisor.running_pid("inference"):
             print(stack.supervisor.log_tail("inference", 20), file=sys.stderr)
         stack.supervisor.down(progress=lambda *_: None)
 

@@ -33,7 +33,7 @@ def sink_stack(tmp_path_factory):
         supervisor.up(progress=_progress)
         yield stack, supervisor
     finally:
-        if supervisor._running_pid("metrics"):
+        if supervisor.running_pid("metrics"):
             _progress(f"--- last lines of metrics.log ---\n{supervisor.log_tail('metrics', 10)}")
         supervisor.down(progress=_progress)
 

@@ -23,7 +23,7 @@ def group_members(pgid: int) -> list[int]:
 def test_down_stops_the_whole_process_group(tmp_path):
     supervisor = Supervisor(StackPaths(tmp_path / "state", tmp_path / "cache"), [sleeper_with_child("a")])
     supervisor.up(progress=lambda *_: None)
-    pid = supervisor._running_pid("a")
+    pid = supervisor.running_pid("a")
     time.sleep(0.5)
     assert len(group_members(pid)) == 2
     assert supervisor.status()[0].running
@@ -61,8 +61,8 @@ def test_up_twice_does_not_start_a_second_copy(tmp_path):
     supervisor = Supervisor(StackPaths(tmp_path / "state", tmp_path / "cache"), [sleeper_with_child("a")])
     try:
         supervisor.up(progress=lambda *_: None)
-        first = supervisor._running_pid("a")
+        first = supervisor.running_pid("a")
         supervisor.up(progress=lambda *_: None)
-        assert supervisor._running_pid("a") == first
+        assert supervisor.running_pid("a") == first
     finally:
         supervisor.down(timeout_s=5, progress=lambda *_: None)
