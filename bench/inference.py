@@ -113,7 +113,8 @@ def grpc_throughput(port: int, frames: list, seconds: float, clients: int, serve
     done = max(len(latencies), 1)
     return {"fps": len(latencies) / elapsed, "requests": len(latencies), "failed": len(failures),
             "clients": clients, "frame": f"{frames[0].shape[1]}x{frames[0].shape[0]}", **quantiles(latencies),
-            "server_cpu_ms_per_frame": server_cpu_s * 1000 / done, "client_cpu_ms_per_frame": client_cpu_s * 1000 / done}
+            "server_cpu_ms_per_frame": server_cpu_s * 1000 / done,
+            "client_cpu_ms_per_frame": client_cpu_s * 1000 / done}
 
 
 def kafka_throughput(stack, frames: list, count: int, service_pid: int | None = None) -> dict:
