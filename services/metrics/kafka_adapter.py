@@ -1,5 +1,5 @@
 """Kafka side of the sink: decodes the events of every topic that reports something (inference results,
-monitoring events, dead letters), hands their rows to the sink in one insert per table per batch, and
+monitoring events, sensor anomaly results, dead letters), hands their rows to the sink in one insert per table per batch, and
 dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the
 newest frame of each camera for the dashboard."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ from prometheus_client import Gauge
 
 from libs.common.kafka import Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
-from libs.common.topics import FRAMES, INFERENCE, MONITORING
+from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SENSORS, MONITORING
 from protos import events_pb2
-from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, InvalidEvent, Rows, dead_letter_row, \
-    inference_row, monitoring_rows
+from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, SENSOR_ANOMALIES, InvalidEvent, Rows, \
+    dead_letter_row, inference_row, monitoring_rows, sensor_anomaly_row
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.protobuf_ingest import FramedBatch, StagedBatch, UnparseableBatch, frame_batch
 from services.metrics.sink import EventSink
@@ -40,6 +40,13 @@ def _monitoring(msg: Message, rows: Rows) -> None:
         raise InvalidEvent("envelope.event_id is empty")
     for table, table_rows in monitoring_rows(event).items():
         rows.setdefault(table, []).extend(table_rows)
+
+
+def _sensor_anomaly(msg: Message, rows: Rows) -> None:
+    result = events_pb2.SensorAnomalyResult.FromString(msg.value() or b"")
+    if not result.envelope.event_id:
+        raise InvalidEvent("envelope.event_id is empty")
+    rows.setdefault(SENSOR_ANOMALIES.name, []).append(sensor_anomaly_row(result, msg.timestamp()[1]))
 
 
 def _dead_letter(msg: Message, rows: Rows) -> None:
@@ -72,7 +79,8 @@ class MetricsBatchHandler:
     def __init__(self, sink: EventSink, dlq_topic: str) -> None:
         self.sink = sink
         self.decoders: dict[str, Callable[[Message, Rows], None]] = {
-            INFERENCE: _inference, MONITORING: _monitoring, dlq_topic: _dead_letter,
+            INFERENCE: _inference, MONITORING: _monitoring, INFERENCE_SENSORS: _sensor_anomaly,
+            dlq_topic: _dead_letter,
         }
 
     def prepare(self, batch: Sequence[Message]) -> PreparedBatch:

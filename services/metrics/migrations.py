@@ -317,3 +317,28 @@ MIGRATIONS += [
     (25, "inference_staging_0", "CREATE TABLE IF NOT EXISTS inference_staging_0 AS inference_staging"),
     (26, "inference_staging_1", "CREATE TABLE IF NOT EXISTS inference_staging_1 AS inference_staging"),
 ]
+
+MIGRATIONS += [
+    (27, "sensor_anomalies", f"""
+        -- One row per scored sensor reading (vigil.inference.sensors), flagged or not, so a sensor's score is
+        -- there to plot beside its anomalies.
+        CREATE TABLE IF NOT EXISTS sensor_anomalies (
+            event_id UUID,
+            trace_id String,
+            sensor_id LowCardinality(String),
+            quantity LowCardinality(String),
+            unit LowCardinality(String),
+            value Float64,
+            model_name LowCardinality(String),
+            model_version LowCardinality(String),
+            score Float32,
+            anomaly Bool,
+            threshold Float32,
+            reading_event_id UUID,
+            event_time DateTime64(3, 'UTC'),
+            produced_time DateTime64(3, 'UTC'),
+            features Map(LowCardinality(String), Float64)
+        )
+        {_events_engine("sensor_id, event_time, event_id", 30, partition="toYYYYMMDD(event_time)")}
+    """),
+]

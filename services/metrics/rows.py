@@ -49,7 +49,10 @@ DRIFT = TableSpec("drift_scores", (
 DEAD_LETTERS = TableSpec("dead_letters", (
     "event_id", "event_time", "dlq_partition", "dlq_offset", "reason", "error", "service", "origin_topic",
     "origin_partition", "origin_offset", "message_key", "message_bytes"))
-TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DEAD_LETTERS)}
+SENSOR_ANOMALIES = TableSpec("sensor_anomalies", (
+    "event_id", "trace_id", "sensor_id", "quantity", "unit", "value", "model_name", "model_version", "score",
+    "anomaly", "threshold", "reading_event_id", "event_time", "produced_time", "features"))
+TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DEAD_LETTERS, SENSOR_ANOMALIES)}
 
 # Dead letters carry no envelope of their own (their bytes may be anything): their id is derived from where
 # they sit in the dead-letter topic, so a re-read dead letter gets the same id.
@@ -93,6 +96,17 @@ def inference_row(result: events_pb2.InferenceResult, produced_ms: int) -> tuple
         [d.score for d in detections],
         [(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in detections],
         dict(result.stage_latency_ms),
+    )
+
+
+def sensor_anomaly_row(result: events_pb2.SensorAnomalyResult, produced_ms: int) -> tuple[Any, ...]:
+    """One row in the order of SENSOR_ANOMALIES' columns. produced_ms is the Kafka timestamp of the event."""
+    env = result.envelope
+    return (
+        _uuid(env.event_id, "envelope.event_id"), env.trace_id, result.sensor_id, result.quantity, result.unit,
+        result.value, result.model.name, result.model.version, result.score, result.anomaly, result.threshold,
+        _uuid(result.reading_event_id, "reading_event_id"), _ms(env.event_time), produced_ms,
+        dict(result.features),
     )
 
 

@@ -18,6 +18,7 @@ from libs.common.kafka import DLQ_ORIGIN_TOPIC, DLQ_REASON, DLQ_SERVICE
 from libs.common.topics import DLQ, INFERENCE_SENSORS, SENSORS
 from protos import events_pb2
 from services.inference import sensor_anomaly as sa
+from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import end_offsets, produce
 from tests.integration.test_sensor_ingest import messages_since
 
@@ -67,6 +68,12 @@ def test_normal_readings_pass_unflagged_a_spike_is_flagged_and_garbage_is_dead_l
     # The live scores are the model's own: the same as the numpy model trained here gives.
     np.testing.assert_allclose([r.score for r in results],
                                trained.score_series("temperature", np.append(values, spike)), rtol=1e-3)
+
+    # The metrics sink stores every scored reading; the named query lists the flagged one.
+    wait_for(lambda: query(stack, f"SELECT count() AS n FROM sensor_anomalies WHERE sensor_id = '{sensor}'")[0]["n"]
+             == expected, 30, what="the scored readings in the store")
+    stored = query(stack, f"SELECT value, anomaly FROM sensor_anomalies WHERE sensor_id = '{sensor}' AND anomaly")
+    assert stored == [{"value": spike, "anomaly": True}]
 
     letters = {m.key(): m for m in messages_since(stack, DLQ, dlq_start, {garbage_key, nan_key}, 2)}
     garbage, nan = dict(letters[garbage_key].headers()), dict(letters[nan_key].headers())

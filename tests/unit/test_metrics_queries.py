@@ -12,7 +12,7 @@ import pytest
 from libs.common.envelope import timestamp_from_ns
 from protos import events_pb2
 from services.metrics.api import QueryApi
-from services.metrics.rows import dead_letter_row, inference_row, monitoring_rows
+from services.metrics.rows import dead_letter_row, inference_row, monitoring_rows, sensor_anomaly_row
 from services.metrics.sink import EventSink
 from services.metrics.store import MetricsStore
 
@@ -46,6 +46,14 @@ def monitoring(at: datetime, **detail) -> events_pb2.MonitoringEvent:
 def camera_status(at: datetime, state: int, fps: float, dropped: int) -> events_pb2.MonitoringEvent:
     return monitoring(at, camera_status=events_pb2.CameraStatus(
         camera_id="cam-a", state=state, fps_produced=fps, frames_dropped=dropped, reason="r"))
+
+
+def sensor_result(at: datetime, value: float, score: float) -> events_pb2.SensorAnomalyResult:
+    env = events_pb2.Envelope(event_id=str(uuid.uuid4()), event_time=timestamp_from_ns(ns(at)), trace_id="t")
+    return events_pb2.SensorAnomalyResult(
+        envelope=env, sensor_id="temp-1", quantity="temperature", unit="Cel", value=value,
+        model=events_pb2.ModelRef(name="sensor-anomaly", version="1"), score=score, anomaly=score > 5.0,
+        threshold=5.0, reading_event_id=str(uuid.uuid4()), features={"level": 0.1, "deviation": score})
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +92,11 @@ def store(tmp_path_factory):
         for offset in range(3)
     ] + [dead_letter_row("vigil.dlq", 1, 0, t0_ms + 65_000, {"vigil.dlq.reason": b"malformed_event",
                                                                "vigil.dlq.origin.topic": b"vigil.inference"}, None, 3)]
+    # A sensor scored once a minute: normal, flagged (a spike), normal.
+    rows["sensor_anomalies"] = [sensor_anomaly_row(sensor_result(T0 + timedelta(seconds=20 * i), value, score), 0)
+                                for i, (value, score) in enumerate([(21.0, 1.2), (35.5, 9.7), (21.2, 1.4)])]
     report = sink.write(rows)
-    assert report.stored == 160 + 5 + 3 + 1 + 4
+    assert report.stored == 160 + 5 + 3 + 1 + 4 + 3
     # The same batch again (a replay after a crash) changes nothing.
     assert sink.write(rows).stored == 0
     yield store
@@ -170,6 +181,15 @@ def test_drift_scores_and_monitoring_events(api, store):
 def test_dead_letter_rate_per_minute_origin_and_reason(api):
     rows = [(r["minute"][11:16], r["origin_topic"], r["reason"], r["letters"]) for r in named(api, "dead_letter_rate")]
     assert rows == [(M0, "vigil.frames", "undecodable_image", 3), (M1, "vigil.inference", "malformed_event", 1)]
+
+
+def test_sensor_anomalies_lists_the_flagged_readings_or_every_scored_one(api):
+    flagged = named(api, "sensor_anomalies")
+    assert [(r["sensor_id"], r["value"], r["score"], r["anomaly"]) for r in flagged] == [
+        ("temp-1", 35.5, pytest.approx(9.7), True)]
+    every = named(api, "sensor_anomalies", sensor_id="temp-1", anomalies_only=0)
+    assert [r["value"] for r in every] == [21.0, 35.5, 21.2]
+    assert named(api, "sensor_anomalies", sensor_id="other-sensor", anomalies_only=0) == []
 
 
 def test_recent_detections_are_the_latest_results_of_a_camera(api):
