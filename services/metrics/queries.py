@@ -99,14 +99,14 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
             FROM dead_letters_minute WHERE {_WINDOW}
             GROUP BY minute, origin_topic, reason ORDER BY minute, origin_topic, reason"""),
     NamedQuery(
-        "sensor_anomalies", "Sensor readings the anomaly model flagged, with their score and threshold; "
-                            "anomalies_only=0 lists every scored reading.",
+        "sensor_anomalies", "Sensor readings the anomaly model flagged, newest first, with their score and "
+                            "threshold; anomalies_only=0 lists every scored reading.",
         f"""SELECT event_time, sensor_id, quantity, value, unit, score, threshold, anomaly, model_name, model_version
             FROM sensor_anomalies
             WHERE {_EVENT_WINDOW} AND ({{sensor_id:String}} = '' OR sensor_id = {{sensor_id:String}})
               AND (anomaly OR {{anomalies_only:UInt8}} = 0)
-            ORDER BY sensor_id, event_time LIMIT 1 BY event_id""",
-        {"sensor_id": ("String", ""), "anomalies_only": ("UInt8", 1)}),
+            ORDER BY event_time DESC, sensor_id LIMIT 1 BY event_id LIMIT {{limit:UInt32}}""",
+        {"sensor_id": ("String", ""), "anomalies_only": ("UInt8", 1), "limit": ("UInt32", 1000)}),
     NamedQuery(
         "recent_detections", "The detections of one camera's latest results (the dashboard's live view).",
         """SELECT toString(event_id) AS event_id, toString(frame_event_id) AS frame_event_id, event_time,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from libs.common.envelope import new_envelope
-from libs.common.topics import MONITORING
+from libs.common.topics import INFERENCE_SENSORS, MONITORING
 from protos import events_pb2
 from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import produce
@@ -113,6 +113,12 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
 
     wait_for(lambda: query(stack, "SELECT count() AS n FROM inference_events WHERE detection_count > 0 "
                                   "AND event_time > now() - INTERVAL 1 MINUTE")[0]["n"], 120, what="recent detections")
+    sensor = f"dashboard-{uuid.uuid4().hex[:8]}"
+    flagged = events_pb2.SensorAnomalyResult(
+        envelope=new_envelope(f"sensor/{sensor}", "inference"), sensor_id=sensor, quantity="temperature",
+        unit="°C", value=48.5, model=events_pb2.ModelRef(name="sensor-anomaly", version="1"), score=12.5,
+        anomaly=True, threshold=4.2, reading_event_id=str(uuid.uuid4()))
+    produce(stack.config.kafka_bootstrap, INFERENCE_SENSORS, [(sensor.encode(), flagged.SerializeToString())])
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -131,7 +137,9 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
                 "&& Number(document.getElementById('live').dataset.boxes) > 0", timeout=30_000)
             page.wait_for_function("Number(document.getElementById('dead-letters').dataset.points) > 0",
                                    timeout=30_000)
+            page.wait_for_selector(f"#sensor-anomalies tr[data-sensor='{sensor}']", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            anomaly_row = page.inner_text(f"#sensor-anomalies tr[data-sensor='{sensor}']")
             error = page.inner_text("#error")
             points = {chart: int(page.get_attribute(f"#{chart}", "data-points"))
                       for chart in ("throughput", "latency", "classes", "dead-letters")}
@@ -145,5 +153,6 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
     assert drawn >= 4, "each chart is drawn by uPlot on a canvas"
     assert boxes > 0
     assert "online" in camera_row or "connecting" in camera_row
+    assert "48.5 °C" in anomaly_row and "12.5 / 4.2" in anomaly_row, anomaly_row
     assert requests_elsewhere == [], "the dashboard loads nothing from elsewhere"
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

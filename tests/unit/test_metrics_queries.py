@@ -188,7 +188,8 @@ def test_sensor_anomalies_lists_the_flagged_readings_or_every_scored_one(api):
     assert [(r["sensor_id"], r["value"], r["score"], r["anomaly"]) for r in flagged] == [
         ("temp-1", 35.5, pytest.approx(9.7), True)]
     every = named(api, "sensor_anomalies", sensor_id="temp-1", anomalies_only=0)
-    assert [r["value"] for r in every] == [21.0, 35.5, 21.2]
+    assert [r["value"] for r in every] == [21.2, 35.5, 21.0], "newest first"
+    assert [r["value"] for r in named(api, "sensor_anomalies", anomalies_only=0, limit=1)] == [21.2]
     assert named(api, "sensor_anomalies", sensor_id="other-sensor", anomalies_only=0) == []
 
 

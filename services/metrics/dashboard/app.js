@@ -157,12 +157,31 @@ async function refreshCharts() {
   document.getElementById("dead-letters-total").textContent = `${total} dead letters in the window`;
 }
 
+async function refreshSensorAnomalies() {
+  const anomalies = await named("sensor_anomalies", {limit: 20});
+  const table = document.getElementById("sensor-anomalies");
+  table.querySelector("tbody").replaceChildren(...anomalies.map(a => {
+    const row = document.createElement("tr");
+    row.dataset.sensor = a.sensor_id;
+    for (const text of [a.event_time.replace("T", " ").slice(0, 19), a.sensor_id, a.quantity,
+                        `${a.value} ${a.unit}`, `${a.score.toFixed(1)} / ${a.threshold.toFixed(1)}`]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  }));
+  table.dataset.rows = String(anomalies.length);
+  document.getElementById("sensor-anomalies-caption").textContent =
+    anomalies.length ? `the ${anomalies.length} newest in the window` : "no sensor reading flagged in the window";
+}
+
 async function refreshAll() {
   const error = document.getElementById("error");
   try {
     nextWindow();
     await refreshCameras();
-    await Promise.all([refreshLive(), refreshCharts()]);
+    await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies()]);
     error.textContent = "";
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
