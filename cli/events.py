@@ -22,6 +22,9 @@ MESSAGE_OF_TOPIC = {
     topics.MONITORING: events_pb2.MonitoringEvent,
     topics.CAMERAS: events_pb2.CameraConfig,
     topics.SENSORS_REGISTRY: events_pb2.SensorDefinition,
+    topics.MODELS: events_pb2.ModelVersion,
+    topics.INFERENCE_SHADOW: events_pb2.InferenceResult,
+    topics.INFERENCE_SENSORS: events_pb2.SensorAnomalyResult,
 }
 
 
