@@ -61,8 +61,9 @@ def main() -> None:
     log = get_logger()
     runtime.health.readiness["model_ready"] = lambda: (False, "loading")
 
-    if settings.consume and kafka.create_topics:
-        ensure_topics(kafka.client_config(), kafka.replication_factor)  # before any model status is announced
+    if (settings.consume or settings.consume_sensors) and kafka.create_topics:
+        # Before any model status is announced, and before either consuming path starts.
+        ensure_topics(kafka.client_config(), kafka.replication_factor)
     model_dir = settings.model_dir or ensure_default_model()
     loader = model_loader(settings.device, settings.precision_hint, settings.score_threshold)
     detector = loader(model_dir)

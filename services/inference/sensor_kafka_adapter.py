@@ -20,7 +20,7 @@ from libs.common.logs import get_logger, trace_context
 from libs.common.ops import flag_check
 from libs.common.service import ServiceRuntime
 from libs.common.settings import KafkaSettings
-from libs.common.topics import INFERENCE_SENSORS, SENSORS, ensure_topics
+from libs.common.topics import INFERENCE_SENSORS, SENSORS
 from protos import events_pb2
 from services.inference.sensor_anomaly import ensure_sensor_anomaly_model
 from services.inference.sensor_scoring import InvalidReading, SensorAnomalyScorer, SensorReadingScorer
@@ -90,8 +90,6 @@ def start_sensor_path(settings: InferenceSettings, kafka: KafkaSettings,
 
     def run() -> None:
         try:
-            if kafka.create_topics:
-                ensure_topics(kafka.client_config(), kafka.replication_factor)
             model_dir = settings.sensor_model_dir or ensure_sensor_anomaly_model()
             scorer = SensorAnomalyScorer.load(model_dir, settings.device)
             runner = KafkaRunner(kafka, service="inference-sensors", group_id=GROUP_ID, topics=[SENSORS],

@@ -10,7 +10,7 @@ from libs.common.service import start_service
 from libs.common.settings import KafkaSettings
 from libs.common.topics import INFERENCE, INFERENCE_SENSORS, MONITORING, ensure_topics
 from services.metrics.api import QueryApi
-from services.metrics.kafka_adapter import LatestFrameFollower, metrics_batch_handler, record_consumer_lag
+from services.metrics.kafka_adapter import LatestFrameFollower, MetricsBatchHandler, record_consumer_lag
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.prefetching_runner import PrefetchingKafkaRunner
 from services.metrics.settings import MetricsSettings
@@ -44,7 +44,7 @@ def main() -> None:
                                     args=(runtime.stop,), name="latest-frames", daemon=True)
         follower.start()
 
-    handler = metrics_batch_handler(EventSink(store), kafka.dlq_topic)
+    handler = MetricsBatchHandler(EventSink(store), kafka.dlq_topic)
     runner = PrefetchingKafkaRunner(
         kafka, service="metrics", group_id="vigil-metrics",
         topics=[INFERENCE, MONITORING, INFERENCE_SENSORS, kafka.dlq_topic],

@@ -1,6 +1,6 @@
 """Kafka side of the sink: decodes the events of every topic that reports something (inference results,
-monitoring events, sensor anomaly results, dead letters), hands their rows to the sink in one insert per table per batch, and
-dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the
+monitoring events, sensor anomaly results, dead letters), hands their rows to the sink in one insert per table
+per batch, and dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the
 newest frame of each camera for the dashboard."""
 from __future__ import annotations
 
@@ -145,9 +145,6 @@ class MetricsBatchHandler:
             except InvalidEvent as exc:
                 outcomes[position] = Rejected("invalid_event", str(exc))
 
-
-def metrics_batch_handler(sink: EventSink, dlq_topic: str) -> MetricsBatchHandler:
-    return MetricsBatchHandler(sink, dlq_topic)
 
 
 def record_consumer_lag(stats_json: str) -> None:

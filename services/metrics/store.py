@@ -62,16 +62,13 @@ class MetricsStore:
         reader = open_client(store_path, clickhouse_url, readonly_settings(query_max_rows, query_max_seconds))
         # Explains ad-hoc queries (never runs them): read-only too, without the row limit on its answer.
         inspector = open_client(store_path, clickhouse_url, {"max_execution_time": query_max_seconds, "readonly": 1})
-        return cls(writer, reader, inspector, embedded=not clickhouse_url,
-                   path=None if clickhouse_url else store_path)
+        return cls(writer, reader, inspector, path=None if clickhouse_url else store_path)
 
-    def __init__(self, client: Client, reader: Client, inspector: Client | None = None, embedded: bool = False,
+    def __init__(self, client: Client, reader: Client, inspector: Client | None = None,
                  path: Path | None = None) -> None:
         self._client = client
         self._reader = reader
         self._inspector = inspector or reader
-        # The embedded engine reads files of this machine: protobuf schemas given by absolute path among them.
-        self.embedded = embedded
         # The embedded engine's data directory (None for a server): files the engine reads live beside its data.
         self.path = path
         self._side_writers: list[Client] = []
@@ -126,11 +123,16 @@ class MetricsStore:
         with self._lock:
             yield self._client
 
+    @property
+    def embedded(self) -> bool:
+        """The embedded engine (not a server): it reads files of this machine, protobuf schemas among them."""
+        return self.path is not None
+
     def side_writer(self) -> Client | None:
         """A second writing client of the embedded engine, for statements that run beside the writer's on tables
         only they touch (parsing the next batch into a staging table of its own); None for a server. Closed with
         the store."""
-        if self.path is None:
+        if not self.embedded:
             return None
         client = open_client(self.path, None)
         self._side_writers.append(client)

@@ -9,7 +9,7 @@ import pytest
 from libs.common.envelope import derived_envelope, new_envelope
 from libs.common.kafka import Rejected
 from protos import events_pb2
-from services.metrics.kafka_adapter import metrics_batch_handler
+from services.metrics.kafka_adapter import MetricsBatchHandler
 from services.metrics.protobuf_ingest import UnparseableBatch, frame, frame_batch
 from services.metrics.rows import inference_row
 from services.metrics.sink import EventSink
@@ -112,7 +112,7 @@ class KafkaMessage:
 def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(store, engine, ahead):
     """ahead: the batch prepared (framed and parsed by the engine) before it is handled, as the sink's loop does."""
     sink = EventSink(store, engine_parses_inference=engine)
-    handler = metrics_batch_handler(sink, "vigil.dlq")
+    handler = MetricsBatchHandler(sink, "vigil.dlq")
 
     def handle(batch):
         return handler(handler.prepare(batch) if ahead else batch)
@@ -148,7 +148,7 @@ def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(
 
 
 def test_an_unknown_topic_is_rejected(store):
-    outcome = metrics_batch_handler(EventSink(store), "vigil.dlq")([KafkaMessage("vigil.other", b"x")])[0]
+    outcome = MetricsBatchHandler(EventSink(store), "vigil.dlq")([KafkaMessage("vigil.other", b"x")])[0]
     assert isinstance(outcome, Rejected) and "does not read vigil.other" in outcome.detail
 
 
