@@ -14,58 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
-
+from bench.common import machine_description, raw_throughput, sample_frames, say
 from cli.stack.component import default_cache_dir
 from cli.stack.local import LocalStack, StackPorts, install_stack
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def machine_description() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine())
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {memory_gib:.0f} GiB"
-
-
-def sample_frames(footage: Path, count: int) -> list:
-    capture = cv2.VideoCapture(str(footage))
-    frames = []
-    while len(frames) < count:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    return frames
-
-
-def raw_throughput(frames: list, seconds: float) -> float:
-    from services.inference.detector import YoloDetector, ensure_default_model
-
-    detector = YoloDetector.load(ensure_default_model())
-    tensors = [detector.preprocess(f)[0] for f in frames]
-    queue = detector.make_infer_queue()
-    for tensor in tensors[:8]:  # warm-up
-        queue.start_async({0: tensor})
-    queue.wait_all()
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        for tensor in tensors:
-            queue.start_async({0: tensor})
-        queue.wait_all()
-        done += len(tensors)
-    return done / (time.perf_counter() - started)
 
 
 def stored_rows(stack: LocalStack, where: str = "1") -> int:
@@ -135,7 +92,8 @@ def main() -> int:
     footage = fetch_footage(cache)
 
     say(f"[1/4] raw OpenVINO throughput (AsyncInferQueue), {args.seconds:.0f}s ...")
-    raw_fps = raw_throughput(sample_frames(footage, 64), args.seconds)
+    from services.inference.detector import ensure_default_model
+    raw_fps = raw_throughput(ensure_default_model(), sample_frames(footage, 64), args.seconds)["fps"]
     say(f"      {raw_fps:.1f} frames/s")
 
     state = Path(tempfile.mkdtemp(prefix="vigil-bench-"))

@@ -29,35 +29,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.__main__ import machine_description, sample_frames, say
+from bench.common import machine_description, raw_throughput, sample_frames, say
 
 
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def raw_throughput(model_dir: Path, frames: list, seconds: float, precision_hint: str | None = None) -> dict:
-    from services.inference.detector import YoloDetector
-
-    detector = YoloDetector.load(model_dir, precision_hint=precision_hint)
-    tensors = [detector.preprocess(f)[0] for f in frames]
-    queue = detector.make_infer_queue()
-    completed = [0]
-    queue.set_callback(lambda _request, _userdata: completed.__setitem__(0, completed[0] + 1))
-    # The queue is kept full the whole time (start_async blocks only while every request is busy), so the
-    # device never idles between rounds; the first 2 s warm up and are not counted.
-    for phase in ("warm-up", "timed"):
-        completed[0], submitted = 0, 0
-        started, cpu_started = time.perf_counter(), time.process_time()
-        deadline = started + (2.0 if phase == "warm-up" else seconds)
-        while time.perf_counter() < deadline:
-            queue.start_async({0: tensors[submitted % len(tensors)]})
-            submitted += 1
-        queue.wait_all()
-    return {"fps": completed[0] / (time.perf_counter() - started), "precision": detector.inference_precision,
-            "requests": len(queue), "cpu_ms_per_frame": (time.process_time() - cpu_started) * 1000 / completed[0]}
 
 
 def quantiles(values: list[float]) -> dict[str, float]:

@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.__main__ import machine_description
+from bench.common import machine_description
 from cli.stack.component import default_cache_dir
 from services.ingest.camera_spec import CameraSpec
 from services.ingest.worker import CameraWorker

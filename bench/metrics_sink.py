@@ -270,7 +270,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def main() -> int:
-    from bench.__main__ import machine_description
+    from bench.common import machine_description
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the backlog the sink drains")
