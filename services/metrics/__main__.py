@@ -8,7 +8,7 @@ from libs.common.logs import get_logger
 from libs.common.ops import flag_check
 from libs.common.service import start_service
 from libs.common.settings import KafkaSettings
-from libs.common.topics import INFERENCE, INFERENCE_SENSORS, MONITORING, ensure_topics
+from libs.common.topics import INFERENCE, INFERENCE_SENSORS, MODELS, MONITORING, ensure_topics
 from services.metrics.api import QueryApi
 from services.metrics.kafka_adapter import LatestFrameFollower, MetricsBatchHandler, record_consumer_lag
 from services.metrics.latest_frames import LatestFrames
@@ -47,7 +47,7 @@ def main() -> None:
     handler = MetricsBatchHandler(EventSink(store), kafka.dlq_topic)
     runner = PrefetchingKafkaRunner(
         kafka, service="metrics", group_id="vigil-metrics",
-        topics=[INFERENCE, MONITORING, INFERENCE_SENSORS, kafka.dlq_topic],
+        topics=[INFERENCE, MONITORING, INFERENCE_SENSORS, MODELS, kafka.dlq_topic],
         handler=handler, prepare=handler.prepare,
         max_batch=settings.batch_max_events, max_wait_s=settings.batch_max_wait_s,
         # Bigger fetches: a backlog is caught up in batches of batch_max_events, not of librdkafka's 1 MiB.

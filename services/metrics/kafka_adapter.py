@@ -1,5 +1,5 @@
 """Kafka side of the sink: decodes the events of every topic that reports something (inference results,
-monitoring events, sensor anomaly results, dead letters), hands their rows to the sink in one insert per table
+monitoring events, sensor anomaly results, model version announcements, dead letters), hands their rows to the sink in one insert per table
 per batch, and dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the
 newest frame of each camera for the dashboard."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ from prometheus_client import Gauge
 
 from libs.common.kafka import Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
-from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SENSORS, MONITORING
+from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SENSORS, MODELS, MONITORING
 from protos import events_pb2
-from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, SENSOR_ANOMALIES, InvalidEvent, Rows, \
-    dead_letter_row, inference_row, monitoring_rows, sensor_anomaly_row
+from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, MODEL_VERSIONS, SENSOR_ANOMALIES, \
+    InvalidEvent, Rows, dead_letter_row, inference_row, model_version_row, monitoring_rows, sensor_anomaly_row
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.protobuf_ingest import FramedBatch, StagedBatch, UnparseableBatch, frame_batch
 from services.metrics.sink import EventSink
@@ -47,6 +47,15 @@ def _sensor_anomaly(msg: Message, rows: Rows) -> None:
     if not result.envelope.event_id:
         raise InvalidEvent("envelope.event_id is empty")
     rows.setdefault(SENSOR_ANOMALIES.name, []).append(sensor_anomaly_row(result, msg.timestamp()[1]))
+
+
+def _model_version(msg: Message, rows: Rows) -> None:
+    if msg.value() is None:
+        return  # a tombstone of the compacted topic: the registry forgot a model, nothing happened to a version
+    version = events_pb2.ModelVersion.FromString(msg.value())
+    if not version.envelope.event_id:
+        raise InvalidEvent("envelope.event_id is empty")
+    rows.setdefault(MODEL_VERSIONS.name, []).append(model_version_row(version))
 
 
 def _dead_letter(msg: Message, rows: Rows) -> None:
@@ -80,7 +89,7 @@ class MetricsBatchHandler:
         self.sink = sink
         self.decoders: dict[str, Callable[[Message, Rows], None]] = {
             INFERENCE: _inference, MONITORING: _monitoring, INFERENCE_SENSORS: _sensor_anomaly,
-            dlq_topic: _dead_letter,
+            MODELS: _model_version, dlq_topic: _dead_letter,
         }
 
     def prepare(self, batch: Sequence[Message]) -> PreparedBatch:

@@ -3,7 +3,7 @@
 Each query reads the per-minute rollups where one exists, so its cost does not grow with the event rate.
 Parameters are bound by the engine (server-side binding with declared types), never pasted into SQL text.
 Every query takes `since` and `until` (ISO 8601 times, UTC unless they carry an offset; default: the last
-hour); an empty filter parameter (camera_id, model_name...) means "all"."""
+hour, or the query's own default window); an empty filter parameter (camera_id, model_name...) means "all"."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,6 +22,8 @@ class NamedQuery:
     sql: str
     # Extra parameters beyond since/until: name -> (ClickHouse type, default).
     parameters: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    # How far back `since` goes when it is not given.
+    default_window: timedelta = timedelta(hours=1)
 
 
 _WINDOW = "minute >= toStartOfMinute({since:DateTime64(3, 'UTC')}) AND minute < {until:DateTime64(3, 'UTC')}"
@@ -108,6 +110,14 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
             ORDER BY event_time DESC, sensor_id LIMIT 1 BY event_id LIMIT {{limit:UInt32}}""",
         {"sensor_id": ("String", ""), "anomalies_only": ("UInt8", 1), "limit": ("UInt32", 1000)}),
     NamedQuery(
+        "model_versions", "The models' stage changes announced by the registry (primary, retired...), newest "
+                          "first, with what caused each (action) and who; default window: ten years.",
+        f"""SELECT event_time, model_name, model_version, model_precision, stage, metadata['action'] AS action,
+                   metadata['by'] AS announced_by, artifact
+            FROM model_versions WHERE {_EVENT_WINDOW} AND {_MODEL}
+            ORDER BY event_time DESC, model_name, stage LIMIT 1 BY event_id LIMIT {{limit:UInt32}}""",
+        {"model_name": ("String", ""), "limit": ("UInt32", 1000)}, default_window=timedelta(days=3650)),
+    NamedQuery(
         "recent_detections", "The detections of one camera's latest results (the dashboard's live view).",
         """SELECT toString(event_id) AS event_id, toString(frame_event_id) AS frame_event_id, event_time,
                   frame_sequence, width, height, labels, scores, boxes
@@ -140,7 +150,7 @@ def bind(query: NamedQuery, given: Mapping[str, Any] | None, now: datetime | Non
         raise BadParameter(f"{query.name} has no parameter {', '.join(sorted(unknown))}; it takes "
                            f"{', '.join(['since', 'until', *query.parameters])}")
     until = given.get("until") or (now or datetime.now(timezone.utc))
-    since = given.get("since") or _parse_or_pass(until) - timedelta(hours=1)
+    since = given.get("since") or _parse_or_pass(until) - query.default_window
     bound: dict[str, Any] = {"since": _clickhouse_time(since, "since"), "until": _clickhouse_time(until, "until")}
     for name, (ch_type, default) in query.parameters.items():
         value = given.get(name, default)

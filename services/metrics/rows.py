@@ -52,7 +52,11 @@ DEAD_LETTERS = TableSpec("dead_letters", (
 SENSOR_ANOMALIES = TableSpec("sensor_anomalies", (
     "event_id", "trace_id", "sensor_id", "quantity", "unit", "value", "model_name", "model_version", "score",
     "anomaly", "threshold", "reading_event_id", "event_time", "produced_time", "features"))
-TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DEAD_LETTERS, SENSOR_ANOMALIES)}
+MODEL_VERSIONS = TableSpec("model_versions", (
+    "event_id", "model_name", "model_version", "model_precision", "stage", "artifact", "metadata", "trained_on",
+    "event_time"))
+TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DEAD_LETTERS, SENSOR_ANOMALIES,
+                                       MODEL_VERSIONS)}
 
 # Dead letters carry no envelope of their own (their bytes may be anything): their id is derived from where
 # they sit in the dead-letter topic, so a re-read dead letter gets the same id.
@@ -107,6 +111,19 @@ def sensor_anomaly_row(result: events_pb2.SensorAnomalyResult, produced_ms: int)
         result.value, result.model.name, result.model.version, result.score, result.anomaly, result.threshold,
         _uuid(result.reading_event_id, "reading_event_id"), _ms(env.event_time), produced_ms,
         dict(result.features),
+    )
+
+
+def model_version_row(version: events_pb2.ModelVersion) -> tuple[Any, ...]:
+    """One row in the order of MODEL_VERSIONS' columns: a model version entering a stage (an announcement of
+    the registry on vigil.models)."""
+    if not version.model.name:
+        raise InvalidEvent("model.name is empty")
+    artifact = version.artifact
+    return (
+        _uuid(version.envelope.event_id, "envelope.event_id"), version.model.name, version.model.version,
+        version.model.precision, version.stage, f"s3://{artifact.bucket}/{artifact.key}" if artifact.key else "",
+        dict(version.metadata), list(version.trained_on), _ms(version.envelope.event_time),
     )
 
 

@@ -1,4 +1,5 @@
-"""The model registry against the session stack's real SeaweedFS and Kafka, driven through `vigil models`."""
+"""The model registry against the session stack's real SeaweedFS and Kafka, driven through `vigil models`; its
+announcements end up in the metrics store."""
 from __future__ import annotations
 
 import io
@@ -14,6 +15,7 @@ from protos import events_pb2
 from services.inference.detector import YoloDetector, ensure_default_model
 from services.inference.quantize import ensure_int8_model
 from services.inference.registry import CorruptArtifact, ModelRegistry, file_digest
+from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import end_offsets, read_range
 
 pytestmark = pytest.mark.integration
@@ -106,6 +108,14 @@ def test_promote_and_rollback_move_the_primary_and_announce_it_on_vigil_models(s
     ]
     assert announced[2][1].model.precision == "int8"
     assert announced[2][1].artifact.key == f"{NAME}/2/manifest.json" and len(announced[2][1].artifact.sha256) == 64
+
+    def history_in_the_store():
+        rows = query(stack, "SELECT model_version, stage, metadata['action'] AS action FROM model_versions "
+                            f"WHERE model_name = '{NAME}' AND startsWith(artifact, 's3://{BUCKET}/')")
+        return sorted((r["model_version"], r["stage"], r["action"]) for r in rows) if len(rows) >= 5 else None
+
+    assert wait_for(history_in_the_store, 60, what="the announcements in model_versions") == sorted(
+        (v.model.version, v.stage, v.metadata["action"]) for _, v in announced)
 
     code, _, err = vigil_models(stack, capsys, "rollback", NAME)
     assert code == 1 and "nothing to roll back to" in err

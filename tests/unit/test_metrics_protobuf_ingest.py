@@ -147,6 +147,24 @@ def test_the_batch_handler_stores_every_topic_and_rejects_only_the_bad_messages(
     assert store.query_readonly("SELECT count() FROM dead_letters")["rows"] == [[1]]
 
 
+def test_model_announcements_are_stored_and_tombstones_of_the_compacted_topic_are_skipped(store):
+    handler = MetricsBatchHandler(EventSink(store), "vigil.dlq")
+    promoted = events_pb2.ModelVersion(
+        envelope=new_envelope("registry/yolov3-tiny", "vigil-models"),
+        model=events_pb2.ModelRef(name="yolov3-tiny", version="2", precision="int8"), stage="primary",
+        artifact=events_pb2.ObjectRef(bucket="vigil-models", key="yolov3-tiny/2/"),
+        metadata={"action": "promote", "by": "cli/ops"})
+    nameless = events_pb2.ModelVersion(envelope=new_envelope("registry/x", "vigil-models"), stage="primary")
+    outcomes = handler([KafkaMessage("vigil.models", promoted.SerializeToString()),
+                        KafkaMessage("vigil.models", None, key=b"forgotten-model"),
+                        KafkaMessage("vigil.models", nameless.SerializeToString())])
+    assert outcomes[:2] == [[], []]
+    assert isinstance(outcomes[2], Rejected) and "model.name is empty" in outcomes[2].detail
+    assert store.query_readonly("SELECT model_name, model_version, model_precision, stage, artifact, "
+                                "metadata['action'] FROM model_versions")["rows"] == [
+        ["yolov3-tiny", "2", "int8", "primary", "s3://vigil-models/yolov3-tiny/2/", "promote"]]
+
+
 def test_an_unknown_topic_is_rejected(store):
     outcome = MetricsBatchHandler(EventSink(store), "vigil.dlq")([KafkaMessage("vigil.other", b"x")])[0]
     assert isinstance(outcome, Rejected) and "does not read vigil.other" in outcome.detail

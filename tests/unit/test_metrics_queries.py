@@ -12,7 +12,8 @@ import pytest
 from libs.common.envelope import timestamp_from_ns
 from protos import events_pb2
 from services.metrics.api import QueryApi
-from services.metrics.rows import dead_letter_row, inference_row, monitoring_rows, sensor_anomaly_row
+from services.metrics.rows import dead_letter_row, inference_row, model_version_row, monitoring_rows, \
+    sensor_anomaly_row
 from services.metrics.sink import EventSink
 from services.metrics.store import MetricsStore
 
@@ -56,6 +57,14 @@ def sensor_result(at: datetime, value: float, score: float) -> events_pb2.Sensor
         threshold=5.0, reading_event_id=str(uuid.uuid4()), features={"level": 0.1, "deviation": score})
 
 
+def model_version(at: datetime, version: str, stage: str) -> events_pb2.ModelVersion:
+    env = events_pb2.Envelope(event_id=str(uuid.uuid4()), event_time=timestamp_from_ns(ns(at)))
+    return events_pb2.ModelVersion(
+        envelope=env, model=events_pb2.ModelRef(name="yolov3-tiny", version=version, precision="bf16"), stage=stage,
+        artifact=events_pb2.ObjectRef(bucket="vigil-models", key=f"yolov3-tiny/{version}/"),
+        metadata={"action": "promote", "by": "cli/ops"})
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     store = MetricsStore.open(tmp_path_factory.mktemp("chdb"), query_max_rows=1000, query_max_seconds=5)
@@ -95,8 +104,11 @@ def store(tmp_path_factory):
     # A sensor scored once a minute: normal, flagged (a spike), normal.
     rows["sensor_anomalies"] = [sensor_anomaly_row(sensor_result(T0 + timedelta(seconds=20 * i), value, score), 0)
                                 for i, (value, score) in enumerate([(21.0, 1.2), (35.5, 9.7), (21.2, 1.4)])]
+    # yolov3-tiny 1 promoted; 80 s later 2 promoted, which retires 1 (announced at once).
+    rows["model_versions"] = [model_version_row(model_version(T0 + timedelta(seconds=s), v, stage))
+                              for s, v, stage in ((10, "1", "primary"), (90, "1", "retired"), (90, "2", "primary"))]
     report = sink.write(rows)
-    assert report.stored == 160 + 5 + 3 + 1 + 4 + 3
+    assert report.stored == 160 + 5 + 3 + 1 + 4 + 3 + 3
     # The same batch again (a replay after a crash) changes nothing.
     assert sink.write(rows).stored == 0
     yield store
@@ -191,6 +203,16 @@ def test_sensor_anomalies_lists_the_flagged_readings_or_every_scored_one(api):
     assert [r["value"] for r in every] == [21.2, 35.5, 21.0], "newest first"
     assert [r["value"] for r in named(api, "sensor_anomalies", anomalies_only=0, limit=1)] == [21.2]
     assert named(api, "sensor_anomalies", sensor_id="other-sensor", anomalies_only=0) == []
+
+
+def test_model_versions_lists_stage_changes_newest_first_over_ten_years_by_default(api):
+    history = named(api, "model_versions", since="", until="")
+    assert [(r["model_version"], r["stage"]) for r in history] == [("2", "primary"), ("1", "retired"),
+                                                                   ("1", "primary")]
+    assert {(r["action"], r["announced_by"]) for r in history} == {("promote", "cli/ops")}
+    assert history[0]["artifact"] == "s3://vigil-models/yolov3-tiny/2/"
+    assert named(api, "model_versions", model_name="other") == []
+    assert named(api, "model_versions", since=(T0 + timedelta(seconds=60)).isoformat(), limit=1)[0]["model_version"] == "2"
 
 
 def test_recent_detections_are_the_latest_results_of_a_camera(api):
