@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from libs.common.envelope import new_envelope
-from libs.common.topics import INFERENCE_SENSORS, MONITORING
+from libs.common.topics import INFERENCE_SENSORS, MODELS, MONITORING
 from protos import events_pb2
 from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import produce
@@ -119,6 +119,12 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
         unit="°C", value=48.5, model=events_pb2.ModelRef(name="sensor-anomaly", version="1"), score=12.5,
         anomaly=True, threshold=4.2, reading_event_id=str(uuid.uuid4()))
     produce(stack.config.kafka_bootstrap, INFERENCE_SENSORS, [(sensor.encode(), flagged.SerializeToString())])
+    model = f"dashboard-model-{uuid.uuid4().hex[:8]}"
+    promoted = events_pb2.ModelVersion(
+        envelope=new_envelope(f"registry/{model}", "vigil-models"),
+        model=events_pb2.ModelRef(name=model, version="3", precision="int8"), stage="primary",
+        metadata={"action": "promote", "by": "cli/dashboard-test"})
+    produce(stack.config.kafka_bootstrap, MODELS, [(model.encode(), promoted.SerializeToString())])
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -138,8 +144,11 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
             page.wait_for_function("Number(document.getElementById('dead-letters').dataset.points) > 0",
                                    timeout=30_000)
             page.wait_for_selector(f"#sensor-anomalies tr[data-sensor='{sensor}']", timeout=30_000)
+            page.wait_for_selector(f"#model-versions tr[data-model='{model}']", timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             anomaly_row = page.inner_text(f"#sensor-anomalies tr[data-sensor='{sensor}']")
+            model_row = page.inner_text(f"#model-versions tr[data-model='{model}']")
+            primaries = page.inner_text("#primary-models")
             error = page.inner_text("#error")
             points = {chart: int(page.get_attribute(f"#{chart}", "data-points"))
                       for chart in ("throughput", "latency", "classes", "dead-letters")}
@@ -154,5 +163,7 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
     assert boxes > 0
     assert "online" in camera_row or "connecting" in camera_row
     assert "48.5 °C" in anomaly_row and "12.5 / 4.2" in anomaly_row, anomaly_row
+    assert "primary" in model_row and "promote, cli/dashboard-test" in model_row, model_row
+    assert f"{model} 3 (int8)" in primaries, primaries
     assert requests_elsewhere == [], "the dashboard loads nothing from elsewhere"
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

@@ -160,20 +160,44 @@ async function refreshCharts() {
 async function refreshSensorAnomalies() {
   const anomalies = await named("sensor_anomalies", {limit: 20});
   const table = document.getElementById("sensor-anomalies");
-  table.querySelector("tbody").replaceChildren(...anomalies.map(a => {
-    const row = document.createElement("tr");
-    row.dataset.sensor = a.sensor_id;
-    for (const text of [a.event_time.replace("T", " ").slice(0, 19), a.sensor_id, a.quantity,
-                        `${a.value} ${a.unit}`, `${a.score.toFixed(1)} / ${a.threshold.toFixed(1)}`]) {
-      const cell = document.createElement("td");
-      cell.textContent = text;
-      row.append(cell);
-    }
-    return row;
-  }));
+  table.querySelector("tbody").replaceChildren(...anomalies.map(a => tableRow(
+    [a.event_time.replace("T", " ").slice(0, 19), a.sensor_id, a.quantity, `${a.value} ${a.unit}`,
+     `${a.score.toFixed(1)} / ${a.threshold.toFixed(1)}`],
+    {sensor: a.sensor_id})));
   table.dataset.rows = String(anomalies.length);
   document.getElementById("sensor-anomalies-caption").textContent =
     anomalies.length ? `the ${anomalies.length} newest in the window` : "no sensor reading flagged in the window";
+}
+
+function tableRow(cells, data = {}) {
+  const row = document.createElement("tr");
+  Object.assign(row.dataset, data);
+  for (const text of cells) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    row.append(cell);
+  }
+  return row;
+}
+
+// The registry's stage changes, whatever the chosen window (the query's own default: ten years), and the
+// primary version of each model: its newest "primary" announcement (a rollback announces one too).
+async function refreshModels() {
+  const history = await named("model_versions", {since: "", until: "", limit: 200});
+  const primary = new Map();
+  for (const v of history) {
+    if (v.stage === "primary" && !primary.has(v.model_name)) primary.set(v.model_name, v);
+  }
+  document.getElementById("primary-models").textContent = primary.size
+    ? "primary: " + [...primary.values()].map(v => `${v.model_name} ${v.model_version} (${v.model_precision})`).join(", ")
+    : "no model promoted through the registry yet";
+  const table = document.getElementById("model-versions");
+  const newest = history.slice(0, 10);
+  table.querySelector("tbody").replaceChildren(...newest.map(v => tableRow(
+    [v.event_time.replace("T", " ").slice(0, 19), v.model_name, v.model_version, v.model_precision, v.stage,
+     [v.action, v.announced_by].filter(Boolean).join(", ")],
+    {model: v.model_name, version: v.model_version})));
+  table.dataset.rows = String(newest.length);
 }
 
 async function refreshAll() {
@@ -181,7 +205,7 @@ async function refreshAll() {
   try {
     nextWindow();
     await refreshCameras();
-    await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies()]);
+    await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies(), refreshModels()]);
     error.textContent = "";
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
