@@ -168,8 +168,12 @@ class KafkaRunner:
         max_wait_s: float = 0.05,
         heartbeat: Heartbeat | None = None,
         consumer_overrides: dict[str, object] | None = None,
+        on_assigned: Callable[[Consumer, list[TopicPartition]], None] | None = None,
     ) -> None:
         self.kafka = kafka
+        # Called with the consumer and the newly assigned partitions before their first message is consumed
+        # (e.g. to rebuild state kept per key from the log); readiness waits for it.
+        self.on_assigned = on_assigned
         self.service = service
         self.topics = topics
         self.handler = handler
@@ -288,6 +292,8 @@ class KafkaRunner:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        if self.on_assigned is not None and partitions:
+            self.on_assigned(_consumer, partitions)
         self.assigned.set()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:

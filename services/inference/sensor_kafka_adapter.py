@@ -2,16 +2,20 @@
 vigil.inference.sensors (keyed by sensor id), readings that can never be scored to the dead-letter topic.
 
 Each sensor's window of recent readings lives in this process's memory (SensorWindows): vigil.sensors is keyed
-by sensor id, so a sensor's readings reach one consumer, in order. A restart, or a rebalance that moves a
-partition to another replica, starts those sensors' windows empty: their next WINDOW readings are consumed
-but not scored (a warm-up, counted in vigil_inference_sensor_readings_total{outcome="warming_up"})."""
+by sensor id, so a sensor's readings reach one consumer, in order. The log is the windows' backup: when
+partitions are assigned (a start, a rebalance that moves them here), the readings before the group's committed
+offsets, up to sensor_warmup_s old, are read again into the windows without being scored, so a sensor whose
+window was full before is scored from its next reading on. A sensor with fewer readings in that span warms up
+on live readings (counted in vigil_inference_sensor_readings_total{outcome="warming_up"})."""
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-from confluent_kafka import Message
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
@@ -59,6 +63,60 @@ def sensor_batch_handler(scorer: SensorReadingScorer):
     return handle
 
 
+def rebuild_windows(client_config: dict[str, str], consumer: Consumer, partitions: list[TopicPartition],
+                    scorer: SensorReadingScorer, lookback_s: float, timeout_s: float = 120.0,
+                    progress: Callable[[], None] = lambda: None) -> int:
+    """Reads vigil.sensors again from lookback_s ago up to the group's committed offset of each assigned partition,
+    into the scorer's windows (SensorReadingScorer.warm); returns how many readings went in. Nothing committed
+    yet (a new group): nothing to rebuild, every reading is consumed anyway. `progress` is called as it reads
+    (the consume loop's heartbeat: the rebuild runs inside its rebalance callback)."""
+    log = get_logger(__name__)
+    if lookback_s <= 0:
+        return 0
+    started = time.monotonic()
+    ends = {p.partition: p.offset for p in consumer.committed(partitions, timeout=10) if p.offset > 0}
+    if not ends:
+        return 0
+    reader = Consumer({**client_config, "group.id": f"vigil-sensor-windows-{uuid.uuid4().hex[:12]}",
+                       "enable.auto.commit": False, "enable.partition.eof": True})
+    warmed = 0
+    try:
+        since_ms = int((time.time() - lookback_s) * 1000)
+        found = reader.offsets_for_times([TopicPartition(SENSORS, p, since_ms) for p in ends], timeout=10)
+        # -1: nothing as recent as since_ms in that partition.
+        starts = {tp.partition: tp.offset for tp in found if 0 <= tp.offset < ends[tp.partition]}
+        reader.assign([TopicPartition(SENSORS, p, offset) for p, offset in starts.items()])
+        pending = set(starts)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            progress()
+            readings = []
+            for msg in reader.consume(1000, 0.5):
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(msg.partition())
+                    continue
+                if msg.partition() not in pending:
+                    continue
+                if msg.offset() >= ends[msg.partition()]:
+                    pending.discard(msg.partition())
+                    continue
+                try:
+                    readings.append(events_pb2.SensorReading.FromString(msg.value() or b""))
+                except DecodeError:
+                    continue  # dead-lettered the first time
+                if msg.offset() == ends[msg.partition()] - 1:
+                    pending.discard(msg.partition())
+            warmed += scorer.warm(readings)
+        if pending:
+            log.warning("sensor windows not fully rebuilt in time", partitions=sorted(pending), timeout_s=timeout_s)
+    finally:
+        reader.close()
+    log.info("sensor windows rebuilt from vigil.sensors", readings=warmed, sensors=len(scorer.windows),
+             partitions=len(starts), seconds=round(time.monotonic() - started, 2))
+    return warmed
+
+
 @dataclass
 class SensorPath:
     """The sensor path running on its own thread beside the frame path; `failure` holds what stopped it."""
@@ -91,10 +149,19 @@ def start_sensor_path(settings: InferenceSettings, kafka: KafkaSettings,
     def run() -> None:
         try:
             model_dir = settings.sensor_model_dir or ensure_sensor_anomaly_model()
-            scorer = SensorAnomalyScorer.load(model_dir, settings.device)
+            reading_scorer = SensorReadingScorer(SensorAnomalyScorer.load(model_dir, settings.device))
+            scorer = reading_scorer.scorer
+
+            def refill_windows(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+                try:
+                    rebuild_windows(kafka.client_config(), consumer, partitions, reading_scorer, settings.sensor_warmup_s,
+                                    progress=runner.heartbeat.beat)
+                except Exception:
+                    log.warning("sensor windows not rebuilt; they fill from live readings", exc_info=True)
+
             runner = KafkaRunner(kafka, service="inference-sensors", group_id=GROUP_ID, topics=[SENSORS],
-                                 handler=sensor_batch_handler(SensorReadingScorer(scorer)),
-                                 max_batch=settings.sensor_batch_max_readings, max_wait_s=0.05)
+                                 handler=sensor_batch_handler(reading_scorer), max_batch=settings.sensor_batch_max_readings,
+                                 max_wait_s=0.05, on_assigned=refill_windows)
             runtime.health.liveness["sensor_consume_loop"] = runner.heartbeat.check
             loaded.set()
             log.info("sensor path", model=scorer.name, version=scorer.version, threshold=scorer.threshold)

@@ -70,8 +70,9 @@ class SensorWindows:
     Readings must come in event-time order per sensor (vigil.sensors is keyed by sensor id, so they do):
     one not newer than the sensor's last is skipped, which also keeps a redelivered reading out of the
     window. A gap longer than max_gap_s starts the window again. The least recently seen sensors are
-    forgotten beyond max_sensors. Nothing is persisted: a restart (or a partition moving to another
-    replica) starts every sensor's window empty, and its next WINDOW readings are not scored."""
+    forgotten beyond max_sensors. Nothing is persisted here: after a restart (or a partition moving to
+    another replica) the windows are refilled from the readings already in Kafka (SensorReadingScorer.warm,
+    driven by services/inference/sensor_kafka_adapter.py)."""
 
     def __init__(self, scales: dict[str, QuantityScales], window: int = WINDOW, max_gap_s: float = 3600.0,
                  max_sensors: int = 100_000) -> None:
@@ -126,6 +127,17 @@ class SensorReadingScorer:
         self.scorer = scorer
         self.windows = windows or SensorWindows(scorer.scales, scorer.window)
         self.model_ref = events_pb2.ModelRef(name=scorer.name, version=scorer.version, precision="fp32")
+
+    def warm(self, readings: list[events_pb2.SensorReading]) -> int:
+        """Readings already handled before (e.g. by this service before a restart) into the windows, scoring
+        none; how many went in. Invalid ones are left out, as they were the first time."""
+        warmed = 0
+        for reading in readings:
+            if reading_problem(reading) is None:
+                windowed = self.windows.add(reading.sensor_id, reading.quantity, reading.unit, reading.value,
+                                            reading.envelope.event_time.ToNanoseconds())
+                warmed += windowed.skipped in (None, "warming_up")
+        return warmed
 
     def run(self, readings: list[events_pb2.SensorReading]
             ) -> list[events_pb2.SensorAnomalyResult | InvalidReading | str]:

@@ -54,3 +54,7 @@ class InferenceSettings(ServiceSettings):
     sensor_model_dir: Path | None = Field(None, description="Directory of the sensor anomaly model (OpenVINO IR "
                                           "and model.json); unset trains it into the cache on first start.")
     sensor_batch_max_readings: int = Field(256, description="Most sensor readings taken from Kafka for one batch.")
+    sensor_warmup_s: float = Field(3600.0, ge=0.0, description="On a partition assignment (a start, a "
+                                   "rebalance), the sensor windows are refilled from the readings of vigil.sensors "
+                                   "already handled, as far back as this many seconds (Kafka timestamps); 0: "
+                                   "start them empty.")

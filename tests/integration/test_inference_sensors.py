@@ -82,6 +82,29 @@ def test_normal_readings_pass_unflagged_a_spike_is_flagged_and_garbage_is_dead_l
     assert letters[garbage_key].value() == b"\xff\xfe not a reading", "a dead letter keeps the original bytes"
 
 
+def test_after_a_restart_a_sensor_whose_window_was_full_is_scored_from_its_next_reading(stack):
+    """The windows live in memory; the restarted service refills them from the readings already in Kafka."""
+    bootstrap = stack.config.kafka_bootstrap
+    sensor = f"t-restart-{RUN}"
+    values = sa.synthetic_series(np.random.default_rng(SEED + 1), "temperature", sa.WINDOW + 3)[1]
+    now = time.time()
+    readings = [reading(sensor, float(v), now - 60 * (len(values) - i)) for i, v in enumerate(values)]
+    before, after = readings[:-1], readings[-1]
+    start = end_offsets(bootstrap, INFERENCE_SENSORS)
+    produce(bootstrap, SENSORS, [(sensor.encode(), r.SerializeToString()) for r in before])
+    messages_since(stack, INFERENCE_SENSORS, start, {sensor.encode()}, len(before) - sa.WINDOW)
+
+    stack.supervisor.stop("inference", progress=lambda *_: None)
+    stack.supervisor.up(progress=lambda *_: None)
+    start = end_offsets(bootstrap, INFERENCE_SENSORS)
+    produce(bootstrap, SENSORS, [(sensor.encode(), after.SerializeToString())])
+    [message] = messages_since(stack, INFERENCE_SENSORS, start, {sensor.encode()}, 1)
+    result = events_pb2.SensorAnomalyResult.FromString(message.value())
+    assert result.reading_event_id == after.envelope.event_id
+    # Scored on the window of the readings before the restart: the same score the numpy model gives the series.
+    np.testing.assert_allclose(result.score, sa.train().score_series("temperature", values)[-1], rtol=1e-3)
+
+
 def test_readiness_reports_the_sensor_model_loaded(stack):
     url = f"http://127.0.0.1:{stack.config.ports.inference_ops}/readyz"
     with urllib.request.urlopen(url, timeout=5) as response:

@@ -155,6 +155,19 @@ def test_a_replayed_reading_gets_the_same_result_id_and_the_window_skips_it(scor
     assert first.run(readings[-2:]) == ["out_of_order", "out_of_order"]
 
 
+def test_readings_handled_before_a_restart_warm_the_windows_and_the_next_reading_scores_as_without_it(scorer):
+    readings = [reading("p-2", "pressure", 1013.0 + 0.05 * math.sin(i), 1e9 + 60 * i, event_id=f"w{i}")
+                for i in range(sa.WINDOW + 5)]
+    never_restarted = scoring.SensorReadingScorer(scorer).run(readings)
+    restarted = scoring.SensorReadingScorer(scorer)
+    invalid = reading("p-2", "pressure", math.nan, 1e9 + 60 * 3)
+    assert restarted.warm([*readings[:-1], invalid]) == len(readings) - 1, "what cannot be scored is left out"
+    assert restarted.warm(readings[:-1]) == 0, "a reading already in the window is not added twice"
+    [result] = restarted.run(readings[-1:])
+    assert result.envelope.event_id == never_restarted[-1].envelope.event_id
+    assert result.score == pytest.approx(never_restarted[-1].score)
+
+
 def test_readings_that_cannot_be_scored_are_told_apart_from_those_that_are_not_scored_yet(scorer):
     live = scoring.SensorReadingScorer(scorer)
     no_unit = reading("t-9", "temperature", 20.0, 1e9)
