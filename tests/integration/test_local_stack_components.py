@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import threading
 import time
 import uuid
@@ -164,11 +165,16 @@ FRAME_SIZE = (576, 768)  # vtest.avi: 768x576
 FOOTAGE_SECONDS = 79.5
 
 
+# OpenCV opens FFmpeg captures one at a time per process (a lock held for the whole open), and FFmpeg probes a
+# stream for up to 5 s by default: 2.8 s per client here, so the third of three clients opened at once waited
+# ~8 s, and under the suite's load an open timed out. Ingest probes for 0.5 s (VIGIL_INGEST_STREAM_PROBE_S);
+# these clients do the same (0.2-0.6 s each). Set once, before any client thread reads it.
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "analyzeduration;500000")
+
+
 def open_rtsp(url: str):
     import cv2
 
-    # Generous: while the rest of the suite's stack keeps the cores busy, a client joining a shared stream has
-    # been seen to wait over 5 s for its first frame (a keyframe comes every second when the box is idle).
     capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 10_000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 15_000,
     ])
