@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from libs.common.logs import get_logger
+from services.ingest.source_check import why_unanswered
 
 log = get_logger(__name__)
 
@@ -116,6 +117,10 @@ class _ReaderThread(threading.Thread):
         ])
 
     def run(self) -> None:
+        # Asked outside OpenCV, whose open blocks every other camera of this process while it waits.
+        self.failure = why_unanswered(self.source, self.options.open_timeout_s)
+        if self.failure is not None:
+            return
         capture = self._open()
         try:
             if not capture.isOpened():

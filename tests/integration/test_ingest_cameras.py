@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -252,7 +253,7 @@ def test_bad_sources_get_a_clear_state_and_reason_and_nothing_crashes(stack, cam
             return found if set(bad) | {"dies-mid-stream"} <= set(found) else {}
 
         found = wait_for(reasons, 40, what="a state and reason for every bad source")
-        assert found["unreachable"] == "could not open stream"
+        assert found["unreachable"] == f"cannot connect to 127.0.0.1:{closed_port}: Connection refused"
         assert found["not-a-stream"] == "could not open stream"
         assert found["not-a-video"] == "could not open stream"
         assert found["dies-mid-stream"] in ("stream ended or read failed", "no frame for 5s")
@@ -261,6 +262,31 @@ def test_bad_sources_get_a_clear_state_and_reason_and_nothing_crashes(stack, cam
                  what="the demo camera's frames")
     with urllib.request.urlopen(f"http://127.0.0.1:{stack.config.ports.ingest_ops}/livez", timeout=5) as response:
         assert response.status == 200
+
+
+def test_a_camera_that_never_answers_does_not_hold_back_another_cameras_first_frame(stack, camera_server, registry):
+    """OpenCV opens one capture at a time per process: a silent camera must not be waited for inside it."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the kernel; nobody ever answers
+    port = silent.getsockname()[1]
+    try:
+        with TopicRecorder(stack.config.kafka_bootstrap, MONITORING) as monitoring, \
+                TopicRecorder(stack.config.kafka_bootstrap, FRAMES) as frames:
+            registry.add("silent", f"rtsp://127.0.0.1:{port}/cam", sample_fps=2.0)
+            wait_for(lambda: first_state_after(monitoring, "silent", "connecting", 0), 15, what="silent connecting")
+            time.sleep(1)  # its open is under way (the ingest's open timeout: 10 s)
+            added_at = time.monotonic()
+            registry.add("prompt", camera_server.url(2), sample_fps=5.0)
+            first = wait_for(lambda: next((t for t, k, _ in frames.since(added_at) if k == b"prompt"), None), 20,
+                             what="a first frame of the prompt camera")
+            print(f"first frame {first - added_at:.1f}s after the add, beside a silent camera")
+            assert first - added_at <= 5.0, f"first frame {first - added_at:.1f}s after the add"
+            reason = wait_for(lambda: next((s.reason for _, s in statuses(monitoring) if s.camera_id == "silent"
+                                            and STATE_NAMES[s.state] == "offline"), None), 30, what="silent offline")
+            assert reason == f"no answer from 127.0.0.1:{port} within 10s"
+    finally:
+        silent.close()
 
 
 def test_an_http_mjpeg_camera_streams_downscaled_frames(stack, registry, footage):

@@ -47,7 +47,7 @@ def test_an_unreachable_camera_reports_offline_with_a_reason_and_keeps_trying(tm
     stop.set()
     consumer.join(10)
     assert not consumer.is_alive()
-    assert ("offline", "could not open stream") in states
+    assert ("offline", "cannot connect to 127.0.0.1:9: Connection refused") in states
     assert stream.reconnects >= 2
 
 
