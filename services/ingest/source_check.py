@@ -18,7 +18,8 @@ def _request(scheme: str, host: str, path: str) -> bytes:
     if scheme == "rtsp":
         # OPTIONS needs no session and no credentials; any reply (even 401) shows the server is alive.
         return (f"OPTIONS rtsp://{host}{path} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: vigil-ingest\r\n\r\n").encode()
-    return f"HEAD {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: vigil-ingest\r\n\r\n".encode()
+    # GET, not HEAD: some cameras' servers never answer HEAD. The first byte of the answer is all that is read.
+    return f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: vigil-ingest\r\n\r\n".encode()
 
 
 def why_unanswered(source: str, timeout_s: float) -> str | None:

@@ -60,7 +60,7 @@ def test_an_http_camera_that_answers_passes(listener):
     port = listener.getsockname()[1]
     requests = answering(listener, b"HTTP/1.0 200 OK\r\n\r\n")
     assert why_unanswered(f"http://127.0.0.1:{port}/video.mjpg", 5) is None
-    assert requests[0].startswith(b"HEAD /video.mjpg HTTP/1.0\r\n")
+    assert requests[0].startswith(b"GET /video.mjpg HTTP/1.0\r\n")
 
 
 def test_a_server_that_hangs_up_without_a_word_is_reported(listener):
