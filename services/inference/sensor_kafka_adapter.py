@@ -154,14 +154,15 @@ def start_sensor_path(settings: InferenceSettings, kafka: KafkaSettings,
 
             def refill_windows(consumer: Consumer, partitions: list[TopicPartition]) -> None:
                 try:
-                    rebuild_windows(kafka.client_config(), consumer, partitions, reading_scorer, settings.sensor_warmup_s,
-                                    progress=runner.heartbeat.beat)
+                    rebuild_windows(kafka.client_config(), consumer, partitions, reading_scorer,
+                                    settings.sensor_warmup_s, progress=runner.heartbeat.beat)
                 except Exception:
                     log.warning("sensor windows not rebuilt; they fill from live readings", exc_info=True)
 
             runner = KafkaRunner(kafka, service="inference-sensors", group_id=GROUP_ID, topics=[SENSORS],
-                                 handler=sensor_batch_handler(reading_scorer), max_batch=settings.sensor_batch_max_readings,
-                                 max_wait_s=0.05, on_assigned=refill_windows)
+                                 handler=sensor_batch_handler(reading_scorer),
+                                 max_batch=settings.sensor_batch_max_readings, max_wait_s=0.05,
+                                 on_assigned=refill_windows)
             runtime.health.liveness["sensor_consume_loop"] = runner.heartbeat.check
             loaded.set()
             log.info("sensor path", model=scorer.name, version=scorer.version, threshold=scorer.threshold)

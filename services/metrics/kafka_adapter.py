@@ -1,7 +1,7 @@
 """Kafka side of the sink: decodes the events of every topic that reports something (inference results,
-monitoring events, sensor anomaly results, model version announcements, dead letters), hands their rows to the sink in one insert per table
-per batch, and dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the
-newest frame of each camera for the dashboard."""
+monitoring events, sensor anomaly results, model version announcements, dead letters), hands their rows to the
+sink in one insert per table per batch, and dead-letters the events that cannot be stored. Also: consumer lag
+from librdkafka's statistics, and the newest frame of each camera for the dashboard."""
 from __future__ import annotations
 
 import json
