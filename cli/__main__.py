@@ -99,6 +99,9 @@ def cmd_query(stack: LocalStack, args: argparse.Namespace) -> int:
         return 2
     for row in payload["rows"]:
         print(json.dumps(dict(zip(payload["columns"], row))))
+    if not payload["rows"]:
+        # Said on stderr: stdout stays JSON lines only (none), for whatever reads it.
+        _progress("vigil: no rows")
     return 0
 
 

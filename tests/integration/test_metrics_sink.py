@@ -86,6 +86,11 @@ def test_named_queries_through_the_cli(stack):
     stages = {r["stage"]: r for r in latency if r["model_name"] == "yolov3-tiny"}
     assert {"infer", "decode", "total"} <= set(stages)
     assert 0 < stages["infer"]["p50_ms"] <= stages["infer"]["p99_ms"] <= stages["total"]["p99_ms"]
+    nothing = subprocess.run([str(command), "--state-dir", str(stack.paths.state), "query", "--named",
+                              "fps_per_camera", "--param", "camera_id=no-such-camera"],
+                             capture_output=True, text=True, timeout=60, cwd="/")
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+    assert nothing.stderr == "vigil: no rows\n"
     refused = subprocess.run([str(command), "--state-dir", str(stack.paths.state), "query",
                               "SELECT * FROM system.tables"], capture_output=True, text=True, timeout=60, cwd="/")
     assert refused.returncode == 2 and "system.tables" in refused.stderr
