@@ -101,7 +101,7 @@ def cmd_query(stack: LocalStack, args: argparse.Namespace) -> int:
         print(json.dumps(dict(zip(payload["columns"], row))))
     if not payload["rows"]:
         # Said on stderr: stdout stays JSON lines only (none), for whatever reads it.
-        _progress("vigil: no rows")
+        _progress(f"vigil: no rows (columns: {', '.join(payload['columns'])})")
     return 0
 
 

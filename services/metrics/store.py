@@ -147,7 +147,18 @@ class MetricsStore:
                 if "(READONLY)" in message:
                     raise QueryRefused("refused: the query API is read-only") from exc
                 raise
-        return {"columns": list(result.column_names), "rows": [list(r) for r in result.result_rows]}
+            columns = list(result.column_names)
+            if not columns:
+                # The embedded engine names no columns when no row comes back; the caller still wants them.
+                columns = self._described_columns(sql, parameters)
+        return {"columns": columns, "rows": [list(r) for r in result.result_rows]}
+
+    def _described_columns(self, sql: str, parameters: dict[str, Any] | None) -> list[str]:
+        try:
+            described = self._reader.query(f"DESCRIBE ({sql.strip().rstrip(';')})", parameters=parameters)
+        except Exception:
+            return []
+        return [row[0] for row in described.result_rows]
 
     def query_adhoc(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         """Ad-hoc SQL from a user: refused unless it only reads the store's own tables; then run read-only,

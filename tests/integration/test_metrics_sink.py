@@ -90,7 +90,7 @@ def test_named_queries_through_the_cli(stack):
                               "fps_per_camera", "--param", "camera_id=no-such-camera"],
                              capture_output=True, text=True, timeout=60, cwd="/")
     assert (nothing.returncode, nothing.stdout) == (0, "")
-    assert nothing.stderr == "vigil: no rows\n"
+    assert nothing.stderr == "vigil: no rows (columns: camera_id, frames, fps)\n"
     refused = subprocess.run([str(command), "--state-dir", str(stack.paths.state), "query",
                               "SELECT * FROM system.tables"], capture_output=True, text=True, timeout=60, cwd="/")
     assert refused.returncode == 2 and "system.tables" in refused.stderr

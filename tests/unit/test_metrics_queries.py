@@ -254,6 +254,15 @@ def test_adhoc_sql_that_writes_or_reads_system_tables_is_refused(api, sql, says)
     assert status == 403 and says in error
 
 
+def test_a_query_that_matches_nothing_still_names_its_columns(api, store):
+    body = json.dumps({"named": "fps_per_camera", "parameters": {**WINDOW, "camera_id": "no-such-camera"}}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"{api}/api/query", data=body, method="POST"),
+                                timeout=10) as response:
+        assert json.loads(response.read()) == {"columns": ["camera_id", "frames", "fps"], "rows": []}
+    assert store.query_readonly("SELECT label FROM detections WHERE label = 'unicorn';") == {
+        "columns": ["label"], "rows": []}
+
+
 def test_adhoc_sql_reads_the_stores_own_tables(api):
     request = urllib.request.Request(f"{api}/api/query?sql=SELECT%20count()%20AS%20n%20FROM%20detections")
     with urllib.request.urlopen(request, timeout=10) as response:
