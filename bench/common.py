@@ -14,6 +14,12 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all its threads) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine_description() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.machine())

@@ -17,7 +17,6 @@ a frame cost the service and the client: what a path spends beyond raw inference
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import sys
 import tempfile
@@ -29,13 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.common import machine_description, raw_throughput, sample_frames, say
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from bench.common import machine_description, process_cpu_s, raw_throughput, sample_frames, say
 
 
 def quantiles(values: list[float]) -> dict[str, float]:

@@ -15,16 +15,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import machine_description
+from bench.common import machine_description, say
 from cli.stack.component import default_cache_dir
 from services.ingest.camera_spec import CameraSpec
 from services.ingest.worker import CameraWorker
 
 SIZES = {"640x480": (640, 480), "1280x720": (1280, 720)}
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def make_clip(footage: Path, width: int, height: int, out_dir: Path) -> Path:

@@ -34,6 +34,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.common import machine_description, process_cpu_s, say
 from protos import events_pb2
 
 # 36 bytes, the length of a UUID's text: replaced in the serialized templates by each event's own ids.
@@ -103,10 +104,6 @@ def produce_events(bootstrap: str, topic: str, factory: InferenceEventFactory, i
     return sent
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def raw_insert_speed(factory: InferenceEventFactory, events: int, batch: int) -> float:
     """Events/s of MetricsStore.insert_columns alone, views included, on a fresh store."""
     from services.metrics.rows import INFERENCE, inference_row
@@ -147,12 +144,6 @@ def raw_protobuf_speed(factory: InferenceEventFactory, events: int, batch: int) 
     finally:
         store.close()
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rows_stored(ops_port: int) -> float:
@@ -233,16 +224,16 @@ def sink_speed(events: int, batch: int, factory: InferenceEventFactory, repeat: 
         for run in range(repeat):
             if run:
                 _reset_sink(stack, sink_only)
-            kafka_cpu = _cpu_seconds(kafka_pid)
+            kafka_cpu = process_cpu_s(kafka_pid)
             started = time.perf_counter()
             sink_only.up(progress=lambda _: None)
             ready_s = time.perf_counter() - started
             sink_pid = sink_only.running_pid("metrics")
-            sink_cpu = _cpu_seconds(sink_pid)
+            sink_cpu = process_cpu_s(sink_pid)
             while _rows_stored(stack.config.ports.metrics_ops) < events:
                 time.sleep(0.05)
             total_s = time.perf_counter() - started
-            cpu_s, kafka_cpu_s = _cpu_seconds(sink_pid) - sink_cpu, _cpu_seconds(kafka_pid) - kafka_cpu
+            cpu_s, kafka_cpu_s = process_cpu_s(sink_pid) - sink_cpu, process_cpu_s(kafka_pid) - kafka_cpu
             stored = query(stack, "SELECT count() AS n, uniqExact(event_id) AS u FROM inference_events")[0]
             runs.append({"events": events, "stored": stored["n"], "distinct": stored["u"], "startup_s": ready_s,
                          "seconds": total_s, "events_per_s": events / total_s,
@@ -270,8 +261,6 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def main() -> int:
-    from bench.common import machine_description
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="events in the backlog the sink drains")
     parser.add_argument("--raw-events", type=int, default=200_000, help="events inserted by the raw measurement")
