@@ -27,35 +27,32 @@ log = get_logger(__name__)
 CONSUMER_LAG = Gauge("vigil_metrics_consumer_lag", "Messages not yet consumed, per partition", ["topic", "partition"])
 
 
-def _inference(msg: Message, rows: Rows) -> None:
-    result = events_pb2.InferenceResult.FromString(msg.value() or b"")
-    if not result.envelope.event_id:
+def _event(msg: Message, message_type):
+    """The message as an event of `message_type`, which must carry an event id (the sink dedupes by it)."""
+    event = message_type.FromString(msg.value() or b"")
+    if not event.envelope.event_id:
         raise InvalidEvent("envelope.event_id is empty")
-    rows[INFERENCE_TABLE.name].append(inference_row(result, msg.timestamp()[1]))
+    return event
+
+
+def _inference(msg: Message, rows: Rows) -> None:
+    rows[INFERENCE_TABLE.name].append(inference_row(_event(msg, events_pb2.InferenceResult), msg.timestamp()[1]))
 
 
 def _monitoring(msg: Message, rows: Rows) -> None:
-    event = events_pb2.MonitoringEvent.FromString(msg.value() or b"")
-    if not event.envelope.event_id:
-        raise InvalidEvent("envelope.event_id is empty")
-    for table, table_rows in monitoring_rows(event).items():
+    for table, table_rows in monitoring_rows(_event(msg, events_pb2.MonitoringEvent)).items():
         rows.setdefault(table, []).extend(table_rows)
 
 
 def _sensor_anomaly(msg: Message, rows: Rows) -> None:
-    result = events_pb2.SensorAnomalyResult.FromString(msg.value() or b"")
-    if not result.envelope.event_id:
-        raise InvalidEvent("envelope.event_id is empty")
+    result = _event(msg, events_pb2.SensorAnomalyResult)
     rows.setdefault(SENSOR_ANOMALIES.name, []).append(sensor_anomaly_row(result, msg.timestamp()[1]))
 
 
 def _model_version(msg: Message, rows: Rows) -> None:
     if msg.value() is None:
         return  # a tombstone of the compacted topic: the registry forgot a model, nothing happened to a version
-    version = events_pb2.ModelVersion.FromString(msg.value())
-    if not version.envelope.event_id:
-        raise InvalidEvent("envelope.event_id is empty")
-    rows.setdefault(MODEL_VERSIONS.name, []).append(model_version_row(version))
+    rows.setdefault(MODEL_VERSIONS.name, []).append(model_version_row(_event(msg, events_pb2.ModelVersion)))
 
 
 def _dead_letter(msg: Message, rows: Rows) -> None:
@@ -153,7 +150,6 @@ class MetricsBatchHandler:
                 outcomes[position] = Rejected("malformed_event", f"not a valid event of {msg.topic()}: {exc}")
             except InvalidEvent as exc:
                 outcomes[position] = Rejected("invalid_event", str(exc))
-
 
 
 def record_consumer_lag(stats_json: str) -> None:
