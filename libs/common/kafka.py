@@ -12,9 +12,10 @@ from collections import Counter as Tally
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
 from libs.common.logs import get_logger
@@ -151,6 +152,25 @@ def per_message(handle: Callable[[Message], list[Outbound]]) -> BatchHandler:
         return outcomes
 
     return handle_batch
+
+
+Event = TypeVar("Event")
+
+
+def decode_each(batch: Sequence[Message], message_type: type[Event]
+                ) -> tuple[list[Event], list[int], list[Outcome | None]]:
+    """Each message of a batch parsed as a protobuf `message_type`: the events, their positions in the batch,
+    and one outcome per message, a malformed_event rejection where it does not parse and None elsewhere, for
+    the batch handler to fill."""
+    events, positions = [], []
+    outcomes: list[Outcome | None] = [None] * len(batch)
+    for i, msg in enumerate(batch):
+        try:
+            events.append(message_type.FromString(msg.value() or b""))
+            positions.append(i)
+        except DecodeError as exc:
+            outcomes[i] = Rejected("malformed_event", f"not a {message_type.DESCRIPTOR.name} event: {exc}")
+    return events, positions, outcomes
 
 
 class KafkaRunner:

@@ -7,10 +7,9 @@ from __future__ import annotations
 from typing import Sequence
 
 from confluent_kafka import Message
-from google.protobuf.message import DecodeError
 
 from libs.common.envelope import new_envelope
-from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected
+from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected, decode_each
 from libs.common.logs import get_logger, trace_context
 from libs.common.topics import INFERENCE, INFERENCE_SHADOW, MONITORING
 from protos import events_pb2
@@ -19,14 +18,7 @@ from services.inference.pipeline import FramePipeline, InvalidFrame
 
 def frame_batch_handler(pipeline: FramePipeline):
     def handle(batch: Sequence[Message]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(batch)
-        frames, positions = [], []
-        for i, msg in enumerate(batch):
-            try:
-                frames.append(events_pb2.Frame.FromString(msg.value() or b""))
-                positions.append(i)
-            except DecodeError as exc:
-                outcomes[i] = Rejected("malformed_event", f"not a Frame event: {exc}")
+        frames, positions, outcomes = decode_each(batch, events_pb2.Frame)
         for i, (result, shadow) in zip(positions, pipeline.run_with_shadows(frames)):
             if isinstance(result, InvalidFrame):
                 outcomes[i] = Rejected(result.reason, result.detail)

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
-from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
-from libs.common.kafka import KafkaRunner, Outbound, Outcome, Rejected
+from libs.common.kafka import KafkaRunner, Outbound, Outcome, Rejected, decode_each
 from libs.common.logs import get_logger, trace_context
 from libs.common.ops import flag_check
 from libs.common.service import ServiceRuntime
@@ -37,14 +36,7 @@ GROUP_ID = "vigil-inference-sensors"
 
 def sensor_batch_handler(scorer: SensorReadingScorer):
     def handle(batch: Sequence[Message]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(batch)
-        readings, positions = [], []
-        for i, msg in enumerate(batch):
-            try:
-                readings.append(events_pb2.SensorReading.FromString(msg.value() or b""))
-                positions.append(i)
-            except DecodeError as exc:
-                outcomes[i] = Rejected("malformed_event", f"not a SensorReading event: {exc}")
+        readings, positions, outcomes = decode_each(batch, events_pb2.SensorReading)
         for i, result in zip(positions, scorer.run(readings)):
             if isinstance(result, InvalidReading):
                 outcomes[i] = Rejected(result.reason, result.detail)
@@ -90,7 +82,7 @@ def rebuild_windows(client_config: dict[str, str], consumer: Consumer, partition
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
             progress()
-            readings = []
+            handled = []
             for msg in reader.consume(1000, 0.5):
                 if msg.error() is not None:
                     if msg.error().code() == KafkaError._PARTITION_EOF:
@@ -101,13 +93,11 @@ def rebuild_windows(client_config: dict[str, str], consumer: Consumer, partition
                 if msg.offset() >= ends[msg.partition()]:
                     pending.discard(msg.partition())
                     continue
-                try:
-                    readings.append(events_pb2.SensorReading.FromString(msg.value() or b""))
-                except DecodeError:
-                    continue  # dead-lettered the first time
+                handled.append(msg)
                 if msg.offset() == ends[msg.partition()] - 1:
                     pending.discard(msg.partition())
-            warmed += scorer.warm(readings)
+            # What does not parse was dead-lettered the first time: left out again.
+            warmed += scorer.warm(decode_each(handled, events_pb2.SensorReading)[0])
         if pending:
             log.warning("sensor windows not fully rebuilt in time", partitions=sorted(pending), timeout_s=timeout_s)
     finally:
