@@ -128,15 +128,17 @@ class SensorReadingScorer:
         self.windows = windows or SensorWindows(scorer.scales, scorer.window)
         self.model_ref = events_pb2.ModelRef(name=scorer.name, version=scorer.version, precision="fp32")
 
+    def _into_window(self, reading: events_pb2.SensorReading) -> WindowedReading:
+        return self.windows.add(reading.sensor_id, reading.quantity, reading.unit, reading.value,
+                                reading.envelope.event_time.ToNanoseconds())
+
     def warm(self, readings: list[events_pb2.SensorReading]) -> int:
         """Readings already handled before (e.g. by this service before a restart) into the windows, scoring
         none; how many went in. Invalid ones are left out, as they were the first time."""
         warmed = 0
         for reading in readings:
             if reading_problem(reading) is None:
-                windowed = self.windows.add(reading.sensor_id, reading.quantity, reading.unit, reading.value,
-                                            reading.envelope.event_time.ToNanoseconds())
-                warmed += windowed.skipped in (None, "warming_up")
+                warmed += self._into_window(reading).skipped in (None, "warming_up")
         return warmed
 
     def run(self, readings: list[events_pb2.SensorReading]
@@ -149,8 +151,7 @@ class SensorReadingScorer:
             if problem is not None:
                 outcomes.append(problem)
                 continue
-            windowed = self.windows.add(reading.sensor_id, reading.quantity, reading.unit, reading.value,
-                                        reading.envelope.event_time.ToNanoseconds())
+            windowed = self._into_window(reading)
             if windowed.features is None:
                 outcomes.append(windowed.skipped or "warming_up")
                 continue
