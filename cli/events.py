@@ -1,4 +1,4 @@
-"""Reading Vigil's topics as JSON: which message each topic carries, and `vigil tail`."""
+"""`vigil tail`: a topic's events as JSON, each decoded as the message type the topic catalog names."""
 from __future__ import annotations
 
 import base64
@@ -11,26 +11,14 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
-from libs.common import topics
+from libs.common.topics import message_type as message_type_of
 from protos import events_pb2
 
-MESSAGE_OF_TOPIC = {
-    topics.FRAMES: events_pb2.Frame,
-    topics.SENSORS_RAW: events_pb2.SensorReading,
-    topics.SENSORS: events_pb2.SensorReading,
-    topics.INFERENCE: events_pb2.InferenceResult,
-    topics.MONITORING: events_pb2.MonitoringEvent,
-    topics.CAMERAS: events_pb2.CameraConfig,
-    topics.SENSORS_REGISTRY: events_pb2.SensorDefinition,
-    topics.MODELS: events_pb2.ModelVersion,
-    topics.INFERENCE_SHADOW: events_pb2.InferenceResult,
-    topics.INFERENCE_SENSORS: events_pb2.SensorAnomalyResult,
-}
 
 
 def event_as_dict(topic: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> dict:
     """The event as the proto's own JSON form with its field names; frame bytes are summarised, not dumped."""
-    message_type = MESSAGE_OF_TOPIC.get(topic)
+    message_type = message_type_of(topic)
     if message_type is None:  # the dead-letter topic and anything unknown: raw bytes and headers
         return {
             "headers": {k: (v or b"").decode("utf-8", "replace") for k, v in (headers or [])},

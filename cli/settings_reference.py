@@ -1,23 +1,13 @@
-"""The configuration reference: every setting of every service, generated from the settings classes so
-that the README's table can be checked against the code."""
+"""The configuration reference: every setting of every declared service, generated from the settings classes
+so that the README's table can be checked against the code."""
 from __future__ import annotations
 
 from pydantic_settings import BaseSettings
 
-from libs.common.settings import KafkaSettings, ObjectStoreSettings
-from services.inference.settings import InferenceSettings
-from services.ingest.settings import IngestSettings
-from services.ingest.sensors.settings import SensorSettings
-from services.metrics.settings import MetricsSettings
+from services.catalog import settings_classes
 
-SETTINGS_CLASSES: list[tuple[str, type[BaseSettings]]] = [
-    ("Kafka (all services)", KafkaSettings),
-    ("Object store (all services)", ObjectStoreSettings),
-    ("ingest", IngestSettings),
-    ("ingest: sensors", SensorSettings),
-    ("inference", InferenceSettings),
-    ("metrics", MetricsSettings),
-]
+# From the services' declarations (services/<name>/declaration.py), shared ones first.
+SETTINGS_CLASSES: list[tuple[str, type[BaseSettings]]] = settings_classes()
 
 
 def environment_variables(cls: type[BaseSettings]) -> list[tuple[str, str, str]]:

@@ -17,14 +17,30 @@ from pathlib import Path
 from cli.stack import camera, kafka, objectstore
 from cli.stack.component import ComponentSpec, StackPaths, default_cache_dir
 from cli.stack.supervisor import Supervisor, python_module_argv
+from libs.common.service_declaration import ServiceDeclaration
+from services.catalog import SERVICES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".state"
 SEAWEEDFS_GRPC_OFFSET = 10000  # weed serves each component's gRPC on its HTTP port + this
 
 
+def _service_port_defaults() -> dict[str, int]:
+    """Each service's ops port and listening ports, by their stack-wide names, as the declarations give them."""
+    from services.catalog import SERVICES
+
+    defaults: dict[str, int] = {}
+    for service in SERVICES:
+        defaults[service.ops_port_name] = service.local_ops_port
+        defaults.update({port.name: port.local_port for port in service.ports})
+    return defaults
+
+
 @dataclass
 class StackPorts:
+    """The stack's ports: the infrastructure's as fields, the services' by the names their declarations give
+    (`ports.grpc`, `ports.inference_ops`, ...), so a new service brings its ports with its declaration."""
+
     kafka: int = 9092
     kafka_controller: int = 9093
     s3: int = 8333
@@ -32,17 +48,28 @@ class StackPorts:
     s3_volume: int = 8380
     s3_filer: int = 8888
     rtsp: int = 8554
-    grpc: int = 8001
-    query_api: int = 8088
-    ingest_ops: int = 9101
-    sensors_http: int = 8090
-    inference_ops: int = 9102
-    metrics_ops: int = 9103
+    services: dict[str, int] = field(default_factory=_service_port_defaults)
+
+    def __getattr__(self, name: str) -> int:
+        # Only called for names that are not fields: a service port.
+        services = self.__dict__.get("services", {})
+        if name in services:
+            return services[name]
+        raise AttributeError(f"the stack has no port named {name!r}")
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "StackPorts":
+        """Reads stack.json's ports; a service declared after the stack was created gets its default port."""
+        infra = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and k != "services"}
+        services = {**_service_port_defaults(), **raw.get("services", {}),
+                    # stack.json written before services declared their ports kept them beside Kafka's.
+                    **{k: v for k, v in raw.items() if k not in cls.__dataclass_fields__}}
+        return cls(**infra, services=services)
 
     @classmethod
     def free(cls) -> "StackPorts":
         """Ports nobody listens on now, for a test stack beside a running one."""
-        names = list(cls.__dataclass_fields__)
+        names = [n for n in cls.__dataclass_fields__ if n != "services"] + list(_service_port_defaults())
         while True:
             sockets = []
             for _ in names:
@@ -56,7 +83,7 @@ class StackPorts:
             # is another's reserved one: draw again in that (rare) case.
             taken = set(ports.values())
             if not any(port + SEAWEEDFS_GRPC_OFFSET in taken for port in taken):
-                return cls(**ports)
+                return cls.from_dict(ports)
 
 
 @dataclass
@@ -73,7 +100,7 @@ class StackConfig:
         path = state / "stack.json"
         if path.exists():
             raw = json.loads(path.read_text())
-            return cls(ports=StackPorts(**raw.pop("ports")), **raw)
+            return cls(ports=StackPorts.from_dict(raw.pop("ports")), **raw)
         config = cls(ports=ports or StackPorts())
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(config), indent=2))
@@ -143,28 +170,26 @@ class LocalStack:
                              filer_port=p.s3_filer, access_key=c.s3_access_key, secret_key=c.s3_secret_key),
             camera.spec(self.paths, port=p.rtsp, path=c.camera_id),
         ]
-        services = [
-            ComponentSpec(
-                "metrics", python_module_argv("services.metrics"), lambda: service_ready(p.metrics_ops),
-                env={**env, "VIGIL_METRICS_OPS_PORT": str(p.metrics_ops), "VIGIL_METRICS_API_PORT": str(p.query_api),
-                     "VIGIL_METRICS_STORE_PATH": str(self.paths.data("clickhouse")), **self.extra_env.get("metrics", {})},
-                cwd=REPO_ROOT,
-            ),
-            ComponentSpec(
-                "inference", python_module_argv("services.inference"), lambda: service_ready(p.inference_ops),
-                env={**env, "VIGIL_INFERENCE_OPS_PORT": str(p.inference_ops), "VIGIL_INFERENCE_GRPC_PORT": str(p.grpc),
-                     "VIGIL_CACHE_DIR": str(self.paths.cache), **self.extra_env.get("inference", {})},
-                cwd=REPO_ROOT, start_timeout_s=300,  # the first start on a machine converts the model
-            ),
-            ComponentSpec(
-                "ingest", python_module_argv("services.ingest"), lambda: service_ready(p.ingest_ops),
-                env={**env, "VIGIL_INGEST_OPS_PORT": str(p.ingest_ops), "VIGIL_INGEST_REPLICA_ID": "local-1",
-                     "VIGIL_INGEST_SENSORS_HTTP_PORT": str(p.sensors_http),
-                     **self.extra_env.get("ingest", {})},
-                cwd=REPO_ROOT,
-            ),
-        ]
+        services = [self._service_spec(service, env) for service in sorted(SERVICES, key=lambda s: s.start_rank)]
         return infra + services
+
+    def _service_spec(self, service: ServiceDeclaration, env: dict[str, str]) -> ComponentSpec:
+        """A declared service as a process of this stack: its ports, its data directory, the shared env."""
+        ports = self.config.ports
+        own = {service.env_var("ops_port"): str(getattr(ports, service.ops_port_name))}
+        for port in service.ports:
+            own[service.env_var(port.setting)] = str(getattr(ports, port.name))
+        if service.data_volume is not None:
+            # Named after the path inside the volume (e.g. data/clickhouse), as the stack always kept it.
+            own[service.env_var(service.data_volume.setting)] = str(self.paths.data(Path(service.data_volume.path).name))
+        for setting in service.pod_name_settings:
+            own[service.env_var(setting)] = "local-1"
+        ops_port = getattr(ports, service.ops_port_name)
+        return ComponentSpec(
+            service.name, python_module_argv(service.module), lambda: service_ready(ops_port),
+            env={**env, "VIGIL_CACHE_DIR": str(self.paths.cache), **own, **self.extra_env.get(service.name, {})},
+            cwd=REPO_ROOT, start_timeout_s=service.start_timeout_s,
+        )
 
     def up(self, progress=print) -> None:
         """Starts what is not running, then makes sure the demo camera is in the camera registry."""
@@ -197,8 +222,7 @@ class LocalStack:
             ("query api", f"{self.config.query_api_url}/api/query"),
             ("sensor readings (HTTP)", f"http://127.0.0.1:{p.sensors_http}/api/sensors/readings"),
             ("dashboard", f"{self.config.query_api_url}/"),
-            ("ops (metrics, health)", ", ".join(f"{n} http://127.0.0.1:{port}" for n, port in
-                                               (("ingest", p.ingest_ops), ("inference", p.inference_ops),
-                                                ("metrics", p.metrics_ops)))),
+            ("ops (metrics, health)", ", ".join(f"{s.name} http://127.0.0.1:{getattr(p, s.ops_port_name)}"
+                                               for s in SERVICES)),
             ("logs", str(self.paths.logs())),
         ]

@@ -1,11 +1,16 @@
-"""The topic catalog: every Kafka topic Vigil uses, with its partitions and retention, created
-idempotently at service start so that a fresh cluster needs no manual step."""
+"""The topic catalog: every Kafka topic Vigil uses, with its partitions, retention and the protobuf message it
+carries, created idempotently at service start so that a fresh cluster needs no manual step. Which service owns
+a topic is said by the service's declaration (services/<name>/declaration.py); a test checks that every topic
+has exactly one owner, or is shared."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka import KafkaException, KafkaError
+from google.protobuf.message import Message
+
+from protos import events_pb2
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -21,6 +26,12 @@ SENSORS_REGISTRY = "vigil.sensors.registry"
 MODELS = "vigil.models"
 INFERENCE_SHADOW = "vigil.inference.shadow"
 INFERENCE_SENSORS = "vigil.inference.sensors"
+ANNOTATION_TASKS = "vigil.annotation.tasks"
+ANNOTATION_LABELS = "vigil.annotation.labels"
+DATASETS = "vigil.datasets"
+
+# Produced by every service: no single owner.
+SHARED_TOPICS = frozenset({MONITORING, DLQ})
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,8 @@ class TopicSpec:
     name: str
     partitions: int
     retention_ms: int
+    # The payload's protobuf type; None for the dead-letter topic, whose messages may be anything.
+    message: type[Message] | None
     config: dict[str, str] = field(default_factory=dict)
 
     def topic_config(self) -> dict[str, str]:
@@ -37,32 +50,49 @@ class TopicSpec:
 CATALOG: tuple[TopicSpec, ...] = (
     # Frames are big and only useful while fresh: short retention; keyed by camera id so a camera's
     # frames stay in order on one partition.
-    TopicSpec(FRAMES, 6, 2 * HOUR_MS, {"max.message.bytes": str(2 * 1024 * 1024)}),
-    TopicSpec(SENSORS_RAW, 3, DAY_MS),
-    TopicSpec(SENSORS, 3, 7 * DAY_MS),
-    TopicSpec(INFERENCE, 6, 7 * DAY_MS),
-    TopicSpec(MONITORING, 3, 7 * DAY_MS),
+    TopicSpec(FRAMES, 6, 2 * HOUR_MS, events_pb2.Frame, {"max.message.bytes": str(2 * 1024 * 1024)}),
+    TopicSpec(SENSORS_RAW, 3, DAY_MS, events_pb2.SensorReading),
+    TopicSpec(SENSORS, 3, 7 * DAY_MS, events_pb2.SensorReading),
+    TopicSpec(INFERENCE, 6, 7 * DAY_MS, events_pb2.InferenceResult),
+    TopicSpec(MONITORING, 3, 7 * DAY_MS, events_pb2.MonitoringEvent),
     # Dead letters keep the original bytes; kept long enough for someone to look at them and replay.
-    TopicSpec(DLQ, 3, 14 * DAY_MS, {"max.message.bytes": str(2 * 1024 * 1024)}),
+    TopicSpec(DLQ, 3, 14 * DAY_MS, None, {"max.message.bytes": str(2 * 1024 * 1024)}),
     # The camera registry: the latest config per camera forever (compacted, no time limit). Its partitions
     # are how cameras are spread over ingest replicas, so there are more than replicas will ever be.
-    TopicSpec(CAMERAS, 12, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+    TopicSpec(CAMERAS, 12, -1, events_pb2.CameraConfig, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
                                 "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
     # The sensor registry: the latest definition per sensor forever (compacted). Every ingest replica reads
     # all of it, so one partition keeps it in one order.
-    TopicSpec(SENSORS_REGISTRY, 1, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+    TopicSpec(SENSORS_REGISTRY, 1, -1, events_pb2.SensorDefinition, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
                                         "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
     # Model registry announcements (ModelVersion), keyed by model name: compaction keeps each model's latest
     # change, its current primary. One partition keeps one order of changes.
-    TopicSpec(MODELS, 1, -1, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
+    TopicSpec(MODELS, 1, -1, events_pb2.ModelVersion, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
                               "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
     # A shadow model's results (shadow=true), kept apart from vigil.inference so no consumer of the primary
     # stream ever sees them; keyed by camera id like vigil.inference.
-    TopicSpec(INFERENCE_SHADOW, 6, 7 * DAY_MS),
+    TopicSpec(INFERENCE_SHADOW, 6, 7 * DAY_MS, events_pb2.InferenceResult),
     # Sensor anomaly results (SensorAnomalyResult), keyed by sensor id like vigil.sensors; a topic of their own,
     # since readers of vigil.inference expect InferenceResult.
-    TopicSpec(INFERENCE_SENSORS, 3, 7 * DAY_MS),
+    TopicSpec(INFERENCE_SENSORS, 3, 7 * DAY_MS, events_pb2.SensorAnomalyResult),
+    # Frames queued for a human look (AnnotationTask), keyed by camera id so one camera's tasks keep their order.
+    # A month: the annotation service keeps its own durable queue; this is its feed and audit trail.
+    TopicSpec(ANNOTATION_TASKS, 3, 30 * DAY_MS, events_pb2.AnnotationTask),
+    # Reviewers' answers (AnnotationLabel), keyed by task id. Kept forever: labels are what datasets are built
+    # from, and every answer (a relabel too) stays for lineage and audit.
+    TopicSpec(ANNOTATION_LABELS, 3, -1, events_pb2.AnnotationLabel),
+    # Every published dataset version (DatasetVersion), keyed by dataset name, kept forever and not compacted:
+    # each version stays announced, so a model's lineage can always be followed back. One partition, one order.
+    TopicSpec(DATASETS, 1, -1, events_pb2.DatasetVersion),
 )
+
+TOPIC_OF_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOG}
+
+
+def message_type(topic: str) -> type[Message] | None:
+    """The protobuf type a catalog topic carries (None for the dead-letter topic and unknown topics)."""
+    spec = TOPIC_OF_NAME.get(topic)
+    return spec.message if spec is not None else None
 
 
 def ensure_topics(
