@@ -111,6 +111,35 @@ def cmd_config(_stack: LocalStack | None, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention(retention_ms: int) -> str:
+    if retention_ms < 0:
+        return "forever"
+    hours = retention_ms / 3_600_000
+    return f"{hours / 24:g} d" if hours >= 24 else f"{hours:g} h"
+
+
+def cmd_topics(_stack: LocalStack | None, args: argparse.Namespace) -> int:
+    """The topic catalog: each topic's partitions, retention, message type and owning service."""
+    from libs.common.topics import CATALOG
+    from services.catalog import topic_owners
+
+    owners = topic_owners()
+    rows = [{"topic": spec.name, "partitions": spec.partitions,
+             "retention": _retention(spec.retention_ms),
+             "compacted": spec.config.get("cleanup.policy") == "compact",
+             "message": spec.message.DESCRIPTOR.name if spec.message else "(any: original bytes)",
+             "owner": owners[spec.name]} for spec in CATALOG]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(f"{'topic':<25}{'partitions':>10}  {'retention':<11}{'message':<22}owner")
+        for r in rows:
+            retention = "compacted" if r["compacted"] else r["retention"]
+            print(f"{r['topic']:<25}{r['partitions']:>10}  {retention:<11}{r['message']:<22}{r['owner']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vigil", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, help="the stack's state directory (default $VIGIL_STATE_DIR or .state/)")
@@ -130,12 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="a parameter of the named query (repeatable), e.g. since=2026-01-01T00:00:00")
     sub.add_parser("config", help="print the configuration reference (Markdown)")
+    topics = sub.add_parser("topics", help="the topic catalog: partitions, retention, message type, owner")
+    topics.add_argument("--json", action="store_true", help="one JSON object per topic")
     _register_command_modules(sub)
     return parser
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_tail, "query": cmd_query,
-            "config": cmd_config}
+            "config": cmd_config, "topics": cmd_topics}
 
 # Command groups that live in modules of their own (e.g. `vigil cameras ...`, `vigil models ...`). Each
 # module has `register(subparsers) -> dict[str, Callable[[LocalStack, argparse.Namespace], int]]`.
@@ -150,10 +181,9 @@ def _register_command_modules(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "config":
-        return cmd_config(None, args)
-    stack = LocalStack(state=args.state_dir)
     try:
+        # config and topics print the code's own catalogs: no stack needed.
+        stack = None if args.command in ("config", "topics") else LocalStack(state=args.state_dir)
         return COMMANDS[args.command](stack, args)
     except BrokenPipeError:  # `vigil tail ... | head`: the reader has had enough
         sys.stderr.close()
