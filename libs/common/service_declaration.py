@@ -43,6 +43,25 @@ class DataVolume:
 
 
 @dataclass(frozen=True)
+class ScratchDir:
+    """A directory the service writes and may lose (an emptyDir in Kubernetes, where the root filesystem is
+    read-only), handed to it through `setting`."""
+
+    setting: str
+    path: str
+    volume_name: str
+
+
+@dataclass(frozen=True)
+class SecretSetting:
+    """A setting whose value comes from a Kubernetes Secret the operator creates (never from git)."""
+
+    setting: str
+    secret: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Resources:
     cpu: str
     memory: str
@@ -60,6 +79,8 @@ class ServiceDeclaration:
     owns_topics: tuple[str, ...] = ()
     resources: Resources = Resources(cpu="500m", memory="512Mi")
     data_volume: DataVolume | None = None
+    scratch_dirs: tuple[ScratchDir, ...] = ()
+    secret_settings: tuple[SecretSetting, ...] = ()
     # Local stack: extra time the first start may take (e.g. converting a model on a fresh machine), and the
     # order services start in (lower first: readers of a topic before its writers, so nothing waits at start).
     start_timeout_s: float = 60.0
