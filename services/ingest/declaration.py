@@ -16,4 +16,5 @@ SERVICE = ServiceDeclaration(
     resources=Resources(cpu="500m", memory="512Mi"),
     # Each replica names itself after its pod: the name shows in camera status and the consumer group.
     pod_name_settings=("replica_id",),
+    replicas=2,  # cameras spread over both through the registry's consumer group; one takes over if the other dies
 )
