@@ -92,7 +92,7 @@ def main() -> int:
     footage = fetch_footage(cache)
 
     say(f"[1/4] raw OpenVINO throughput (AsyncInferQueue), {args.seconds:.0f}s ...")
-    from services.inference.detector import ensure_default_model
+    from tools.darknet_converter import ensure_default_model
     raw_fps = raw_throughput(ensure_default_model(), sample_frames(footage, 64), args.seconds)["fps"]
     say(f"      {raw_fps:.1f} frames/s")
 

@@ -41,7 +41,7 @@ def sample_frames(footage: Path, count: int) -> list:
 def raw_throughput(model_dir: Path, frames: list, seconds: float, precision_hint: str | None = None) -> dict:
     """Frames/s of the model alone (preprocessed frames through AsyncInferQueue), its precision, its requests
     and the CPU it spent per frame: the figure every benchmark states its ratios against."""
-    from services.inference.detector import YoloDetector
+    from services.inference.detectors.yolo import YoloDetector
 
     detector = YoloDetector.load(model_dir, precision_hint=precision_hint)
     tensors = [detector.preprocess(f)[0] for f in frames]

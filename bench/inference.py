@@ -129,8 +129,8 @@ def main() -> int:
 
     from cli.stack.camera import fetch_footage
     from cli.stack.component import default_cache_dir
-    from services.inference.detector import ensure_default_model
-    from services.inference.quantize import ensure_int8_model
+    from tools.darknet_converter import ensure_default_model
+    from tools.quantize import ensure_int8_model
     from tests.integration.test_inference_grpc import inference_stack
 
     cache = default_cache_dir()

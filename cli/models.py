@@ -19,7 +19,9 @@ from libs.common.objectstore import object_store_client
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
 from protos import events_pb2
-from services.inference.registry import BUCKET, ModelRegistry, RegistryError, announcement
+from libs.model_registry.announcements import announcement
+from libs.model_registry.manifest import RegistryError
+from libs.model_registry.store import BUCKET, ModelRegistry
 
 
 def _registry(stack, args: argparse.Namespace) -> ModelRegistry:

@@ -135,8 +135,11 @@ def install_stack(cache: Path) -> None:
     kafka.install(cache)
     objectstore.install(cache)
     camera.install(cache)
-    from services.inference.detector import ensure_default_model
+    # The models the inference service starts with: it loads them from the cache and never builds them.
+    from tools.darknet_converter import ensure_default_model
+    from tools.sensor_anomaly_training import ensure_sensor_anomaly_model
     ensure_default_model(cache)
+    ensure_sensor_anomaly_model(cache)
 
 
 def service_ready(port: int) -> bool:

@@ -12,15 +12,17 @@ from libs.common.ops import flag_check
 from libs.common.service import start_service
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import FRAMES, ensure_topics
-from services.inference.registry import ModelRegistry
-from services.inference.registry_follower import ModelRegistryFollower, PinnedRepository
-from services.inference.detector import ensure_default_model
-from services.inference.grpc_adapter import GrpcSecurity, start_grpc_server
-from services.inference.kafka_adapter import frame_batch_handler, model_status_announcer
-from services.inference.pipeline import FramePipeline
-from services.inference.serving import DirectoryRepository, ModelServer, model_loader
+from libs.model_registry.store import ModelRegistry
+from services.inference.adapters.grpc_adapter import GrpcSecurity, start_grpc_server
+from services.inference.adapters.kafka_adapter import frame_batch_handler, model_status_announcer
+from services.inference.core.frame_pipeline import FramePipeline
+from services.inference.core.model_repository import DirectoryRepository, PinnedRepository
+from services.inference.core.model_server import ModelServer
+from services.inference.detectors import detector_loader
+from services.inference.model_dirs import built, cache_dir_or_default, default_detector_dir
+from services.inference.model_registry_follower import ModelRegistryFollower
+from services.inference.sensors.kafka_adapter import start_sensor_path
 from services.inference.settings import InferenceSettings
-from services.inference.sensor_kafka_adapter import start_sensor_path
 
 
 def grpc_security(settings: InferenceSettings) -> GrpcSecurity:
@@ -43,11 +45,9 @@ def start_registry_follower(settings: InferenceSettings, kafka: KafkaSettings, s
         follow = object_store.secret_key is not None
     if not follow:
         return None
-    from tools.fetch_assets import default_cache_dir
-
     follower = ModelRegistryFollower(
         kafka.client_config(), ModelRegistry(object_store_client(object_store), settings.registry_bucket), server,
-        repository, settings.registry_cache_dir or default_cache_dir() / "registry")
+        repository, settings.registry_cache_dir or cache_dir_or_default(None) / "registry")
     runtime.health.liveness["registry_follower"] = follower.heartbeat.check
     thread = threading.Thread(target=follower.run, args=(runtime.stop,), name="registry-follower", daemon=True)
     thread.start()
@@ -64,8 +64,8 @@ def main() -> None:
     if (settings.consume or settings.consume_sensors) and kafka.create_topics:
         # Before any model status is announced, and before either consuming path starts.
         ensure_topics(kafka.client_config(), kafka.replication_factor)
-    model_dir = settings.model_dir or ensure_default_model()
-    loader = model_loader(settings.device, settings.precision_hint, settings.score_threshold)
+    model_dir = built(settings.model_dir or default_detector_dir(), "default detector")
+    loader = detector_loader(settings.device, settings.precision_hint, settings.score_threshold)
     detector = loader(model_dir)
     repository = PinnedRepository(DirectoryRepository(settings.model_repository, loader, also=(model_dir,)), loader)
     announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))

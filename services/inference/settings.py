@@ -12,8 +12,8 @@ from libs.common.settings import ServiceSettings
 class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_INFERENCE_", extra="ignore", protected_namespaces=())
 
-    model_dir: Path | None = Field(None, description="Directory of the converted default model; unset builds "
-                                                     "yolov3-tiny into the cache on first start.")
+    model_dir: Path | None = Field(None, description="Directory of the converted default model; unset: "
+                                                     "yolov3-tiny as `vigil install` builds it into the cache.")
     device: str = Field("CPU", description="OpenVINO device.")
     precision_hint: str | None = Field(None, description="OpenVINO INFERENCE_PRECISION_HINT, e.g. f32 (default: "
                                                          "the device's choice, bf16 on CPUs that have it).")
@@ -52,7 +52,7 @@ class InferenceSettings(ServiceSettings):
     consume_sensors: bool = Field(True, description="Consume vigil.sensors and score each reading with the sensor "
                                   "anomaly model; results go to vigil.inference.sensors.")
     sensor_model_dir: Path | None = Field(None, description="Directory of the sensor anomaly model (OpenVINO IR "
-                                          "and model.json); unset trains it into the cache on first start.")
+                                          "and model.json); unset: the one `vigil install` trains into the cache.")
     sensor_batch_max_readings: int = Field(256, description="Most sensor readings taken from Kafka for one batch.")
     sensor_warmup_s: float = Field(3600.0, ge=0.0, description="On a partition assignment (a start, a "
                                    "rebalance), the sensor windows are refilled from the readings of vigil.sensors "

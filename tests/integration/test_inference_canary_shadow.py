@@ -11,7 +11,7 @@ import pytest
 
 from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SHADOW
 from protos import events_pb2
-from services.inference.routing import in_canary
+from services.inference.core.routing import in_canary
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_tools import end_offsets, produce, read_range
 from tests.integration.test_inference_grpc import inference_stack
@@ -25,7 +25,7 @@ CANARY_SHARE = 0.5
 
 @pytest.fixture(scope="module")
 def canary_shadow_stack(tmp_path_factory):
-    from services.inference.detector import ensure_default_model
+    from tools.darknet_converter import ensure_default_model
 
     repository = tmp_path_factory.mktemp("model-repository")
     # Copies of the default model (the same network, so results are comparable) as the canary candidate

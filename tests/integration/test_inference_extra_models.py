@@ -24,7 +24,7 @@ FOOTAGE_FRAME = 200  # a frame of vtest.avi with several pedestrians
 @pytest.fixture(scope="module")
 def extra_stack(tmp_path_factory):
     from cli.stack.component import default_cache_dir
-    from services.inference.extra_models import ensure_face_model, ensure_person_model
+    from tools.extra_models import ensure_face_model, ensure_person_model
     from tests.integration.test_inference_grpc import inference_stack
 
     repository = tmp_path_factory.mktemp("model-repository")

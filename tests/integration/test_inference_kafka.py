@@ -42,7 +42,7 @@ def jpegs(tmp_path_factory) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def routed_stack(tmp_path_factory):
-    from services.inference.detector import ensure_default_model
+    from tools.darknet_converter import ensure_default_model
 
     repository = tmp_path_factory.mktemp("model-repository")
     # Another model for one camera; a version 2 of the default model (the same network, so results are

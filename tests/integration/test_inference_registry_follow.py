@@ -19,7 +19,7 @@ from libs.common.objectstore import object_store_client
 from libs.common.settings import ObjectStoreSettings
 from libs.common.topics import FRAMES, INFERENCE, MONITORING
 from protos import events_pb2, inference_pb2, inference_pb2_grpc
-from services.inference.registry import BUCKET, ModelRegistry
+from libs.model_registry.store import BUCKET, ModelRegistry
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_tools import end_offsets, produce, read_range
 from tests.integration.test_inference_grpc import inference_stack
@@ -58,7 +58,7 @@ def result_version(stack, sequence: int) -> str:
 
 
 def test_a_promoted_version_is_hot_swapped_in_and_a_rollback_swaps_the_previous_back(follow_stack, tmp_path):
-    from services.inference.detector import ensure_default_model
+    from tools.darknet_converter import ensure_default_model
 
     stack = follow_stack
     settings = ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",

@@ -17,7 +17,7 @@ from libs.common.envelope import new_envelope
 from libs.common.kafka import DLQ_ORIGIN_TOPIC, DLQ_REASON, DLQ_SERVICE
 from libs.common.topics import DLQ, INFERENCE_SENSORS, SENSORS
 from protos import events_pb2
-from services.inference import sensor_anomaly as sa
+from tools import sensor_anomaly_training as sa
 from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import end_offsets, produce
 from tests.integration.test_sensor_ingest import messages_since

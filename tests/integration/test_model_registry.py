@@ -12,9 +12,11 @@ from libs.common.objectstore import object_store_client
 from libs.common.settings import ObjectStoreSettings
 from libs.common.topics import MODELS
 from protos import events_pb2
-from services.inference.detector import YoloDetector, ensure_default_model
-from services.inference.quantize import ensure_int8_model
-from services.inference.registry import CorruptArtifact, ModelRegistry, file_digest
+from services.inference.detectors.yolo import YoloDetector
+from tools.darknet_converter import ensure_default_model
+from tools.quantize import ensure_int8_model
+from libs.model_registry.manifest import CorruptArtifact, file_digest
+from libs.model_registry.store import ModelRegistry
 from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import end_offsets, read_range
 
@@ -98,7 +100,8 @@ def test_promote_and_rollback_move_the_primary_and_announce_it_on_vigil_models(s
     code, out, _ = vigil_models(stack, capsys, "list", "--json")
     assert next(json.loads(line) for line in out.splitlines() if json.loads(line)["name"] == NAME)["primary"] == 1
 
-    messages = read_range(stack.config.kafka_bootstrap, MODELS, start, end_offsets(stack.config.kafka_bootstrap, MODELS))
+    bootstrap = stack.config.kafka_bootstrap
+    messages = read_range(bootstrap, MODELS, start, end_offsets(bootstrap, MODELS))
     announced = [(m.key().decode(), events_pb2.ModelVersion.FromString(m.value())) for m in messages]
     announced = [(key, v) for key, v in announced if v.artifact.bucket == BUCKET]
     assert [(key, v.model.version, v.stage, v.metadata["action"]) for key, v in announced] == [

@@ -25,7 +25,7 @@ def yolov3_tiny_darknet_dir(model_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def yolov3_tiny_model_dir(model_cache: Path) -> Path:
     """The default detector's converted model dir, as the inference service gets it."""
-    from services.inference.detector import ensure_default_model
+    from tools.darknet_converter import ensure_default_model
 
     return ensure_default_model(model_cache)
 

@@ -10,9 +10,9 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from services.inference.darknet_converter import convert
-from services.inference.detector import (Detection, ResizeInfo, YoloDetector, YoloHeadSpec, decode_yolo_head,
-                                         nms_per_class)
+from services.inference.detectors.base import Detection, ResizeInfo, non_max_suppression
+from services.inference.detectors.yolo import YoloDetector, YoloHeadSpec, decode_yolo_head
+from tools.darknet_converter import convert
 
 SCORE_THRESHOLD = 0.25
 NMS_IOU = 0.45
@@ -58,7 +58,7 @@ def _opencv_darknet_reference(darknet_dir: Path, bgr: np.ndarray) -> list[Detect
     labels = (darknet_dir / "coco.names").read_text().split()
     return [Detection(labels[class_ids[k]], int(class_ids[k]), float(scores[k]),
                       tuple(np.clip(xyxy[k], 0, scale).tolist()))
-            for k in nms_per_class(xyxy, scores, class_ids, NMS_IOU)]
+            for k in non_max_suppression(xyxy, scores, NMS_IOU, class_ids)]
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -168,7 +168,7 @@ def test_decode_keeps_confident_anchor_and_nms_suppresses_same_class_duplicates(
     assert scores[0] == pytest.approx(1.0, abs=1e-3)
 
     xyxy = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
-    kept = nms_per_class(xyxy, np.array([0.6, 0.9, 0.5, 0.3], np.float32), np.array([0, 0, 1, 0]), 0.45)
+    kept = non_max_suppression(xyxy, np.array([0.6, 0.9, 0.5, 0.3], np.float32), 0.45, np.array([0, 0, 1, 0]))
     # Box 0 overlaps the better box 1 of its class; box 2 is another class; box 3 overlaps nothing.
     assert kept.tolist() == [1, 2, 3]
 

@@ -5,8 +5,8 @@ import pytest
 
 from libs.common.envelope import new_envelope
 from protos import events_pb2
-from services.inference.detector import YoloDetector
-from services.inference.pipeline import FramePipeline, InvalidFrame
+from services.inference.detectors.yolo import YoloDetector
+from services.inference.core.frame_pipeline import FramePipeline, InvalidFrame
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_each_frame_gets_a_result_in_order_with_persons(pipeline, footage_frames
 def test_batched_results_equal_one_at_a_time_detection(pipeline, footage_frames):
     frame = frame_event(footage_frames[3])
     batched = pipeline.run([frame_event(footage_frames[1]), frame, frame_event(footage_frames[2])])[1]
-    alone = pipeline.detector.detect(cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR))
+    alone = pipeline.model_for("").detect(cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR))
     assert [d.label for d in batched.detections] == [d.label for d in alone]
     assert [round(d.score, 4) for d in batched.detections] == [round(d.score, 4) for d in alone]
 

@@ -12,10 +12,10 @@ import pytest
 
 from libs.common.envelope import new_envelope
 from protos import events_pb2
-from services.inference.detector import YoloDetector
-from services.inference.pipeline import FramePipeline, InvalidFrame
-from services.inference.routing import camera_position, in_canary
-from services.inference.serving import ModelServer
+from services.inference.detectors.yolo import YoloDetector
+from services.inference.core.frame_pipeline import FramePipeline, InvalidFrame
+from services.inference.core.routing import camera_position, in_canary
+from services.inference.core.model_server import ModelServer
 
 CAMERA_IDS = [f"camera-{i:04d}" for i in range(2000)]
 
@@ -37,7 +37,7 @@ def test_routing_is_stable_across_calls_and_processes():
     assert camera_position("cam-a") == pytest.approx(0.6029740435884697)
     assert camera_position("cam-c") == pytest.approx(0.10721313932464546)
     assert [in_canary(c, 0.3) for c in CAMERA_IDS[:50]] == [in_canary(c, 0.3) for c in CAMERA_IDS[:50]]
-    script = ("from services.inference.routing import in_canary; "
+    script = ("from services.inference.core.routing import in_canary; "
               f"print(''.join('1' if in_canary(c, 0.3) else '0' for c in {CAMERA_IDS[:200]!r}))")
     outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")}

@@ -14,26 +14,25 @@ import pytest
 
 from libs.common.envelope import new_envelope
 from protos import events_pb2
-from services.inference.detector import YoloDetector
-from services.inference.extra_detectors import (
-    FaceDetectorCenterFace, PersonDetectorSSDLite, decode_centerface, letterbox,
-)
-from services.inference.pipeline import FramePipeline
-from services.inference.serving import (
-    DirectoryRepository, ModelLoadFailed, ModelServer, UnknownModelKind, model_loader,
-)
+from services.inference.core.frame_pipeline import FramePipeline
+from services.inference.core.model_repository import DirectoryRepository
+from services.inference.core.model_server import ModelLoadFailed, ModelServer
+from services.inference.detectors import UnknownModelKind, detector_loader
+from services.inference.detectors.centerface import FaceDetectorCenterFace, decode_centerface, letterbox
+from services.inference.detectors.ssdlite_person import PersonDetectorSSDLite
+from services.inference.detectors.yolo import YoloDetector
 
 
 @pytest.fixture(scope="module")
 def person_model_dir(model_cache: Path) -> Path:
-    from services.inference.extra_models import ensure_person_model
+    from tools.extra_models import ensure_person_model
 
     return ensure_person_model(model_cache)
 
 
 @pytest.fixture(scope="module")
 def face_model_dir(model_cache: Path) -> Path:
-    from services.inference.extra_models import ensure_face_model
+    from tools.extra_models import ensure_face_model
 
     return ensure_face_model(model_cache)
 
@@ -74,7 +73,7 @@ def _frame_event(image: np.ndarray, camera_id: str = "cam") -> events_pb2.Frame:
 
 
 def test_the_built_dirs_say_what_they_are(person_model_dir, face_model_dir):
-    from services.inference.registry import build_manifest
+    from libs.model_registry.manifest import build_manifest
 
     person = json.loads((person_model_dir / "model.json").read_text())
     face = json.loads((face_model_dir / "model.json").read_text())
@@ -171,6 +170,20 @@ def test_the_frame_pipeline_runs_both_detectors_in_stages_with_the_same_results_
         assert set(result.stage_latency_ms) >= {"preprocess", "infer", "postprocess"}
 
 
+def test_the_frame_pipeline_takes_a_plain_non_yolo_detector_for_every_camera(face_detector, opencv_samples_dir):
+    """A detector given instead of a routing function serves every camera, whatever its backend."""
+    photo = cv2.imread(str(opencv_samples_dir / "messi5.jpg"))
+    pipeline = FramePipeline(face_detector)
+    try:
+        results = pipeline.run([_frame_event(photo, "door"), _frame_event(photo, "hall")])
+    finally:
+        pipeline.close()
+    alone = face_detector.detect(photo)
+    for result in results:
+        assert result.model.name == "centerface" and (result.width, result.height) == (548, 342)
+        assert [round(d.score, 4) for d in result.detections] == [round(d.score, 4) for d in alone] and alone
+
+
 def test_bad_frames_are_refused(person_detector, face_detector):
     for detector in (person_detector, face_detector):
         with pytest.raises(ValueError):
@@ -181,7 +194,7 @@ def test_bad_frames_are_refused(person_detector, face_detector):
 
 def test_the_loader_picks_the_detector_by_kind_and_yolo_without_one(person_model_dir, face_model_dir,
                                                                     yolov3_tiny_model_dir):
-    load = model_loader("CPU", "f32", 0.25)
+    load = detector_loader("CPU", "f32", 0.25)
     person, face, yolo = load(person_model_dir), load(face_model_dir), load(yolov3_tiny_model_dir)
     assert isinstance(person, PersonDetectorSSDLite) and person.name == "ssdlite-person"
     assert isinstance(face, FaceDetectorCenterFace) and face.input_size == (640, 480)
@@ -196,7 +209,7 @@ def test_an_unknown_kind_is_refused_naming_the_kind_and_the_dir(tmp_path, person
     metadata = json.loads((odd / "model.json").read_text())
     (odd / "model.json").write_text(json.dumps({**metadata, "name": "odd", "kind": "segmenter"}))
     with pytest.raises(UnknownModelKind) as refused:
-        model_loader("CPU", None, 0.25)(odd)
+        detector_loader("CPU", None, 0.25)(odd)
     assert "'segmenter'" in str(refused.value) and str(odd) in str(refused.value)
     assert "ssdlite-person" in str(refused.value), "the message lists the kinds that exist"
 
@@ -208,7 +221,7 @@ def test_a_repository_of_mixed_kinds_serves_each_and_reports_an_unknown_kind(tmp
     shutil.copytree(person_model_dir, tmp_path / "odd")
     metadata = json.loads((tmp_path / "odd" / "model.json").read_text())
     (tmp_path / "odd" / "model.json").write_text(json.dumps({**metadata, "name": "odd", "kind": "segmenter"}))
-    loader = model_loader("CPU", "f32", 0.25)
+    loader = detector_loader("CPU", "f32", 0.25)
     repository = DirectoryRepository(tmp_path, loader, also=(yolov3_tiny_model_dir,))
     assert repository.available() == {"yolov3-tiny": "1", "ssdlite-person": "1", "centerface": "1", "odd": "1"}
     statuses = []
@@ -224,7 +237,7 @@ def test_a_repository_of_mixed_kinds_serves_each_and_reports_an_unknown_kind(tmp
 
 
 def test_the_build_command_fills_a_model_repository(tmp_path, model_cache, person_model_dir, face_model_dir):
-    from services.inference.extra_models import main
+    from tools.extra_models import main
 
     assert main(["build", "--cache-dir", str(model_cache), "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["centerface", "ssdlite-person"]

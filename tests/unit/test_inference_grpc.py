@@ -16,8 +16,10 @@ import pytest
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
-from services.inference.grpc_adapter import GrpcSecurity, start_grpc_server
-from services.inference.serving import DirectoryRepository, ModelServer, model_loader
+from services.inference.adapters.grpc_adapter import GrpcSecurity, start_grpc_server
+from services.inference.core.model_repository import DirectoryRepository
+from services.inference.core.model_server import ModelServer
+from services.inference.detectors import detector_loader
 
 LIMIT = 4 << 20  # small enough to test, big enough for a 768x576 frame
 MODEL = "yolov3-tiny"
@@ -49,7 +51,7 @@ def repository_dir(tmp_path_factory, yolov3_tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def model_server(yolov3_tiny_model_dir, repository_dir) -> ModelServer:
-    loader = model_loader("CPU", "f32", 0.25)
+    loader = detector_loader("CPU", "f32", 0.25)
     server = ModelServer(loader(yolov3_tiny_model_dir),
                          DirectoryRepository(repository_dir, loader, also=(yolov3_tiny_model_dir,)), LIMIT)
     server.warm_up()
@@ -259,7 +261,7 @@ class FailingRepository:
 
 
 def test_a_version_that_fails_to_load_leaves_the_previous_one_serving_and_says_so(model_server, frame):
-    from services.inference.serving import ModelLoadFailed
+    from services.inference.core.model_server import ModelLoadFailed
 
     announced = []
     server = ModelServer(model_server.default_model, FailingRepository(), LIMIT,

@@ -7,8 +7,9 @@ import json
 import openvino as ov
 import pytest
 
-from services.inference.detector import Detection, YoloDetector
-from services.inference.quantize import (
+from services.inference.detectors.base import Detection
+from services.inference.detectors.yolo import YoloDetector
+from tools.quantize import (
     CALIBRATION_FRAMES, HELD_OUT_FRAMES, QuantizationRejected, footage_frames, kept_detections, quantize_detector,
 )
 

@@ -8,9 +8,10 @@ from datetime import datetime, timezone
 import pytest
 
 from protos import events_pb2
-from services.inference.registry import (
-    RegistryError, announcement, build_manifest, check_name, current_primary, next_version, parent_from_lineage,
-    promoted_stack, rollback_target,
+from libs.model_registry.announcements import announcement
+from libs.model_registry.history import current_primary, promoted_stack, rollback_target
+from libs.model_registry.manifest import (
+    RegistryError, build_manifest, check_name, next_version, parent_from_lineage,
 )
 
 INT8_METADATA = {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from protos import inference_pb2
-from services.inference.tensors import TensorError, decode_input, encode_output
+from services.inference.adapters.open_inference_tensors import TensorError, decode_input, encode_output
 
 Input = inference_pb2.ModelInferRequest.InferInputTensor
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from protos import events_pb2
-from services.inference import sensor_anomaly as sa
-from services.inference import sensor_scoring as scoring
+from tools import sensor_anomaly_training as sa
+from services.inference.sensors import scoring
 from libs.common.envelope import new_envelope
 
 
@@ -209,7 +209,7 @@ class KafkaMessage:
 def test_the_kafka_handler_keys_results_by_sensor_and_dead_letters_what_is_not_a_reading(scorer):
     from libs.common.kafka import Outbound, Rejected
     from libs.common.topics import INFERENCE_SENSORS
-    from services.inference.sensor_kafka_adapter import sensor_batch_handler
+    from services.inference.sensors.kafka_adapter import sensor_batch_handler
 
     handle = sensor_batch_handler(scoring.SensorReadingScorer(scorer))
     warm_up = [KafkaMessage(reading("t-7", "temperature", 20.0 + 0.1 * (i % 2), 1e9 + 60 * i).SerializeToString())
@@ -231,7 +231,7 @@ def test_a_sensor_model_that_cannot_load_stops_the_service_and_makes_it_exit_non
 
     from libs.common.ops import Health
     from libs.common.settings import KafkaSettings
-    from services.inference.sensor_kafka_adapter import start_sensor_path
+    from services.inference.sensors.kafka_adapter import start_sensor_path
     from services.inference.settings import InferenceSettings
 
     class Runtime:

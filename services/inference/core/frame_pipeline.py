@@ -13,8 +13,8 @@ import numpy as np
 from libs.common.claimcheck import ClaimCheckError, ClaimCheckStore, frame_bytes
 from libs.common.envelope import derived_envelope
 from protos import events_pb2
-from services.inference.detector import Detection, YoloDetector
-from services.inference.images import ImageRefused, decode_image
+from services.inference.core.images import ImageRefused, decode_image
+from services.inference.detectors import Detection, Detector
 
 PRODUCER = "inference"
 
@@ -56,24 +56,22 @@ def decode_frame(frame: events_pb2.Frame, max_bytes: int,
 class FramePipeline:
     """Runs a batch of frames, each through the model its camera is routed to (`model_for(camera_id)`, asked
     once per frame and batch, so a model swapped in between batches takes over at one frame per camera).
-    A plain detector routes every camera to it."""
+    A plain detector (any backend) routes every camera to it."""
 
-    def __init__(self, model_for: YoloDetector | Callable[[str], YoloDetector],
+    def __init__(self, model_for: Detector | Callable[[str], Detector],
                  max_frame_bytes: int = 32 << 20, claim_check: ClaimCheckStore | None = None,
-                 shadow_for: Callable[[str], YoloDetector | None] | None = None, decode_threads: int = 2) -> None:
+                 shadow_for: Callable[[str], Detector | None] | None = None, decode_threads: int = 2) -> None:
         # The shadow model a camera's frames also go through (None: none); see run_with_shadows.
         self.shadow_for = shadow_for or (lambda _camera_id: None)
         # Frames sent by reference (claim-check) are fetched from the object store through this.
         self.claim_check = claim_check
-        if isinstance(model_for, YoloDetector):
-            self.detector = model_for
-            self.model_for: Callable[[str], YoloDetector] = lambda _camera_id: model_for
-        else:
-            self.model_for = model_for
+        # A detector is not callable; a routing function is.
+        self.model_for: Callable[[str], Detector] = (
+            model_for if callable(model_for) else lambda _camera_id: model_for)
         self.max_frame_bytes = max_frame_bytes
         # One AsyncInferQueue per model in use, created on first use and dropped once a batch no longer
         # needs it (a swapped-out model is then freed).
-        self._queues: dict[int, tuple[YoloDetector, object, events_pb2.ModelRef]] = {}
+        self._queues: dict[int, tuple[Detector, object, events_pb2.ModelRef]] = {}
         self._lock = threading.Lock()  # one batch at a time owns the queues
         self._decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
 
@@ -85,7 +83,7 @@ class FramePipeline:
     def close(self) -> None:
         self._decoders.shutdown(wait=True)
 
-    def _queue_of(self, detector: YoloDetector):
+    def _queue_of(self, detector: Detector):
         entry = self._queues.get(id(detector))
         if entry is None or entry[0] is not detector:
             queue = detector.make_infer_queue()

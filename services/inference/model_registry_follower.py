@@ -12,7 +12,6 @@ import json
 import shutil
 import threading
 from pathlib import Path
-from typing import Callable
 
 from google.protobuf.message import DecodeError
 
@@ -20,33 +19,13 @@ from libs.common.compacted import CompactedTopicFollower, Records
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
+from libs.model_registry.manifest import MANIFEST, file_digest
+from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
-from services.inference.registry import MANIFEST, ModelRegistry, file_digest
-from services.inference.serving import Detector, ModelLoadFailed, ModelNotFound, ModelRepository, ModelServer
+from services.inference.core.model_repository import ModelNotFound, PinnedRepository
+from services.inference.core.model_server import ModelLoadFailed, ModelServer
 
 log = get_logger(__name__)
-
-
-class PinnedRepository:
-    """A model repository where a model name can be pinned to a downloaded registry version's dir: loads of that
-    name come from the pin, every other name from the wrapped repository."""
-
-    def __init__(self, base: ModelRepository | None, loader: Callable[[Path], Detector]) -> None:
-        self.base = base
-        self.loader = loader
-        self.pins: dict[str, tuple[str, Path]] = {}  # name -> (model.json version, dir)
-
-    def available(self) -> dict[str, str]:
-        return {**(self.base.available() if self.base else {}),
-                **{name: version for name, (version, _) in self.pins.items()}}
-
-    def load(self, name: str) -> Detector:
-        pin = self.pins.get(name)
-        if pin is not None:
-            return self.loader(pin[1])
-        if self.base is None:
-            raise ModelNotFound(f"model '{name}' is not in the repository")
-        return self.base.load(name)
 
 
 def primaries(messages: list[bytes | None]) -> dict[str, events_pb2.ModelVersion]:

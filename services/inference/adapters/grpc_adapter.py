@@ -10,11 +10,12 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from protos import inference_pb2, inference_pb2_grpc
-from services.inference.serving import (
+from services.inference.adapters.open_inference_tensors import TensorError, decode_input, encode_output
+from services.inference.core.model_repository import ModelNotFound
+from services.inference.core.model_server import (
     DETECTOR_INPUTS, DETECTOR_OUTPUTS, EXTENSIONS, SERVER_NAME, SERVER_VERSION, InputTooLarge, InvalidRequest,
-    ModelLoadFailed, ModelNotFound, ModelServer, UnloadRefused,
+    ModelLoadFailed, ModelServer, UnloadRefused,
 )
-from services.inference.tensors import TensorError, decode_input, encode_output
 
 GRPC_REQUESTS = Counter("vigil_inference_grpc_requests_total", "ModelInfer requests", ["model", "code"])
 GRPC_SECONDS = Histogram("vigil_inference_grpc_seconds", "ModelInfer latency", ["model"])

@@ -25,8 +25,8 @@ from libs.common.service import ServiceRuntime
 from libs.common.settings import KafkaSettings
 from libs.common.topics import INFERENCE_SENSORS, SENSORS
 from protos import events_pb2
-from services.inference.sensor_anomaly import ensure_sensor_anomaly_model
-from services.inference.sensor_scoring import InvalidReading, SensorAnomalyScorer, SensorReadingScorer
+from services.inference.model_dirs import built, sensor_anomaly_model_dir
+from services.inference.sensors.scoring import InvalidReading, SensorAnomalyScorer, SensorReadingScorer
 from services.inference.settings import InferenceSettings
 
 READINGS = Counter("vigil_inference_sensor_readings_total", "Sensor readings consumed, by what became of them",
@@ -126,7 +126,7 @@ class SensorPath:
 
 def start_sensor_path(settings: InferenceSettings, kafka: KafkaSettings,
                       runtime: ServiceRuntime) -> SensorPath | None:
-    """When enabled: loads (or first trains into the cache) the sensor anomaly model and consumes vigil.sensors
+    """When enabled: loads the sensor anomaly model (built by the install step) and consumes vigil.sensors
     on a thread, group vigil-inference-sensors. Readiness waits for the model; liveness for the loop. A failure
     (the model cannot load, Kafka cannot take the results) stops the whole service, which its supervisor
     restarts, rather than leaving it half working."""
@@ -138,7 +138,7 @@ def start_sensor_path(settings: InferenceSettings, kafka: KafkaSettings,
 
     def run() -> None:
         try:
-            model_dir = settings.sensor_model_dir or ensure_sensor_anomaly_model()
+            model_dir = built(settings.sensor_model_dir or sensor_anomaly_model_dir(), "sensor anomaly model")
             reading_scorer = SensorReadingScorer(SensorAnomalyScorer.load(model_dir, settings.device))
             scorer = reading_scorer.scorer
 

@@ -13,7 +13,7 @@ from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outc
 from libs.common.logs import get_logger, trace_context
 from libs.common.topics import INFERENCE, INFERENCE_SHADOW, MONITORING
 from protos import events_pb2
-from services.inference.pipeline import FramePipeline, InvalidFrame
+from services.inference.core.frame_pipeline import FramePipeline, InvalidFrame
 
 
 def frame_batch_handler(pipeline: FramePipeline):

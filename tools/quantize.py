@@ -5,7 +5,7 @@ Calibration runs on sample frames; acceptance is measured on other (held-out) fr
 model's detections that the INT8 model also finds (same label, IoU >= 0.5, one-to-one). Below the threshold
 the variant is rejected and nothing is written.
 
-    python -m services.inference.quantize --model DIR --footage vtest.avi --out DIR
+    python -m tools.quantize --model DIR --footage vtest.avi --out DIR
 """
 from __future__ import annotations
 
@@ -22,10 +22,18 @@ import cv2
 import numpy as np
 import openvino as ov
 
-from services.inference.detector import Detection, YoloDetector, network_input
+from services.inference.detectors.base import Detection
+from services.inference.detectors.yolo import YoloDetector
 
 ACCEPT_KEPT_SHARE = 0.95
 MATCH_IOU = 0.5
+
+
+def network_input(bgr: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """The converted network's own input for a BGR frame: [1, 3, h, w] RGB float32 in 0..1, resized plainly
+    (no letterbox), the very call darknet-trained models are usually run with in OpenCV. Calibration works on
+    the network itself; served models take frames through the detector's compiled-in conversion."""
+    return cv2.dnn.blobFromImage(bgr, 1 / 255.0, input_size, swapRB=True, crop=False)
 
 
 class QuantizationRejected(RuntimeError):

@@ -3,28 +3,20 @@ and unloading models from a repository, and running a detector on a request's in
 converts wire types and calls this."""
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable
 
 import numpy as np
 
-from services.inference.detector import YoloDetector
-from services.inference.extra_detectors import (
-    CENTERFACE_KIND, SSDLITE_KIND, FaceDetectorCenterFace, PersonDetectorSSDLite,
-)
-from services.inference.images import ImageRefused, decode_image
-from services.inference.routing import in_canary
+from services.inference.core.images import ImageRefused, decode_image
+from services.inference.core.model_repository import ModelNotFound, ModelRepository
+from services.inference.core.routing import in_canary
+from services.inference.detectors import Detector
 
 SERVER_NAME = "vigil-inference"
 SERVER_VERSION = "0.2.0"
 EXTENSIONS = ("model_repository",)
-
-
-class ModelNotFound(LookupError):
-    pass
 
 
 class InvalidRequest(ValueError):
@@ -64,74 +56,12 @@ DATATYPE_BYTES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "UINT16": 2, "INT16": 2, "FP
                   "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
 
 
-class Detector(Protocol):
-    """What serving (gRPC: `detect`) and the Kafka pipeline (the stages, through an AsyncInferQueue) need of a
-    model; YoloDetector, PersonDetectorSSDLite and FaceDetectorCenterFace have it."""
-    name: str
-    version: str
-    input_size: tuple[int, int]  # (width, height) of the network input; warm-up runs a frame of this size
-
-    @property
-    def inference_precision(self) -> str: ...
-
-    def detect(self, bgr: np.ndarray) -> list: ...
-
-    def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, Any]: ...
-
-    def make_infer_queue(self, jobs: int = 0) -> Any: ...
-
-    def infer_request_outputs(self, request: Any) -> dict[str, np.ndarray]: ...
-
-    def postprocess(self, outputs: dict[str, np.ndarray], info: Any) -> list: ...
-
-
 @dataclass(frozen=True)
 class ModelIndexEntry:
     name: str
     version: str
     state: str  # READY, UNAVAILABLE, LOADING
     reason: str = ""
-
-
-class ModelRepository(Protocol):
-    """Where models are loaded from by name (a directory of model dirs; the registry in the object store)."""
-
-    def available(self) -> dict[str, str]:
-        """name -> the version a load would give."""
-
-    def load(self, name: str) -> Detector: ...
-
-
-class DirectoryRepository:
-    """Every subdirectory of `root` holding a model.json is a model, named by its metadata; `also` adds single
-    model dirs (the default model's), which a model of the same name under `root` overrides."""
-
-    def __init__(self, root: Path | None, loader: Callable[[Path], Detector], also: tuple[Path, ...] = ()) -> None:
-        self.root = root
-        self.loader = loader
-        self.also = also
-
-    def _dirs(self) -> dict[str, tuple[str, Path]]:
-        candidates = [d / "model.json" for d in self.also]
-        if self.root is not None and self.root.is_dir():
-            candidates += sorted(self.root.glob("*/model.json"))
-        found: dict[str, tuple[str, Path]] = {}
-        for meta in candidates:
-            try:
-                metadata = json.loads(meta.read_text())
-                found[metadata["name"]] = (str(metadata["version"]), meta.parent)
-            except (OSError, ValueError, KeyError):
-                continue  # a half-written or foreign dir is not a model
-        return found
-
-    def available(self) -> dict[str, str]:
-        return {name: version for name, (version, _) in self._dirs().items()}
-
-    def load(self, name: str) -> Detector:
-        entry = self._dirs().get(name)
-        if entry is None:
-            raise ModelNotFound(f"model '{name}' is not in the repository")
-        return self.loader(entry[1])
 
 
 def warm_up(model: Detector) -> None:
@@ -302,37 +232,3 @@ class ModelServer:
             "scores": np.array([d.score for d in detections], np.float32),
             "classes": np.array([d.label.encode() for d in detections], dtype=object),
         }
-
-
-class UnknownModelKind(ValueError):
-    """A model dir whose model.json names a kind no loader exists for."""
-
-
-# model.json "kind" -> the detector class that loads such a dir (absent: "yolo", the darknet converter's dirs).
-MODEL_KINDS: dict[str, Callable[..., Detector]] = {
-    "yolo": YoloDetector.load,
-    SSDLITE_KIND: PersonDetectorSSDLite.load,
-    CENTERFACE_KIND: FaceDetectorCenterFace.load,
-}
-
-
-def model_kind(model_dir: Path) -> str:
-    """The kind named by the dir's model.json ("yolo" when it names none)."""
-    try:
-        metadata = json.loads((Path(model_dir) / "model.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadFailed(f"{model_dir}: cannot read model.json: {exc}") from exc
-    kind = metadata.get("kind", "yolo") if isinstance(metadata, dict) else None
-    if kind not in MODEL_KINDS:
-        raise UnknownModelKind(f"{model_dir}: model.json names kind {kind!r}, which this server cannot load "
-                               f"(known kinds: {', '.join(MODEL_KINDS)})")
-    return kind
-
-
-def model_loader(device: str, precision_hint: str | None, score_threshold: float) -> Callable[[Path], Detector]:
-    """Loads a model dir with the detector its model.json's `kind` names. score_threshold is the default for
-    models whose model.json states none of its own."""
-    def load(model_dir: Path) -> Detector:
-        return MODEL_KINDS[model_kind(model_dir)](Path(model_dir), device, precision_hint, score_threshold)
-
-    return load

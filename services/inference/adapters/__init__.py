@@ -1,0 +1,1 @@
+"""Transport adapters around the serving core: gRPC (Open Inference Protocol) and Kafka."""
