@@ -3,8 +3,6 @@ and the event carries a reference (ObjectRef) instead of the bytes. `frame_bytes
 image bytes whichever form the event has, and checks them against the recorded sha256."""
 from __future__ import annotations
 
-import hashlib
-import io
 from datetime import datetime, timezone
 
 from minio import Minio
@@ -12,6 +10,7 @@ from minio.commonconfig import ENABLED, Filter
 from minio.error import S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
+from libs.common.objectstore import ObjectIntegrityError, get_verified, put_verified
 from protos import events_pb2
 
 DEFAULT_THRESHOLD_BYTES = 512 * 1024
@@ -42,24 +41,15 @@ class ClaimCheckStore:
                 raise
 
     def put(self, key: str, data: bytes) -> events_pb2.ObjectRef:
-        digest = hashlib.sha256(data).hexdigest()
-        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type="image/jpeg",
-                               metadata={"sha256": digest})
-        return events_pb2.ObjectRef(bucket=self.bucket, key=key, size=len(data), sha256=digest)
+        return put_verified(self.client, self.bucket, key, data, content_type="image/jpeg")
 
     def get(self, ref: events_pb2.ObjectRef) -> bytes:
         try:
-            response = self.client.get_object(ref.bucket, ref.key)
-            try:
-                data = response.read()
-            finally:
-                response.close()
-                response.release_conn()
+            return get_verified(self.client, ref)
         except S3Error as exc:
             raise ClaimCheckError(f"s3://{ref.bucket}/{ref.key}: {exc.code}") from exc
-        if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise ClaimCheckError(f"s3://{ref.bucket}/{ref.key}: content does not match its sha256")
-        return data
+        except ObjectIntegrityError as exc:
+            raise ClaimCheckError(str(exc)) from exc
 
 
 def frame_key(camera_id: str, event_id: str, now: datetime | None = None) -> str:
