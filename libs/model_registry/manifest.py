@@ -31,6 +31,10 @@ class VersionExists(RegistryError):
     pass
 
 
+class UnsafeManifest(RegistryError):
+    """A manifest names a file outside its version's dir (a path with '..', a directory part, or absolute)."""
+
+
 class CorruptArtifact(RegistryError):
     """A downloaded file is not the file the manifest names (sha256 or size differ)."""
 
@@ -39,6 +43,20 @@ def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise RegistryError(f"{name!r} is not a model name: letters, digits, '.', '_', '-', at most 128")
     return name
+
+
+def checked_file_paths(manifest: dict) -> dict:
+    """The manifest, once every file it names is a plain file name: a version is a flat dir (build_manifest
+    writes names only), and a path like `../x` or `/etc/x` would make a download write outside its dir."""
+    for entry in manifest.get("files", []):
+        path = entry.get("path")
+        pure = PurePosixPath(path) if isinstance(path, str) else None
+        if (pure is None or pure.is_absolute() or len(pure.parts) != 1 or pure.name in ("", ".", "..")
+                or "\\" in path):
+            raise UnsafeManifest(f"the manifest of {manifest.get('name')!r} version {manifest.get('version')} "
+                                 f"names the file {path!r}: only plain file names inside the version's dir "
+                                 f"are allowed")
+    return manifest
 
 
 def next_version(used: set[int] | list[int]) -> int:

@@ -8,23 +8,29 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import shutil
 import tempfile
+import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from minio import Minio
 from minio.error import S3Error
 
+from libs.common.objectstore import RefConflict, compare_and_swap_ref, read_ref
 from libs.model_registry.history import current_primary, rollback_target
 from libs.model_registry.manifest import (
     CHUNK, MANIFEST, CorruptArtifact, RegistryError, UnknownModel, UnknownVersion, VersionExists,
-    build_manifest, check_name, file_digest, next_version, parent_from_lineage,
+    build_manifest, check_name, checked_file_paths, file_digest, next_version, parent_from_lineage,
 )
 from protos import events_pb2
 
 BUCKET = "vigil-models"
 PROMOTION = "promotion.json"
+HISTORY_ATTEMPTS = 50  # racing writers each win in turn: enough for dozens at once
 
 
 class ModelRegistry:
@@ -85,7 +91,7 @@ class ModelRegistry:
         return version, data
 
     def manifest(self, name: str, version: int | None = None) -> dict:
-        return json.loads(self.manifest_bytes(name, version)[1])
+        return checked_file_paths(json.loads(self.manifest_bytes(name, version)[1]))
 
     def artifact_ref(self, name: str, version: int) -> events_pb2.ObjectRef:
         _, data = self.manifest_bytes(name, version)
@@ -128,31 +134,45 @@ class ModelRegistry:
                                content_type="application/json")
         return manifest
 
-    def _append_history(self, name: str, entry: dict) -> None:
-        history = self.history(name) + [entry]
-        data = json.dumps({"name": name, "history": history}, indent=2).encode()
-        self.client.put_object(self.bucket, f"{name}/{PROMOTION}", io.BytesIO(data), len(data),
-                               content_type="application/json")
+    def _change_history(self, name: str, change: Callable[[list[dict]], dict]) -> list[dict]:
+        """Appends the entry `change(history)` returns to the model's promotion history, by compare-and-swap of
+        promotion.json: a writer that raced us makes us read again and decide again on the newer history, so no
+        entry is ever lost. `change` may raise RegistryError to refuse. Returns the history it was appended to."""
+        key = f"{name}/{PROMOTION}"
+        entry_id = uuid.uuid4().hex  # recognises our own write if the SDK's retry of it reads as a conflict
+        for attempt in range(HISTORY_ATTEMPTS):
+            current = read_ref(self.client, self.bucket, key)
+            history = json.loads(current[0])["history"] if current else []
+            if any(e.get("id") == entry_id for e in history):
+                return history[:next(i for i, e in enumerate(history) if e.get("id") == entry_id)]
+            entry = {**change(history), "id": entry_id, "at": datetime.now(timezone.utc).isoformat()}
+            data = json.dumps({"name": name, "history": history + [entry]}, indent=2).encode()
+            try:
+                compare_and_swap_ref(self.client, self.bucket, key, data, current[1] if current else None)
+                return history
+            except RefConflict:
+                time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # spread the racers out
+        raise RegistryError(f"{name}: the promotion history kept changing under {HISTORY_ATTEMPTS} attempts; "
+                            f"try again")
 
-    def promote(self, name: str, version: int, by: str, action: str = "promote") -> int | None:
+    def promote(self, name: str, version: int, by: str) -> int | None:
         """Makes `version` the primary; returns the previous primary (None if there was none)."""
         self.manifest_bytes(name, version)  # unknown model or version: a clear error, nothing written
-        history = self.history(name)
-        previous = current_primary(history)
-        if action == "promote" and previous == version:
-            raise RegistryError(f"{name} version {version} is already the primary")
-        self._append_history(name, {"action": action, "version": version, "by": by,
-                                    "at": datetime.now(timezone.utc).isoformat()})
-        return previous
+
+        def promotion(history: list[dict]) -> dict:
+            if current_primary(history) == version:
+                raise RegistryError(f"{name} version {version} is already the primary")
+            return {"action": "promote", "version": version, "by": by}
+
+        return current_primary(self._change_history(name, promotion))
 
     def rollback(self, name: str, by: str) -> tuple[int, int]:
         """Makes the previously promoted version the primary again; returns (retired, restored)."""
-        history = self.history(name)
-        if not history and not self.versions(name):
+        if not self.versions(name):
             raise UnknownModel(f"no model {name!r} in the registry")
-        target = rollback_target(history)
-        retired = self.promote(name, target, by, action="rollback")
-        return retired, target
+        history = self._change_history(name, lambda history: {
+            "action": "rollback", "version": rollback_target(history), "by": by})
+        return current_primary(history), rollback_target(history)
 
     def download(self, name: str, version: int, dest: Path) -> Path:
         """Writes the version's files into `dest` (created; must not exist), each checked against its sha256

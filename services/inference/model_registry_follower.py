@@ -19,7 +19,7 @@ from libs.common.compacted import CompactedTopicFollower, Records
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
-from libs.model_registry.manifest import MANIFEST, file_digest
+from libs.model_registry.manifest import MANIFEST, RegistryError, checked_file_paths, file_digest
 from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
 from services.inference.core.model_repository import ModelNotFound, PinnedRepository
@@ -48,10 +48,10 @@ def verified_download(registry: ModelRegistry, name: str, version: int, cache_di
     (re-)downloaded and verified by the registry."""
     dest = Path(cache_dir) / name / str(version)
     try:
-        manifest = json.loads((dest / MANIFEST).read_text())
+        manifest = checked_file_paths(json.loads((dest / MANIFEST).read_text()))
         if all(file_digest(dest / f["path"]) == (f["sha256"], f["size"]) for f in manifest["files"]):
             return dest
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, RegistryError):
         pass
     shutil.rmtree(dest, ignore_errors=True)
     return registry.download(name, version, dest)

@@ -11,7 +11,7 @@ from protos import events_pb2
 from libs.model_registry.announcements import announcement
 from libs.model_registry.history import current_primary, promoted_stack, rollback_target
 from libs.model_registry.manifest import (
-    RegistryError, build_manifest, check_name, next_version, parent_from_lineage,
+    RegistryError, UnsafeManifest, build_manifest, check_name, checked_file_paths, next_version, parent_from_lineage,
 )
 
 INT8_METADATA = {
@@ -117,3 +117,19 @@ def test_an_announcement_names_model_version_stage_and_the_manifest_object():
     assert message.stage == "primary" and message.artifact.key == "tiny/2/manifest.json"
     assert message.metadata["action"] == "promote" and message.metadata["by"] == "cli/alice"
     assert message.envelope.event_id and message.envelope.producer == "vigil-models"
+
+
+@pytest.mark.parametrize("path", ["../model.bin", "../../etc/cron.d/x", "/etc/passwd", "sub/model.bin", "..", ".",
+                                  "", "a\\..\\b", None])
+def test_a_manifest_naming_a_file_outside_its_version_dir_is_refused_clearly(path):
+    manifest = {"name": "m", "version": 3, "files": [{"path": "model.xml", "sha256": "0", "size": 1},
+                                                     {"path": path, "sha256": "0", "size": 1}]}
+    with pytest.raises(UnsafeManifest) as refused:
+        checked_file_paths(manifest)
+    assert repr(path) in str(refused.value) and "'m' version 3" in str(refused.value)
+
+
+def test_a_manifest_of_plain_file_names_passes():
+    manifest = {"name": "m", "version": 1, "files": [{"path": p, "sha256": "0", "size": 1}
+                                                     for p in ("model.xml", "model.bin", "labels.txt", "a..b")]}
+    assert checked_file_paths(manifest) is manifest
