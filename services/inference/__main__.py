@@ -32,6 +32,7 @@ def grpc_security(settings: InferenceSettings) -> GrpcSecurity:
         tls_cert=settings.grpc_tls_cert_file.read_bytes() if settings.grpc_tls_cert_file else None,
         tls_key=settings.grpc_tls_key_file.read_bytes() if settings.grpc_tls_key_file else None,
         bearer_token=settings.grpc_auth_token.get_secret_value() if settings.grpc_auth_token else None,
+        admin_token=settings.grpc_admin_token.get_secret_value() if settings.grpc_admin_token else None,
     )
 
 
@@ -76,7 +77,8 @@ def main() -> None:
     for name in sorted(extra_models - {detector.name, None}):
         server.load(name)  # a camera's model that cannot load stops the start: better than serving it wrongly
     grpc_server, grpc_port = start_grpc_server(server, settings.grpc_host, settings.grpc_port, settings.grpc_workers,
-                                               settings.max_input_bytes, grpc_security(settings))
+                                               settings.max_input_bytes, grpc_security(settings),
+                                               settings.grpc_max_concurrent)
     server.warm_up()
     runtime.health.readiness["model_ready"] = flag_check(server.ready, f"model {detector.name} loaded and warm")
     log.info("serving", model=detector.name, version=detector.version, grpc=f"{settings.grpc_host}:{grpc_port}")

@@ -21,11 +21,17 @@ class InferenceSettings(ServiceSettings):
     grpc_host: str = Field("127.0.0.1", description="Address of the gRPC (Open Inference Protocol) server.")
     grpc_port: int = Field(8001, description="Port of the gRPC server.")
     grpc_workers: int = Field(8, description="Threads serving gRPC requests.")
+    grpc_max_concurrent: int | None = Field(None, ge=1, description="gRPC calls served at once; a call beyond "
+                                            "them is refused with RESOURCE_EXHAUSTED, not queued (default: "
+                                            "grpc_workers).")
     grpc_tls_cert_file: Path | None = Field(None, description="PEM certificate chain: set with the key to serve "
                                                               "gRPC over TLS.")
     grpc_tls_key_file: Path | None = Field(None, description="PEM private key of the gRPC TLS certificate.")
     grpc_auth_token: SecretStr | None = Field(None, description="When set, every gRPC call must carry "
                                                                 "`authorization: Bearer <token>`.")
+    grpc_admin_token: SecretStr | None = Field(None, description="When set, RepositoryModelLoad/Unload must "
+                                               "carry `x-vigil-admin-token: <token>`; unset, they are refused "
+                                               "to callers not on this host.")
     model_repository: Path | None = Field(None, description="Directory of model dirs that the repository "
                                                             "extension (index, load, unload) serves from.")
     max_input_bytes: int = Field(32 * 1024 * 1024, description="Largest request or frame accepted.")

@@ -7,16 +7,19 @@ import json
 import shutil
 import struct
 import subprocess
+import threading
+import uuid
 import zlib
 
 import cv2
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from protos import inference_pb2 as pb
 from protos import inference_pb2_grpc
-from services.inference.adapters.grpc_adapter import GrpcSecurity, start_grpc_server
+from services.inference.adapters.grpc_adapter import GrpcSecurity, admin_call_refusal, start_grpc_server
 from services.inference.core.model_repository import DirectoryRepository
 from services.inference.core.model_server import ModelServer
 from services.inference.detectors import detector_loader
@@ -274,3 +277,85 @@ def test_a_version_that_fails_to_load_leaves_the_previous_one_serving_and_says_s
         (MODEL, "2", "loading"), (MODEL, "2", "failed")]
     assert "truncated" in announced[1][3] and "version 1 keeps serving" in announced[1][3]
     assert server.detect(MODEL, "", {"image": ("UINT8", frame)})[0].version == "1"
+
+
+# -- bounds: concurrent calls, metric labels, who may change what is served ---------------------------------------
+
+class BlockingDetector:
+    """A detector that holds each call until released, to fill the server with calls in flight."""
+    name, version, input_size, inference_precision = "slow", "1", (8, 8), "f32"
+
+    def __init__(self) -> None:
+        self.inside = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def detect(self, bgr):
+        self.inside.release()
+        self.release.wait(30)
+        return []
+
+
+def test_calls_beyond_the_concurrency_bound_are_refused_at_once_not_queued():
+    detector = BlockingDetector()
+    grpc_server, port = start_grpc_server(ModelServer(detector), "127.0.0.1", 0, 4, LIMIT, max_concurrent=2)
+    request = infer_request(image_tensor(np.zeros((8, 8, 3), np.uint8)), model="slow")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            admitted = [stub.ModelInfer.future(request, timeout=30) for _ in range(2)]
+            assert detector.inside.acquire(timeout=10) and detector.inside.acquire(timeout=10)
+            code, details = status_of(lambda: stub.ModelInfer(request, timeout=10))
+            detector.release.set()
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+            assert [call.result().model_name for call in admitted] == ["slow", "slow"]
+            assert stub.ModelInfer(request, timeout=10).model_name == "slow", "the bound frees up again"
+    finally:
+        detector.release.set()
+        grpc_server.stop(0).wait()
+
+
+def test_metric_labels_name_only_loaded_models_whatever_the_clients_ask_for(stub, frame):
+    asked = [f"made-up-{uuid.uuid4().hex}" for _ in range(3)]
+    unknown_before = REGISTRY.get_sample_value("vigil_inference_grpc_requests_total",
+                                               {"model": "unknown", "code": "NOT_FOUND"}) or 0
+    for name in asked:
+        assert status_of(lambda: stub.ModelInfer(infer_request(image_tensor(frame), model=name)))[0] \
+            == grpc.StatusCode.NOT_FOUND
+    labels = {sample.labels.get("model") for metric in REGISTRY.collect()
+              if metric.name.startswith("vigil_inference_grpc") for sample in metric.samples}
+    assert not labels & set(asked), "a client's model string became a label"
+    assert REGISTRY.get_sample_value("vigil_inference_grpc_requests_total",
+                                     {"model": "unknown", "code": "NOT_FOUND"}) == unknown_before + 3
+
+
+def test_with_an_admin_token_repository_changes_need_it(model_server):
+    grpc_server, port = start_grpc_server(model_server, "127.0.0.1", 0, 2, LIMIT, GrpcSecurity(admin_token="adm1n"))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            unload = pb.RepositoryModelUnloadRequest(model_name="not-loaded")
+            load = pb.RepositoryModelLoadRequest(model_name="not-in-the-repository")
+            for call in (lambda **kw: stub.RepositoryModelUnload(unload, **kw),
+                         lambda **kw: stub.RepositoryModelLoad(load, **kw)):
+                code, details = status_of(lambda: call())
+                assert code == grpc.StatusCode.PERMISSION_DENIED and "admin token" in details
+                assert status_of(lambda: call(metadata=[("x-vigil-admin-token", "guess")]))[0] \
+                    == grpc.StatusCode.PERMISSION_DENIED
+                # Past the gate: the model is simply not there.
+                assert status_of(lambda: call(metadata=[("x-vigil-admin-token", "adm1n")]))[0] \
+                    == grpc.StatusCode.NOT_FOUND
+            assert stub.RepositoryIndex(pb.RepositoryIndexRequest()).models, "reading the index stays open"
+    finally:
+        grpc_server.stop(0).wait()
+
+
+@pytest.mark.parametrize("peer, allowed", [
+    ("ipv4:127.0.0.1:40000", True), ("ipv4:127.3.2.1:1", True), ("ipv6:[::1]:40000", True),
+    ("unix:/run/vigil.sock", True), ("ipv6:[::ffff:127.0.0.1]:5", True),
+    ("ipv4:10.0.0.7:40000", False), ("ipv6:[2001:db8::1]:40000", False), ("ipv4:128.0.0.1:1", False),
+])
+def test_without_an_admin_token_only_callers_on_this_host_may_load_or_unload(peer, allowed):
+    refusal = admin_call_refusal(peer, None, None)
+    assert (refusal is None) == allowed
+    if not allowed:
+        assert peer in refusal and "VIGIL_INFERENCE_GRPC_ADMIN_TOKEN" in refusal

@@ -1,5 +1,6 @@
 """The Open Inference Protocol (KServe v2) over gRPC, a thin shell around ModelServer: wire types in and out,
-core exceptions to status codes, optional TLS and bearer-token check."""
+core exceptions to status codes, optional TLS and bearer-token check, a bound on concurrent calls, and repository
+load/unload kept to administrators (an admin token, or without one the local host only)."""
 from __future__ import annotations
 
 import hmac
@@ -17,17 +18,60 @@ from services.inference.core.model_server import (
     ModelLoadFailed, ModelServer, UnloadRefused,
 )
 
+# Labelled by the name of the model that was resolved (a loaded model), never by what a client asked for: any
+# string a client sends would otherwise become a time series of its own.
 GRPC_REQUESTS = Counter("vigil_inference_grpc_requests_total", "ModelInfer requests", ["model", "code"])
 GRPC_SECONDS = Histogram("vigil_inference_grpc_seconds", "ModelInfer latency", ["model"])
+UNRESOLVED_MODEL = "unknown"  # the label of requests naming no loaded model
+ADMIN_TOKEN_METADATA = "x-vigil-admin-token"
 
 pb = inference_pb2
 # Room for the request's metadata around an input of the largest accepted size.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
+def admin_call_refusal(peer: str, presented: str | None, admin_token: str | None) -> str | None:
+    """Why a repository load/unload from `peer` (gRPC's peer string) is refused, or None when it is allowed:
+    with an admin token configured, the call must present it (metadata x-vigil-admin-token); without one, only
+    callers on this host (loopback, a unix socket) may change what is served."""
+    if admin_token is not None:
+        if presented is not None and hmac.compare_digest(presented.encode(), admin_token.encode()):
+            return None
+        return f"repository load/unload needs the admin token ({ADMIN_TOKEN_METADATA} metadata)"
+    if is_local_peer(peer):
+        return None
+    return (f"repository load/unload from {peer} refused: without VIGIL_INFERENCE_GRPC_ADMIN_TOKEN only callers "
+            f"on this host may load or unload models")
+
+
+def is_local_peer(peer: str) -> bool:
+    """gRPC peer strings: ipv4:127.0.0.1:5000, ipv6:[::1]:5000, unix:/path."""
+    if peer.startswith("unix:"):
+        return True
+    if peer.startswith("ipv4:"):
+        return peer[len("ipv4:"):].startswith("127.")
+    if peer.startswith("ipv6:"):
+        host = peer[len("ipv6:"):].rsplit(":", 1)[0].strip("[]").lower()
+        return host in ("::1", "0:0:0:0:0:0:0:1") or host.startswith("::ffff:127.")
+    return False
+
+
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, server: ModelServer) -> None:
+    def __init__(self, server: ModelServer, admin_token: str | None = None) -> None:
         self.server = server
+        self.admin_token = admin_token
+
+    def _require_admin(self, context) -> None:
+        presented = dict(context.invocation_metadata() or ()).get(ADMIN_TOKEN_METADATA)
+        refusal = admin_call_refusal(context.peer(), presented, self.admin_token)
+        if refusal is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+
+    def _metric_label(self, request: pb.ModelInferRequest) -> str:
+        try:
+            return self.server.model(request.model_name, request.model_version).name
+        except ModelNotFound:
+            return UNRESOLVED_MODEL
 
     def ServerLive(self, request, context):  # noqa: N802 (names are the protocol's)
         return pb.ServerLiveResponse(live=True)
@@ -58,10 +102,11 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         )
 
     def ModelInfer(self, request, context):  # noqa: N802
-        with GRPC_SECONDS.labels(request.model_name).time():
+        label = self._metric_label(request)
+        with GRPC_SECONDS.labels(label).time():
             try:
                 response = self._infer(request)
-                GRPC_REQUESTS.labels(request.model_name, "OK").inc()
+                GRPC_REQUESTS.labels(label, "OK").inc()
                 return response
             except ModelNotFound as exc:
                 code, message = grpc.StatusCode.NOT_FOUND, str(exc)
@@ -69,7 +114,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
             except (InvalidRequest, TensorError) as exc:
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-            GRPC_REQUESTS.labels(request.model_name, code.name).inc()
+            GRPC_REQUESTS.labels(label, code.name).inc()
             context.abort(code, message)
 
     def RepositoryIndex(self, request, context):  # noqa: N802
@@ -80,6 +125,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         ])
 
     def RepositoryModelLoad(self, request, context):  # noqa: N802
+        self._require_admin(context)
         try:
             self.server.load(request.model_name)
         except ModelNotFound as exc:
@@ -89,6 +135,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, request, context):  # noqa: N802
+        self._require_admin(context)
         try:
             self.server.unload(request.model_name)
         except ModelNotFound as exc:
@@ -126,11 +173,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 @dataclass(frozen=True)
 class GrpcSecurity:
-    """TLS (PEM certificate chain and private key) and a bearer token every call must present; both optional."""
+    """TLS (PEM certificate chain and private key), a bearer token every call must present, and the admin token
+    repository load/unload must present; all optional."""
 
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
     bearer_token: str | None = None
+    admin_token: str | None = None
 
 
 class BearerTokenCheck(grpc.ServerInterceptor):
@@ -152,10 +201,16 @@ class BearerTokenCheck(grpc.ServerInterceptor):
 
 
 def start_grpc_server(server: ModelServer, host: str, port: int, workers: int, max_input_bytes: int,
-                      security: GrpcSecurity = GrpcSecurity()) -> tuple[grpc.Server, int]:
+                      security: GrpcSecurity = GrpcSecurity(), max_concurrent: int | None = None
+                      ) -> tuple[grpc.Server, int]:
+    """max_concurrent: calls served at once (default: `workers`); a call beyond it is refused at once with
+    RESOURCE_EXHAUSTED instead of waiting in a queue, so a burst cannot pile up latency and memory."""
     max_message = max_input_bytes + MESSAGE_OVERHEAD_BYTES
+    max_concurrent = max_concurrent or workers
     grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        # A thread for every admitted call: none waits for a worker behind the bound.
+        futures.ThreadPoolExecutor(max_workers=max(workers, max_concurrent), thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=max_concurrent,
         interceptors=[BearerTokenCheck(security.bearer_token)] if security.bearer_token else [],
         options=[
             # A bigger request is refused by gRPC itself (RESOURCE_EXHAUSTED) before it is even parsed.
@@ -163,7 +218,8 @@ def start_grpc_server(server: ModelServer, host: str, port: int, workers: int, m
             ("grpc.max_send_message_length", max_message),
         ],
     )
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server), grpc_server)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server, security.admin_token),
+                                                                  grpc_server)
     address = f"{host}:{port}"
     if security.tls_cert and security.tls_key:
         bound = grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(security.tls_key,
