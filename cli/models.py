@@ -13,13 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from confluent_kafka import Producer
-
 from libs.common.objectstore import object_store_client
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
 from protos import events_pb2
-from libs.model_registry.announcements import announcement
+from libs.model_registry.announcements import AnnouncementFailed, announce, announcement
 from libs.model_registry.manifest import RegistryError
 from libs.model_registry.store import BUCKET, ModelRegistry
 
@@ -34,19 +32,14 @@ def _who() -> str:
     return f"cli/{getpass.getuser()}"
 
 
-def announce(kafka: KafkaSettings, messages: list[events_pb2.ModelVersion]) -> None:
-    """Produces the announcements in order, keyed by model name: the last one per model (the new primary)
-    is what compaction keeps."""
+def announce_changes(kafka: KafkaSettings, messages: list[events_pb2.ModelVersion]) -> None:
     config = kafka.client_config()
     ensure_topics(config, kafka.replication_factor, tuple(s for s in CATALOG if s.name == MODELS))
-    errors: list[str] = []
-    producer = Producer({**config, "client.id": "vigil-cli", "enable.idempotence": True, "acks": "all"})
-    for message in messages:
-        producer.produce(MODELS, key=message.model.name.encode(), value=message.SerializeToString(),
-                         on_delivery=lambda err, _msg: err and errors.append(err.str()))
-    if producer.flush(30) or errors:
-        raise RegistryError(f"the promotion is recorded but its announcement on {MODELS} failed: "
-                            f"{errors or 'timed out'}; promote again to announce it")
+    try:
+        announce(config, messages, client_id="vigil-cli")
+    except AnnouncementFailed as exc:
+        raise RegistryError(f"the promotion is recorded but not announced ({exc}); the inference service's "
+                            f"registry follower announces it within VIGIL_INFERENCE_REGISTRY_RECONCILE_S") from exc
 
 
 def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: int | None, primary: int,
@@ -57,7 +50,7 @@ def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: i
                                      registry.artifact_ref(name, retired), action, _who()))
     messages.append(announcement(registry.manifest(name, primary), "primary", registry.artifact_ref(name, primary),
                                  action, _who()))
-    announce(KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap), messages)
+    announce_changes(KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap), messages)
 
 
 def cmd_import(stack, args: argparse.Namespace) -> int:

@@ -1,9 +1,26 @@
 """The registry's announcements on vigil.models (compacted, keyed by model name): a ModelVersion per stage
-change, so every inference server follows which version of each model is primary."""
+change, so every inference server follows which version of each model is primary.
+
+The object store is the truth and the topic its announcement: a promotion written to the store whose
+announcement never went out (the writer died between the two) is found by `unannounced_primaries` and announced
+again by `repair_announcements`, which the inference service's registry follower runs periodically."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+from confluent_kafka import Producer
+
 from libs.common.envelope import new_envelope
+from libs.common.topics import MODELS
+from libs.model_registry.history import current_primary
+from libs.model_registry.manifest import RegistryError
 from protos import events_pb2
+
+RECONCILER = "registry-reconcile"
+
+
+class AnnouncementFailed(RegistryError):
+    pass
 
 
 def announcement(manifest: dict, stage: str, artifact: events_pb2.ObjectRef, action: str, by: str
@@ -16,3 +33,39 @@ def announcement(manifest: dict, stage: str, artifact: events_pb2.ObjectRef, act
         stage=stage, artifact=artifact,
         metadata={"action": action, "by": by, "source_version": manifest["source_version"]},
     )
+
+
+def announce(client_config: dict[str, str], messages: list[events_pb2.ModelVersion], client_id: str,
+             topic: str = MODELS) -> None:
+    """Produces the announcements in order, keyed by model name: the last one per model (the new primary) is
+    what compaction keeps. Raises AnnouncementFailed unless every one was delivered."""
+    errors: list[str] = []
+    producer = Producer({**client_config, "client.id": client_id, "enable.idempotence": True, "acks": "all"})
+    for message in messages:
+        producer.produce(topic, key=message.model.name.encode(), value=message.SerializeToString(),
+                         on_delivery=lambda err, _msg: err and errors.append(err.str()))
+    if producer.flush(30) or errors:
+        raise AnnouncementFailed(f"announcement on {topic} failed: {errors or 'timed out'}")
+
+
+def unannounced_primaries(histories: dict[str, list[dict]], announced: dict[str, int], now: datetime,
+                          grace_s: float) -> dict[str, int]:
+    """name -> primary, for the models whose primary in the store is not the one last announced as primary.
+    A change younger than grace_s is left alone: whoever made it may be announcing it right now."""
+    stale = {}
+    for name, history in histories.items():
+        primary = current_primary(history)
+        if primary is None or announced.get(name) == primary:
+            continue
+        changed_at = datetime.fromisoformat(history[-1]["at"])
+        if (now - changed_at).total_seconds() >= grace_s:
+            stale[name] = primary
+    return stale
+
+
+def repair_announcements(registry, announced: dict[str, int], grace_s: float) -> list[events_pb2.ModelVersion]:
+    """The primary announcements the topic lacks, from the registry's state (a ModelRegistry)."""
+    histories = {name: registry.history(name) for name in registry.models()}
+    stale = unannounced_primaries(histories, announced, datetime.now(timezone.utc), grace_s)
+    return [announcement(registry.manifest(name, version), "primary", registry.artifact_ref(name, version),
+                         "reconcile", RECONCILER) for name, version in sorted(stale.items())]

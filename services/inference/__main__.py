@@ -48,7 +48,8 @@ def start_registry_follower(settings: InferenceSettings, kafka: KafkaSettings, s
         return None
     follower = ModelRegistryFollower(
         kafka.client_config(), ModelRegistry(object_store_client(object_store), settings.registry_bucket), server,
-        repository, settings.registry_cache_dir or cache_dir_or_default(None) / "registry")
+        repository, settings.registry_cache_dir or cache_dir_or_default(None) / "registry",
+        reconcile_s=settings.registry_reconcile_s)
     runtime.health.liveness["registry_follower"] = follower.heartbeat.check
     thread = threading.Thread(target=follower.run, args=(runtime.stop,), name="registry-follower", daemon=True)
     thread.start()

@@ -4,6 +4,10 @@ version) and hot-swapped in through ModelServer.load, which warms it beside the 
 assignment. A download or load that fails leaves the current version serving and is reported as a failed
 ModelStatus on vigil.monitoring.
 
+The object store is the registry's truth: every `reconcile_s` the follower compares each model's primary there
+with the primary last announced on vigil.models, and announces one whose announcement was lost (its writer died
+between the store and the topic), so every server and the metrics store get it after all.
+
 Like the sensor registry follower, it reads the compacted topic from the beginning on every start with no
 consumer group offsets (libs/common/compacted.py), so a restarted server serves the primary."""
 from __future__ import annotations
@@ -19,6 +23,7 @@ from libs.common.compacted import CompactedTopicFollower, Records
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
+from libs.model_registry.announcements import announce, repair_announcements
 from libs.model_registry.manifest import MANIFEST, RegistryError, checked_file_paths, file_digest
 from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
@@ -59,7 +64,12 @@ def verified_download(registry: ModelRegistry, name: str, version: int, cache_di
 
 class ModelRegistryFollower:
     def __init__(self, client_config: dict[str, str], registry: ModelRegistry, server: ModelServer,
-                 repository: PinnedRepository, cache_dir: Path, topic: str = MODELS, poll_s: float = 0.5) -> None:
+                 repository: PinnedRepository, cache_dir: Path, topic: str = MODELS, poll_s: float = 0.5,
+                 reconcile_s: float = 60.0) -> None:
+        self.client_config = client_config
+        self.topic = topic
+        self.reconcile_s = reconcile_s
+        self.announced: dict[str, int] = {}  # name -> the primary last announced on the topic (every model)
         self.registry = registry
         self.server = server
         self.repository = repository
@@ -112,13 +122,39 @@ class ModelRegistryFollower:
                  action=message.metadata.get("action", ""))
         return "loaded"
 
+    def reconcile(self) -> list[str]:
+        """Announces the primaries the registry holds and the topic lacks; returns their model names."""
+        messages = repair_announcements(self.registry, dict(self.announced), grace_s=self.reconcile_s)
+        if messages:
+            announce(self.client_config, messages, client_id="vigil-inference-reconcile", topic=self.topic)
+            log.warning("promotions whose announcement was lost announced again",
+                        models={m.model.name: m.model.version for m in messages})
+        return [m.model.name for m in messages]
+
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
-        self._follower.run(stop)
+        reconciler = threading.Thread(target=self._reconcile_periodically, args=(stop,), name="registry-reconcile",
+                                      daemon=True)
+        reconciler.start()
+        try:
+            self._follower.run(stop)
+        finally:
+            reconciler.join(timeout=5)
+
+    def _reconcile_periodically(self, stop: threading.Event) -> None:
+        while not stop.wait(self.reconcile_s):
+            if not self._follower.loaded.is_set():
+                continue  # what was announced is not known yet
+            try:
+                self.reconcile()
+            except Exception as exc:  # the store or Kafka away: the next round tries again
+                log.warning("registry announcements not reconciled", error=str(exc))
 
     def _apply_batch(self, records: Records) -> None:
         # Only the latest primary per model in what has arrived: a start replaying the log loads once.
-        for message in primaries([value for _key, value in records]).values():
+        latest = primaries([value for _key, value in records])
+        self.announced.update({name: int(message.model.version) for name, message in latest.items()})
+        for message in latest.values():
             if self._stop.is_set():
                 break
             try:

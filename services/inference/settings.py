@@ -53,6 +53,9 @@ class InferenceSettings(ServiceSettings):
                                          "of a served model promoted (or rolled back to) in the model registry; "
                                          "default: on when the S3 secret key is set.")
     registry_bucket: str = Field("vigil-models", description="Bucket of the model registry that is followed.")
+    registry_reconcile_s: float = Field(60.0, gt=0, description="How often the registry follower compares the "
+                                        "registry's primaries with vigil.models and announces a promotion whose "
+                                        "announcement was lost (one older than this).")
     registry_cache_dir: Path | None = Field(None, description="Where registry versions are downloaded "
                                             "(default: <VIGIL_CACHE_DIR>/registry/NAME/VERSION).")
     consume_sensors: bool = Field(True, description="Consume vigil.sensors and score each reading with the sensor "

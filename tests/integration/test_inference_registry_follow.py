@@ -17,7 +17,7 @@ from cli.models import cmd_promote, cmd_rollback
 from libs.common.envelope import new_envelope
 from libs.common.objectstore import object_store_client
 from libs.common.settings import ObjectStoreSettings
-from libs.common.topics import FRAMES, INFERENCE, MONITORING
+from libs.common.topics import FRAMES, INFERENCE, MODELS, MONITORING
 from protos import events_pb2, inference_pb2, inference_pb2_grpc
 from libs.model_registry.store import BUCKET, ModelRegistry
 from tests.integration.conftest import wait_for
@@ -30,7 +30,9 @@ NAME = "yolov3-tiny"
 
 @pytest.fixture(scope="module")
 def follow_stack(tmp_path_factory):
-    with inference_stack(tmp_path_factory.mktemp("inference-follow"), {}) as stack:
+    # Reconciling every 2 s (and repairing what is older than that) keeps the lost-announcement test short.
+    with inference_stack(tmp_path_factory.mktemp("inference-follow"),
+                         {"VIGIL_INFERENCE_REGISTRY_RECONCILE_S": "2"}) as stack:
         yield stack
 
 
@@ -101,3 +103,26 @@ def test_a_promoted_version_is_hot_swapped_in_and_a_rollback_swaps_the_previous_
     (status,) = wait_for(failed_status, 60, what="a failed ModelStatus")
     assert status.model.name == NAME and "CorruptArtifact" in status.reason and "keeps serving" in status.reason
     assert served_version(stack) == metadata["version"] == result_version(stack, 3)
+
+
+def test_a_promotion_recorded_but_never_announced_is_announced_and_served(follow_stack, tmp_path):
+    """As if `vigil models promote` died between writing the store and announcing on vigil.models."""
+    from tools.darknet_converter import ensure_default_model
+
+    stack = follow_stack
+    settings = ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",
+                                   access_key=stack.config.s3_access_key, secret_key=stack.config.s3_secret_key)
+    registry = ModelRegistry(object_store_client(settings), BUCKET)
+    lost = tmp_path / "lost"
+    shutil.copytree(ensure_default_model(stack.paths.cache), lost)
+    metadata = json.loads((lost / "model.json").read_text())
+    (lost / "model.json").write_text(json.dumps({**metadata, "version": "lost-1"}))
+    version = registry.import_dir(NAME, lost, "test")["version"]
+    models_start = end_offsets(stack.config.kafka_bootstrap, MODELS)
+    registry.promote(NAME, version, "test")  # recorded; nobody announces it
+
+    wait_for(lambda: served_version(stack) == "lost-1", 120, what="the unannounced primary serving")
+    announced = [events_pb2.ModelVersion.FromString(m.value()) for m in read_range(
+        stack.config.kafka_bootstrap, MODELS, models_start, end_offsets(stack.config.kafka_bootstrap, MODELS))]
+    assert [(m.model.version, m.stage, m.metadata["action"]) for m in announced][:1] == [
+        (str(version), "primary", "reconcile")]

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from protos import events_pb2
-from libs.model_registry.announcements import announcement
+from libs.model_registry.announcements import announcement, unannounced_primaries
 from libs.model_registry.history import current_primary, promoted_stack, rollback_target
 from libs.model_registry.manifest import (
     RegistryError, UnsafeManifest, build_manifest, check_name, checked_file_paths, next_version, parent_from_lineage,
@@ -133,3 +133,24 @@ def test_a_manifest_of_plain_file_names_passes():
     manifest = {"name": "m", "version": 1, "files": [{"path": p, "sha256": "0", "size": 1}
                                                      for p in ("model.xml", "model.bin", "labels.txt", "a..b")]}
     assert checked_file_paths(manifest) is manifest
+
+
+def _entry(action: str, version: int, at: str) -> dict:
+    return {"action": action, "version": version, "by": "t", "at": at}
+
+
+def test_a_primary_recorded_but_never_announced_is_found_once_older_than_the_grace():
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
+    histories = {
+        "announced": [_entry("promote", 1, "2026-11-28T10:00:00+00:00")],
+        "lost": [_entry("promote", 1, "2026-11-28T10:00:00+00:00"), _entry("promote", 2, "2026-11-28T11:58:00+00:00")],
+        "rolled-back-unannounced": [_entry("promote", 1, "2026-11-28T10:00:00+00:00"),
+                                    _entry("promote", 2, "2026-11-28T10:01:00+00:00"),
+                                    _entry("rollback", 1, "2026-11-28T11:00:00+00:00")],
+        "just-now": [_entry("promote", 5, "2026-11-28T11:59:50+00:00")],
+        "never-promoted": [],
+    }
+    announced = {"announced": 1, "lost": 1, "rolled-back-unannounced": 2}
+    assert unannounced_primaries(histories, announced, now, grace_s=60) == {"lost": 2, "rolled-back-unannounced": 1}
+    assert unannounced_primaries(histories, announced, now, grace_s=0) == {
+        "lost": 2, "rolled-back-unannounced": 1, "just-now": 5}
