@@ -7,6 +7,7 @@ import sys
 
 from google.protobuf.json_format import MessageToDict
 
+from libs.common.logs import redact_credentials
 from libs.common.settings import KafkaSettings
 from protos import events_pb2
 from services.ingest.camera_spec import InvalidCameraConfig
@@ -71,8 +72,16 @@ def cmd_add(stack, args: argparse.Namespace) -> int:
     except InvalidCameraConfig as exc:
         print(f"vigil: invalid camera config: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(MessageToDict(config, preserving_proto_field_name=True)))
+    print(_shown(config))
     return 0
+
+
+def _shown(config: events_pb2.CameraConfig) -> str:
+    """A camera as printed: its URL without credentials (terminal output ends up in scrollback, CI logs, tickets)."""
+    shown = events_pb2.CameraConfig()
+    shown.CopyFrom(config)
+    shown.url = redact_credentials(config.url)
+    return json.dumps(MessageToDict(shown, preserving_proto_field_name=True))
 
 
 def cmd_remove(stack, args: argparse.Namespace) -> int:
@@ -86,7 +95,7 @@ def cmd_remove(stack, args: argparse.Namespace) -> int:
 
 def cmd_list(stack, _args: argparse.Namespace) -> int:
     for config in _registry(stack).list().values():
-        print(json.dumps(MessageToDict(config, preserving_proto_field_name=True)))
+        print(_shown(config))
     return 0
 
 

@@ -1,26 +1,79 @@
 """Structured JSON logs for every service. The trace id of the event being handled is bound in a context
-variable, so every log line written while handling it carries it without passing it around."""
+variable, so every log line written while handling it carries it without passing it around. Credentials in URLs
+(`rtsp://user:pass@camera`) are masked in every line, whichever library wrote it."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import structlog
 
 _configured = False
 
+# scheme://userinfo@ : the userinfo runs to the authority's last "@" (a password with an unencoded "@" is
+# still masked whole), and stops at what ends an authority ("/", "?", "#", whitespace, quotes).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s\"'<>]+@")
+MASK = "***"
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the userinfo of every URL in it masked: rtsp://admin:secret@cam/x -> rtsp://***@cam/x."""
+    if "://" not in text:
+        return text
+    return _URL_USERINFO.sub(rf"\1{MASK}@", text)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_credentials(value)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_redacted(item) for item in value]
+    # Anything else is rendered by its str/repr (exceptions, paths, protobufs): mask that text if it needs it.
+    text = str(value)
+    masked = redact_credentials(text)
+    return value if masked == text else masked
+
+
+def redact_credentials_processor(_logger: Any, _method: str, event_dict: dict) -> dict:
+    """A structlog processor masking URL credentials in the message and every value (tracebacks included, when
+    it runs after format_exc_info)."""
+    return {key: _redacted(value) for key, value in event_dict.items()}
+
+
+class RedactCredentialsFilter(logging.Filter):
+    """The same masking for lines written through the standard library's logging (other libraries' logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_text is None:
+            record.exc_text = redact_credentials(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
 
 def configure_logging(service: str, level: str = "INFO") -> None:
     global _configured
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactCredentialsFilter) for f in handler.filters):
+            handler.addFilter(RedactCredentialsFilter())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_credentials_processor,  # last before rendering: it sees the formatted traceback too
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from libs.common.logs import get_logger
+from libs.common.logs import get_logger, redact_credentials
 from services.ingest.source_check import why_unanswered
 
 log = get_logger(__name__)
@@ -97,7 +97,7 @@ class _ReaderThread(threading.Thread):
 
     def __init__(self, source: str, options: ReadOptions, frames: DropOldestQueue,
                  keep: Callable[[float], bool], on_read: Callable[[], None]) -> None:
-        super().__init__(name=f"reader:{source}", daemon=True)
+        super().__init__(name=f"reader:{redact_credentials(source)}", daemon=True)
         self.source = source
         self.options = options
         self.frames = frames
@@ -226,8 +226,9 @@ class CameraStream:
             if got_frame and not stalled and reader.failure == "end of file":
                 self.on_state("offline", "end of file")
                 return  # a file that is not looped has been read: nothing to reopen
-            reason = (f"no frame for {self.options.stall_timeout_s:g}s" if stalled
-                      else reader.failure or "reader stopped")
+            # OpenCV's and FFmpeg's messages may quote the URL: the status leaves the process, the password must not.
+            reason = redact_credentials(f"no frame for {self.options.stall_timeout_s:g}s" if stalled
+                                        else reader.failure or "reader stopped")
             self.on_state("stalled" if stalled else "offline", reason)
             log.warning("stream lost; reopening", source=self.source, reason=reason, backoff_s=round(backoff_s, 2))
             self.reconnects += 1

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from libs.common.logs import redact_credentials
 from protos import events_pb2
 
 LIVE_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -69,7 +70,7 @@ class CameraSpec:
         if not self.url:
             problems.append("url is empty")
         elif urlparse(self.url).scheme not in (*LIVE_SCHEMES, "file", "") and not self.url.startswith("/dev/"):
-            problems.append(f"url scheme of {self.url!r} is not one of rtsp, rtsps, http, https, file")
+            problems.append(f"url scheme of {redact_credentials(self.url)!r} is not one of rtsp, rtsps, http, https, file")
         if self.sample_fps <= 0:
             problems.append(f"sample_fps must be positive, got {self.sample_fps}")
         if not 10 <= self.jpeg_quality <= 100:
