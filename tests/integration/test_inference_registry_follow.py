@@ -59,18 +59,29 @@ def result_version(stack, sequence: int) -> str:
     return result.model.version
 
 
+def registry_of(stack) -> ModelRegistry:
+    settings = ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",
+                                   access_key=stack.config.s3_access_key, secret_key=stack.config.s3_secret_key)
+    return ModelRegistry(object_store_client(settings), BUCKET)
+
+
+def default_model_as(stack, dest, source_version: str) -> tuple[dict, object]:
+    """A copy of the default model dir whose model.json names another version; (the original metadata, dir)."""
+    from tools.darknet_converter import ensure_default_model
+
+    shutil.copytree(ensure_default_model(stack.paths.cache), dest)
+    metadata = json.loads((dest / "model.json").read_text())
+    (dest / "model.json").write_text(json.dumps({**metadata, "version": source_version}))
+    return metadata, dest
+
+
 def test_a_promoted_version_is_hot_swapped_in_and_a_rollback_swaps_the_previous_back(follow_stack, tmp_path):
     from tools.darknet_converter import ensure_default_model
 
     stack = follow_stack
-    settings = ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",
-                                   access_key=stack.config.s3_access_key, secret_key=stack.config.s3_secret_key)
-    registry = ModelRegistry(object_store_client(settings), BUCKET)
-    second = tmp_path / "second"
-    shutil.copytree(ensure_default_model(stack.paths.cache), second)
-    metadata = json.loads((second / "model.json").read_text())
+    registry = registry_of(stack)
+    metadata, second = default_model_as(stack, tmp_path / "second", "2")
     assert metadata["name"] == NAME and metadata["version"] != "2"
-    (second / "model.json").write_text(json.dumps({**metadata, "version": "2"}))
     assert registry.import_dir(NAME, ensure_default_model(stack.paths.cache), "test")["version"] == 1
     assert registry.import_dir(NAME, second, "test")["version"] == 2
     assert served_version(stack) == metadata["version"] == result_version(stack, 0)
@@ -107,16 +118,9 @@ def test_a_promoted_version_is_hot_swapped_in_and_a_rollback_swaps_the_previous_
 
 def test_a_promotion_recorded_but_never_announced_is_announced_and_served(follow_stack, tmp_path):
     """As if `vigil models promote` died between writing the store and announcing on vigil.models."""
-    from tools.darknet_converter import ensure_default_model
-
     stack = follow_stack
-    settings = ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",
-                                   access_key=stack.config.s3_access_key, secret_key=stack.config.s3_secret_key)
-    registry = ModelRegistry(object_store_client(settings), BUCKET)
-    lost = tmp_path / "lost"
-    shutil.copytree(ensure_default_model(stack.paths.cache), lost)
-    metadata = json.loads((lost / "model.json").read_text())
-    (lost / "model.json").write_text(json.dumps({**metadata, "version": "lost-1"}))
+    registry = registry_of(stack)
+    _, lost = default_model_as(stack, tmp_path / "lost", "lost-1")
     version = registry.import_dir(NAME, lost, "test")["version"]
     models_start = end_offsets(stack.config.kafka_bootstrap, MODELS)
     registry.promote(NAME, version, "test")  # recorded; nobody announces it
