@@ -57,3 +57,43 @@ def test_every_variable_the_manifests_set_is_a_setting_the_services_read():
         elif doc["kind"] in ("Deployment", "StatefulSet"):
             used |= {e["name"] for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
     assert used - known == set(), "manifests set variables no service reads"
+
+
+def workloads() -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for _, doc in documents() if doc["kind"] in ("Deployment", "StatefulSet")}
+
+
+def test_every_pod_runs_confined_non_root_under_the_runtime_default_seccomp_profile():
+    for name, doc in workloads().items():
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 65532, name
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"] == {"drop": ["ALL"]}, name
+            assert security["readOnlyRootFilesystem"] is True, name
+
+
+def test_what_a_pod_writes_is_a_volume_since_its_root_filesystem_is_read_only():
+    for name, doc in workloads().items():
+        pod = doc["spec"]["template"]["spec"]
+        claims = {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c.get("volumeMounts", [])}
+        assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]], f"{name}: /tmp (tempfile, HOME)"
+        assert set(mounts.values()) <= set(volumes) | claims, f"{name}: a mount without a volume"
+
+
+def test_the_inference_pod_can_write_registry_versions_for_hot_swap():
+    pod = workloads()["vigil-inference"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    cache = env["VIGIL_INFERENCE_REGISTRY_CACHE_DIR"]
+    mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert any(cache == path or cache.startswith(path.rstrip("/") + "/") for path in mounted), \
+        "the registry cache is on a writable volume"
+    owner = next(name for path, name in mounted.items() if cache == path or cache.startswith(path.rstrip("/") + "/"))
+    assert "emptyDir" in volumes[owner]
