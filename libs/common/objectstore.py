@@ -6,11 +6,11 @@ Conditional writes, as measured against SeaweedFS 4.48's S3 gateway (`weed mini`
 - PutObject with `If-None-Match: *` creates the object only if it is absent, else answers 412 PreconditionFailed;
 - PutObject with `If-Match: "<etag>"` replaces it only if its current ETag is that one, else 412 (also 412 when the
   object is absent); quoted and bare ETags are both accepted;
-- both are atomic: 8 threads racing the same conditional PUT, repeated, always had exactly one winner and seven
-  412s, and 8 threads x N retried increments of a counter end at exactly 8 x N
-  (tests/integration/test_objectstore.py).
-MinIO and AWS S3 honour the same headers (AWS may also answer 409 ConditionalRequestConflict to a racing writer,
-and 404 NoSuchKey to `If-Match` on an absent key: both are a conflict here). The SDK's `put_object` turns any
+- both are atomic: 8 threads racing the same conditional PUT (3 rounds of each kind) always had exactly one winner
+  and seven 412s, and 8 threads x N retried increments of a counter end at exactly 8 x N
+  (tests/integration/test_objectstore.py checks both).
+MinIO and AWS S3 document the same headers (AWS may also answer 409 ConditionalRequestConflict to a racing writer,
+and 404 NoSuchKey to `If-Match` on an absent key: both count as a conflict here; not tried against them here). The SDK's `put_object` turns any
 header it does not know into user metadata (`x-amz-meta-if-match`), so the conditional PUT goes through its
 lower-level `_put_object`, which sends headers as given.
 """

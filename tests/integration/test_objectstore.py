@@ -79,6 +79,28 @@ def test_replacing_an_absent_ref_is_a_conflict(s3, bucket):
         compare_and_swap_ref(s3, bucket, "refs/never-written", b"x", "d41d8cd98f00b204e9800998ecf8427e")
 
 
+def test_of_eight_writers_creating_one_ref_at_once_exactly_one_wins(new_client, bucket):
+    start = threading.Barrier(8)
+    outcomes = []
+
+    def create(client: Minio, writer: int) -> None:
+        start.wait()
+        try:
+            compare_and_swap_ref(client, bucket, "refs/contested", f"writer {writer}".encode(), None)
+            outcomes.append(("won", writer))
+        except RefConflict:
+            outcomes.append(("conflict", writer))
+
+    threads = [threading.Thread(target=create, args=(new_client(), writer)) for writer in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [writer for outcome, writer in outcomes if outcome == "won"]
+    assert len(outcomes) == 8 and len(winners) == 1, outcomes
+    assert read_ref(new_client(), bucket, "refs/contested")[0] == f"writer {winners[0]}".encode()
+
+
 def test_eight_writers_incrementing_one_counter_lose_no_increment(s3, new_client, bucket):
     writers, increments = 8, 15
     conflicts = []
