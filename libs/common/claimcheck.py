@@ -10,7 +10,7 @@ from minio.commonconfig import ENABLED, Filter
 from minio.error import S3Error
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 
-from libs.common.objectstore import ObjectIntegrityError, get_verified, put_verified
+from libs.common.objectstore import ObjectIntegrityError, ensure_bucket, get_verified, put_verified
 from protos import events_pb2
 
 DEFAULT_THRESHOLD_BYTES = 512 * 1024
@@ -28,8 +28,7 @@ class ClaimCheckStore:
 
     def ensure_bucket(self) -> None:
         """Creates the bucket with an expiry rule: claim-checked frames live as long as their events do."""
-        if not self.client.bucket_exists(self.bucket):
-            self.client.make_bucket(self.bucket)
+        ensure_bucket(self.client, self.bucket)
         rule = Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id="expire-frames",
                     expiration=Expiration(days=self.expiry_days))
         try:
