@@ -13,5 +13,5 @@ SERVICE = ServiceDeclaration(
     # vigil.models is written by the model registry (libs, `vigil models`) and followed here: inference owns it.
     owns_topics=(topics.INFERENCE, topics.INFERENCE_SHADOW, topics.INFERENCE_SENSORS, topics.MODELS),
     resources=Resources(cpu="2", memory="2Gi"),
-    start_timeout_s=300,  # the first start on a machine converts the default model
+    start_timeout_s=300,  # loading and warming every model up on a busy machine (the install step builds them)
 )

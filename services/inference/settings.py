@@ -21,9 +21,9 @@ class InferenceSettings(ServiceSettings):
     grpc_host: str = Field("127.0.0.1", description="Address of the gRPC (Open Inference Protocol) server.")
     grpc_port: int = Field(8001, description="Port of the gRPC server.")
     grpc_workers: int = Field(8, description="Threads serving gRPC requests.")
-    grpc_max_concurrent: int | None = Field(None, ge=1, description="gRPC calls served at once; a call beyond "
-                                            "them is refused with RESOURCE_EXHAUSTED, not queued (default: "
-                                            "grpc_workers).")
+    grpc_max_concurrent: int = Field(128, ge=1, description="gRPC calls admitted at once (running on a worker "
+                                     "or waiting for one); a call beyond them is refused with "
+                                     "RESOURCE_EXHAUSTED, not queued.")
     grpc_tls_cert_file: Path | None = Field(None, description="PEM certificate chain: set with the key to serve "
                                                               "gRPC over TLS.")
     grpc_tls_key_file: Path | None = Field(None, description="PEM private key of the gRPC TLS certificate.")

@@ -297,7 +297,7 @@ class BlockingDetector:
 
 def test_calls_beyond_the_concurrency_bound_are_refused_at_once_not_queued():
     detector = BlockingDetector()
-    grpc_server, port = start_grpc_server(ModelServer(detector), "127.0.0.1", 0, 4, LIMIT, max_concurrent=2)
+    grpc_server, port = start_grpc_server(ModelServer(detector), "127.0.0.1", 0, 2, LIMIT, max_concurrent=2)
     request = infer_request(image_tensor(np.zeros((8, 8, 3), np.uint8)), model="slow")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -24,6 +24,9 @@ GRPC_REQUESTS = Counter("vigil_inference_grpc_requests_total", "ModelInfer reque
 GRPC_SECONDS = Histogram("vigil_inference_grpc_seconds", "ModelInfer latency", ["model"])
 UNRESOLVED_MODEL = "unknown"  # the label of requests naming no loaded model
 ADMIN_TOKEN_METADATA = "x-vigil-admin-token"
+# Calls admitted at once when not configured: room for a burst of a hundred clients' calls (each waits for a
+# worker at most as long as the ones ahead of it take), never an unbounded queue.
+DEFAULT_MAX_CONCURRENT = 128
 
 pb = inference_pb2
 # Room for the request's metadata around an input of the largest accepted size.
@@ -203,14 +206,13 @@ class BearerTokenCheck(grpc.ServerInterceptor):
 def start_grpc_server(server: ModelServer, host: str, port: int, workers: int, max_input_bytes: int,
                       security: GrpcSecurity = GrpcSecurity(), max_concurrent: int | None = None
                       ) -> tuple[grpc.Server, int]:
-    """max_concurrent: calls served at once (default: `workers`); a call beyond it is refused at once with
-    RESOURCE_EXHAUSTED instead of waiting in a queue, so a burst cannot pile up latency and memory."""
+    """max_concurrent: calls admitted at once, running on one of the `workers` threads or waiting for one
+    (default: DEFAULT_MAX_CONCURRENT); a call beyond it is refused at once with RESOURCE_EXHAUSTED instead of
+    joining an unbounded queue, so a burst cannot pile up latency and memory without end."""
     max_message = max_input_bytes + MESSAGE_OVERHEAD_BYTES
-    max_concurrent = max_concurrent or workers
     grpc_server = grpc.server(
-        # A thread for every admitted call: none waits for a worker behind the bound.
-        futures.ThreadPoolExecutor(max_workers=max(workers, max_concurrent), thread_name_prefix="grpc"),
-        maximum_concurrent_rpcs=max_concurrent,
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=max_concurrent or DEFAULT_MAX_CONCURRENT,
         interceptors=[BearerTokenCheck(security.bearer_token)] if security.bearer_token else [],
         options=[
             # A bigger request is refused by gRPC itself (RESOURCE_EXHAUSTED) before it is even parsed.
