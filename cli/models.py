@@ -1,10 +1,12 @@
-"""`vigil models import | list | show | promote | rollback`: the model registry in the object store.
+"""`vigil models import | list | show | promote | rollback | reconcile`: the model registry in the object store.
 
   vigil models import NAME DIR [--parent VERSION]   a converted model dir as the next immutable version
   vigil models list [--json]                        models, their versions, which one is primary
   vigil models show NAME [VERSION]                  a version's manifest as JSON (default: the latest)
   vigil models promote NAME VERSION                 make VERSION the primary; announced on vigil.models
-  vigil models rollback NAME                        the previously promoted version becomes primary again"""
+  vigil models rollback NAME                        the previously promoted version becomes primary again
+  vigil models reconcile [--grace-s S]              announce the primaries vigil.models lacks (a promotion whose
+                                                    announcement was lost); the inference service does it too"""
 from __future__ import annotations
 
 import argparse
@@ -13,13 +15,16 @@ import json
 import sys
 from pathlib import Path
 
+from libs.common.compacted import read_compacted_topic
 from libs.common.objectstore import object_store_client
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
-from protos import events_pb2
-from libs.model_registry.announcements import AnnouncementFailed, announce, announcement
+from libs.model_registry.announcements import (
+    AnnouncementFailed, announce, announcement, primaries, repair_announcements,
+)
 from libs.model_registry.manifest import RegistryError
 from libs.model_registry.store import BUCKET, ModelRegistry
+from protos import events_pb2
 
 
 def _registry(stack, args: argparse.Namespace) -> ModelRegistry:
@@ -51,6 +56,24 @@ def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: i
     messages.append(announcement(registry.manifest(name, primary), "primary", registry.artifact_ref(name, primary),
                                  action, _who()))
     announce_changes(KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap), messages)
+
+
+def cmd_reconcile(stack, args: argparse.Namespace) -> int:
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap)
+    registry = _registry(stack, args)
+    announced: dict[str, int] = {}
+    read_compacted_topic(kafka.client_config(), MODELS, lambda records: announced.update(
+        {name: int(m.model.version)
+         for name, m in primaries([value for _key, value in records], registry.bucket).items()}),
+        "vigil-cli-models")
+    messages = repair_announcements(registry, announced, args.grace_s)
+    if messages:
+        announce_changes(kafka, messages)
+    for message in messages:
+        print(f"{message.model.name} version {message.model.version} announced as primary")
+    if not messages:
+        print(f"every primary is announced on {MODELS}")
+    return 0
 
 
 def cmd_import(stack, args: argparse.Namespace) -> int:
@@ -98,7 +121,8 @@ def cmd_rollback(stack, args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict:
-    models = subparsers.add_parser("models", help="the model registry: import, list, show, promote, rollback",
+    models = subparsers.add_parser("models", help="the model registry: import, list, show, promote, rollback, "
+                                   "reconcile",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models.add_argument("--bucket", default=BUCKET, help=f"the registry's bucket (default {BUCKET})")
     models.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local stack's)")
@@ -118,8 +142,11 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     promote.add_argument("version", type=int)
     rollback = sub.add_parser("rollback", help="promote the previously promoted version again")
     rollback.add_argument("name")
+    reconcile = sub.add_parser("reconcile", help="announce the primaries vigil.models lacks")
+    reconcile.add_argument("--grace-s", type=float, default=30.0,
+                           help="leave changes younger than this alone: their writer may be announcing them")
     commands = {"import": cmd_import, "list": cmd_list, "show": cmd_show, "promote": cmd_promote,
-                "rollback": cmd_rollback}
+                "rollback": cmd_rollback, "reconcile": cmd_reconcile}
 
     def cmd_models(stack, args: argparse.Namespace) -> int:
         try:

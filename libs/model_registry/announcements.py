@@ -9,14 +9,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from confluent_kafka import Producer
+from google.protobuf.message import DecodeError
 
 from libs.common.envelope import new_envelope
+from libs.common.logs import get_logger
 from libs.common.topics import MODELS
 from libs.model_registry.history import current_primary
 from libs.model_registry.manifest import RegistryError
 from protos import events_pb2
 
 RECONCILER = "registry-reconcile"
+log = get_logger(__name__)
 
 
 class AnnouncementFailed(RegistryError):
@@ -46,6 +49,24 @@ def announce(client_config: dict[str, str], messages: list[events_pb2.ModelVersi
                          on_delivery=lambda err, _msg: err and errors.append(err.str()))
     if producer.flush(30) or errors:
         raise AnnouncementFailed(f"announcement on {topic} failed: {errors or 'timed out'}")
+
+
+def primaries(messages: list[bytes | None], bucket: str | None = None) -> dict[str, events_pb2.ModelVersion]:
+    """The last "primary" announcement per model among `messages` (in log order), of the registry in `bucket`
+    if one is given; undecodable ones skipped. A retirement alone changes nothing: the primary announced with it
+    is what a server loads."""
+    latest: dict[str, events_pb2.ModelVersion] = {}
+    for value in messages:
+        try:
+            message = events_pb2.ModelVersion.FromString(value or b"")
+        except DecodeError as exc:
+            log.warning("not a ModelVersion on the models topic", error=str(exc))
+            continue
+        if bucket is not None and message.artifact.bucket != bucket:
+            continue
+        if message.stage == "primary" and message.model.name and message.model.version.isdigit():
+            latest[message.model.name] = message
+    return latest
 
 
 def unannounced_primaries(histories: dict[str, list[dict]], announced: dict[str, int], now: datetime,

@@ -17,13 +17,11 @@ import shutil
 import threading
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
 from libs.common.compacted import CompactedTopicFollower, Records
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
-from libs.model_registry.announcements import announce, repair_announcements
+from libs.model_registry.announcements import announce, primaries, repair_announcements
 from libs.model_registry.manifest import MANIFEST, RegistryError, checked_file_paths, file_digest
 from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
@@ -31,21 +29,6 @@ from services.inference.core.model_repository import ModelNotFound, PinnedReposi
 from services.inference.core.model_server import ModelLoadFailed, ModelServer
 
 log = get_logger(__name__)
-
-
-def primaries(messages: list[bytes | None]) -> dict[str, events_pb2.ModelVersion]:
-    """The last "primary" announcement per model among `messages` (in log order); undecodable ones skipped.
-    A retirement alone changes nothing: the primary announced with it is what a server loads."""
-    latest: dict[str, events_pb2.ModelVersion] = {}
-    for value in messages:
-        try:
-            message = events_pb2.ModelVersion.FromString(value or b"")
-        except DecodeError as exc:
-            log.warning("not a ModelVersion on the models topic", error=str(exc))
-            continue
-        if message.stage == "primary" and message.model.name and message.model.version.isdigit():
-            latest[message.model.name] = message
-    return latest
 
 
 def verified_download(registry: ModelRegistry, name: str, version: int, cache_dir: Path) -> Path:
@@ -152,7 +135,7 @@ class ModelRegistryFollower:
 
     def _apply_batch(self, records: Records) -> None:
         # Only the latest primary per model in what has arrived: a start replaying the log loads once.
-        latest = primaries([value for _key, value in records])
+        latest = primaries([value for _key, value in records], self.registry.bucket)
         self.announced.update({name: int(message.model.version) for name, message in latest.items()})
         for message in latest.values():
             if self._stop.is_set():

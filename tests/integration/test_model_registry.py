@@ -154,3 +154,21 @@ def test_a_tampered_object_is_refused_on_download_and_leaves_nothing_behind(stac
         registry.download("tamper-me", 1, tmp_path / "tampered")
     assert not (tmp_path / "tampered").exists()
     assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_reconcile_announces_a_promotion_recorded_but_never_announced(stack, capsys, registry, model_dirs):
+    """As if `vigil models promote` died between writing the store and announcing on vigil.models."""
+    bootstrap = stack.config.kafka_bootstrap
+    registry.import_dir("lost-announcement", model_dirs[0], "test")
+    start = end_offsets(bootstrap, MODELS)
+    registry.promote("lost-announcement", 1, "test")  # recorded; nobody announces it
+
+    code, out, _ = vigil_models(stack, capsys, "reconcile", "--grace-s", 0)
+    assert code == 0 and "lost-announcement version 1 announced as primary" in out
+    announced = [events_pb2.ModelVersion.FromString(m.value())
+                 for m in read_range(bootstrap, MODELS, start, end_offsets(bootstrap, MODELS))]
+    assert [(m.model.name, m.model.version, m.stage, m.metadata["action"]) for m in announced
+            if m.artifact.bucket == BUCKET] == [("lost-announcement", "1", "primary", "reconcile")]
+
+    code, out, _ = vigil_models(stack, capsys, "reconcile", "--grace-s", 0)
+    assert code == 0 and "every primary is announced" in out
