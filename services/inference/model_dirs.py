@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from libs.common.cache_dir import default_cache_dir
 from services.inference.sensors import features
 
 DEFAULT_DETECTOR_NAME = "yolov3-tiny"
@@ -24,11 +25,7 @@ class ModelNotBuilt(FileNotFoundError):
 
 
 def cache_dir_or_default(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    from tools.fetch_assets import default_cache_dir  # the one definition of $VIGIL_CACHE_DIR's default
-
-    return default_cache_dir()
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
 def default_detector_dir(cache_dir: Path | None = None) -> Path:
