@@ -189,6 +189,7 @@ class KafkaRunner:
         heartbeat: Heartbeat | None = None,
         consumer_overrides: dict[str, object] | None = None,
         on_assigned: Callable[[Consumer, list[TopicPartition]], None] | None = None,
+        consumer: Consumer | None = None,
     ) -> None:
         self.kafka = kafka
         # Called with the consumer and the newly assigned partitions before their first message is consumed
@@ -202,7 +203,8 @@ class KafkaRunner:
         self.heartbeat = heartbeat or Heartbeat(max_age_s=60)
         self.assigned = threading.Event()
         self.producer = producer or DeliveringProducer(producer_config(kafka, client_id=service))
-        self._consumer = Consumer({
+        # `consumer` is given only by unit tests of this loop (a scripted stand-in); services let it be built here.
+        self._consumer = consumer or Consumer({
             **kafka.client_config(),
             "group.id": group_id,
             "client.id": service,
