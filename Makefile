@@ -30,14 +30,20 @@ down:
 status:
 	$(VIGIL) status
 
+# The unit tests first, offline and without the stack (a failure stops here, so CI fails fast); then the
+# integration tests with the unit tests marked heavy (asset downloads, model builds, quantization).
+UNIT_TESTS := -m pytest -ra tests/unit -m "not heavy"
+INTEGRATION_TESTS := -m pytest -ra tests/integration tests/unit -m "integration or heavy"
+
 test: install
-	$(PY) -m pytest -ra
+	$(PY) $(UNIT_TESTS)
+	$(PY) $(INTEGRATION_TESTS)
 
 test-unit: install
-	$(PY) -m pytest -ra tests/unit
+	$(PY) $(UNIT_TESTS)
 
 test-integration: install
-	$(PY) -m pytest -ra tests/integration
+	$(PY) $(INTEGRATION_TESTS)
 
 # Each benchmark in turn, alone on the machine (figures go to bench/results/*.json).
 bench: install

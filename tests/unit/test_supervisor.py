@@ -24,7 +24,10 @@ def test_down_stops_the_whole_process_group(tmp_path):
     supervisor = Supervisor(StackPaths(tmp_path / "state", tmp_path / "cache"), [sleeper_with_child("a")])
     supervisor.up(progress=lambda *_: None)
     pid = supervisor.running_pid("a")
-    time.sleep(0.5)
+    # The grandchild is there once the parent's interpreter has started it: polled, as a loaded box takes a while.
+    deadline = time.monotonic() + 30
+    while len(group_members(pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(group_members(pid)) == 2
     assert supervisor.status()[0].running
     supervisor.down(timeout_s=5, progress=lambda *_: None)
