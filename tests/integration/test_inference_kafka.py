@@ -160,14 +160,25 @@ def test_a_new_version_swaps_in_under_a_stream_with_no_failed_or_missing_result_
     workers = [threading.Thread(target=stream_frames), threading.Thread(target=call_grpc)]
     for worker in workers:
         worker.start()
+    def cameras_served_by(version):
+        found = [events_pb2.InferenceResult.FromString(m.value())
+                 for m in read_range(bootstrap, INFERENCE, results_start, end_offsets(bootstrap, INFERENCE))]
+        return {r.camera_id for r in found if r.model.version == version}
+
     try:
-        time.sleep(2)
+        # The old version serves each camera and a gRPC call before the swap (polled: a loaded box may lag).
+        wait_for(lambda: "1" in grpc_outcomes and cameras_served_by("1") >= set(produced), 60,
+                 what="version 1 serving every camera and a gRPC call")
         with pytest.raises(grpc.RpcError) as failed_load:
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="broken"))
         assert failed_load.value.code() == grpc.StatusCode.INTERNAL
         time.sleep(1)
         stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="yolov3-tiny"))
-        time.sleep(3)
+        # The stream goes on after the swap until the new version has answered a call and every camera has sent
+        # frames since (they must get version 2).
+        sent_at_swap = {camera_id: len(ids) for camera_id, ids in produced.items()}
+        wait_for(lambda: "2" in grpc_outcomes and all(len(produced[c]) >= n + 10 for c, n in sent_at_swap.items()),
+                 60, what="a gRPC answer from version 2 and frames sent after the swap")
     finally:
         stop.set()
         for worker in workers:
