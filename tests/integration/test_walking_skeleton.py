@@ -140,7 +140,10 @@ def test_sigkill_of_inference_mid_stream_loses_no_frame_and_the_store_keeps_each
     try:
         time.sleep(2)
         stack.supervisor.kill("inference")
-        time.sleep(4)  # frames keep arriving while inference is dead
+        # Frames keep arriving while inference is dead: a dozen (over 2 s at 5 fps), polled on a loaded box.
+        frames_at_kill = sum(end_offsets(bootstrap, FRAMES).values())
+        wait_for(lambda: sum(end_offsets(bootstrap, FRAMES).values()) >= frames_at_kill + 12, 60,
+                 what="frames arriving while inference is dead")
         stack.supervisor.up(progress=lambda *_: None)  # restarts what is not running
         time.sleep(3)
         stack.supervisor.stop("ingest", progress=lambda *_: None)  # a finite stream from here on
