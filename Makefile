@@ -30,20 +30,17 @@ down:
 status:
 	$(VIGIL) status
 
-# The unit tests first, offline and without the stack (a failure stops here, so CI fails fast); then the
-# integration tests with the unit tests marked heavy (asset downloads, model builds, quantization).
-UNIT_TESTS := -m pytest -ra tests/unit -m "not heavy"
-INTEGRATION_TESTS := -m pytest -ra tests/integration tests/unit -m "integration or heavy"
+# The unit tests first, offline and without the stack or its downloads (a failure stops here, so CI fails fast);
+# then the stack's downloads and the integration tests, with the unit tests marked heavy (asset downloads, model
+# builds, quantization).
+test: test-unit
+	$(MAKE) --no-print-directory test-integration
 
-test: install
-	$(PY) $(UNIT_TESTS)
-	$(PY) $(INTEGRATION_TESTS)
-
-test-unit: install
-	$(PY) $(UNIT_TESTS)
+test-unit: $(STAMP)
+	$(PY) -m pytest -ra tests/unit -m "not heavy"
 
 test-integration: install
-	$(PY) $(INTEGRATION_TESTS)
+	$(PY) -m pytest -ra tests/integration tests/unit -m "integration or heavy"
 
 # Each benchmark in turn, alone on the machine (figures go to bench/results/*.json).
 bench: install
