@@ -2,7 +2,7 @@
 every frame event on vigil.frames."""
 from __future__ import annotations
 
-import threading
+import sys
 
 from libs.common.claimcheck import ClaimCheckStore
 from libs.common.objectstore import object_store_client
@@ -21,7 +21,7 @@ from services.inference.core.model_server import ModelServer
 from services.inference.detectors import detector_loader
 from services.inference.model_dirs import built, cache_dir_or_default, default_detector_dir
 from services.inference.model_registry_follower import ModelRegistryFollower
-from services.inference.sensors.kafka_adapter import start_sensor_path
+from services.inference.sensors.kafka_adapter import sensor_path_task
 from services.inference.settings import InferenceSettings
 
 
@@ -36,9 +36,9 @@ def grpc_security(settings: InferenceSettings) -> GrpcSecurity:
     )
 
 
-def start_registry_follower(settings: InferenceSettings, kafka: KafkaSettings, server: ModelServer,
-                            repository: PinnedRepository, runtime) -> threading.Thread | None:
-    """When enabled (by default when the object store's secret is set): a thread that hot-swaps in each
+def registry_follower(settings: InferenceSettings, kafka: KafkaSettings, server: ModelServer,
+                      repository: PinnedRepository) -> ModelRegistryFollower | None:
+    """When enabled (by default when the object store's secret is set): the follower that hot-swaps in each
     version of a served model that becomes primary in the model registry."""
     object_store = ObjectStoreSettings()
     follow = settings.follow_registry
@@ -46,14 +46,19 @@ def start_registry_follower(settings: InferenceSettings, kafka: KafkaSettings, s
         follow = object_store.secret_key is not None
     if not follow:
         return None
-    follower = ModelRegistryFollower(
+    return ModelRegistryFollower(
         kafka.client_config(), ModelRegistry(object_store_client(object_store), settings.registry_bucket), server,
         repository, settings.registry_cache_dir or cache_dir_or_default(None) / "registry",
         reconcile_s=settings.registry_reconcile_s)
-    runtime.health.liveness["registry_follower"] = follower.heartbeat.check
-    thread = threading.Thread(target=follower.run, args=(runtime.stop,), name="registry-follower", daemon=True)
-    thread.start()
-    return thread
+
+
+def frame_pipeline(settings: InferenceSettings, server: ModelServer) -> FramePipeline:
+    """vigil.frames -> vigil.inference (and vigil.inference.shadow), each frame to its camera's model."""
+    object_store = ObjectStoreSettings()
+    claim_check = (ClaimCheckStore(object_store_client(object_store), bucket="vigil-frames")
+                   if object_store.secret_key is not None else None)
+    return FramePipeline(server.model_for_camera, max_frame_bytes=settings.max_input_bytes,
+                         claim_check=claim_check, shadow_for=server.shadow_for_camera)
 
 
 def main() -> None:
@@ -71,6 +76,7 @@ def main() -> None:
     detector = loader(model_dir)
     repository = PinnedRepository(DirectoryRepository(settings.model_repository, loader, also=(model_dir,)), loader)
     announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))
+    runtime.on_stop("model status producer", lambda: announcer.flush(settings.shutdown_timeout_s / 4))
     server = ModelServer(detector, repository, settings.max_input_bytes, settings.camera_models,
                          on_status=model_status_announcer(announcer), canary_model=settings.canary_model,
                          canary_share=settings.canary_share, shadow_model=settings.shadow_model)
@@ -80,42 +86,28 @@ def main() -> None:
     grpc_server, grpc_port = start_grpc_server(server, settings.grpc_host, settings.grpc_port, settings.grpc_workers,
                                                settings.max_input_bytes, grpc_security(settings),
                                                settings.grpc_max_concurrent)
+    # Registered first, so run last: in-flight gRPC calls finish after the loops have stopped, new ones are refused.
+    runtime.on_stop("gRPC server", lambda: grpc_server.stop(grace=settings.shutdown_timeout_s / 2).wait())
     server.warm_up()
     runtime.health.readiness["model_ready"] = flag_check(server.ready, f"model {detector.name} loaded and warm")
     log.info("serving", model=detector.name, version=detector.version, grpc=f"{settings.grpc_host}:{grpc_port}")
-    follower_thread = start_registry_follower(settings, kafka, server, repository, runtime)
-    sensor_path = start_sensor_path(settings, kafka, runtime)  # vigil.sensors -> vigil.inference.sensors, own thread
 
-    try:
-        if settings.consume:
-            object_store = ObjectStoreSettings()
-            claim_check = (ClaimCheckStore(object_store_client(object_store), bucket="vigil-frames")
-                           if object_store.secret_key is not None else None)
-            pipeline = FramePipeline(server.model_for_camera, max_frame_bytes=settings.max_input_bytes,
-                                     claim_check=claim_check, shadow_for=server.shadow_for_camera)
-            runner = KafkaRunner(
-                kafka, service="inference", group_id="vigil-inference", topics=[FRAMES],
-                handler=frame_batch_handler(pipeline),
-                max_batch=settings.batch_max_frames, max_wait_s=settings.batch_max_wait_s,
-            )
-            runtime.health.liveness["consume_loop"] = runner.heartbeat.check
-            try:
-                runner.run(runtime.stop)
-            finally:
-                pipeline.close()
-        else:
-            runtime.stop.wait()
-    finally:
-        # Let in-flight gRPC calls finish, refuse new ones.
-        grpc_server.stop(grace=settings.shutdown_timeout_s / 2).wait()
-        runtime.stop.set()
-        if follower_thread is not None:
-            follower_thread.join(timeout=settings.shutdown_timeout_s / 2)
-        if sensor_path is not None:
-            sensor_path.join(timeout_s=settings.shutdown_timeout_s / 2)
-        runtime.close()
+    follower = registry_follower(settings, kafka, server, repository)
+    if follower is not None:
+        runtime.health.liveness["registry_follower"] = follower.heartbeat.check
+        runtime.start_task("registry-follower", follower.run)
+    sensor_path = sensor_path_task(settings, kafka, runtime.health)  # vigil.sensors -> vigil.inference.sensors
     if sensor_path is not None:
-        sensor_path.raise_if_failed()
+        runtime.start_task("sensor-path", sensor_path)
+    if settings.consume:
+        pipeline = frame_pipeline(settings, server)
+        runtime.on_stop("frame pipeline", pipeline.close)
+        runner = KafkaRunner(kafka, service="inference", group_id="vigil-inference", topics=[FRAMES],
+                             handler=frame_batch_handler(pipeline), max_batch=settings.batch_max_frames,
+                             max_wait_s=settings.batch_max_wait_s)
+        runtime.health.liveness["consume_loop"] = runner.heartbeat.check
+        runtime.start_task("frame-consumer", runner.run)
+    sys.exit(runtime.run())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ events to vigil.frames; their status to vigil.monitoring."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 from libs.common.claimcheck import ClaimCheckStore
@@ -58,26 +59,27 @@ def main() -> None:
     runtime.health.liveness["registry_loop"] = follower.heartbeat.check
     runtime.health.readiness["registry_loaded"] = follower.ready
 
-    def report_status() -> None:
-        while not runtime.stop.wait(settings.status_interval_s):
+    def report_status(stop: threading.Event) -> None:
+        while not stop.wait(settings.status_interval_s):
             fleet.publish_all()
             publisher.poll()
 
-    threading.Thread(target=report_status, name="camera-status", daemon=True).start()
+    # Cleanups run last registered first: the cameras stop before their producers are flushed.
+    runtime.on_stop("status producer", status_publisher.close)
+    runtime.on_stop("frame producer", lambda: close_frame_publisher(publisher))
+    runtime.on_stop("cameras", fleet.stop_all)
+    runtime.start_task("camera-registry", follower.run)
+    runtime.start_task("camera-status", report_status)
     sensors = SensorIngest(kafka, SensorSettings(), runtime.health)
-    sensor_thread = threading.Thread(target=sensors.run, args=(runtime.stop,), name="sensors")
-    sensor_thread.start()
-    try:
-        follower.run(runtime.stop)
-    finally:
-        runtime.stop.set()  # the registry loop may also end on an error: stop the sensors with it
-        sensor_thread.join(settings.shutdown_timeout_s)
-        fleet.stop_all()
-        undelivered = publisher.close()
-        if undelivered:
-            log.error("frames undelivered at shutdown", count=undelivered)
-        status_publisher.close()
-        runtime.close()
+    if sensors.settings.enabled:
+        runtime.start_task("sensors", sensors.run)
+    sys.exit(runtime.run())
+
+
+def close_frame_publisher(publisher: FramePublisher) -> None:
+    undelivered = publisher.close()
+    if undelivered:
+        get_logger().error("frames undelivered at shutdown", count=undelivered)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 it, and the dashboard (with each camera's newest frame, followed from vigil.frames)."""
 from __future__ import annotations
 
+import sys
 import threading
 
 from libs.common.logs import get_logger
@@ -34,15 +35,14 @@ def main() -> None:
     store_open.set()
     if kafka.create_topics:
         ensure_topics(kafka.client_config(), kafka.replication_factor)
+    runtime.on_stop("metrics store", store.close)
     frames = LatestFrames()
     api = QueryApi(store, settings.api_host, settings.api_port, frames).start()
+    runtime.on_stop("query api", api.stop)
     log.info("query api and dashboard listening", url=f"http://{settings.api_host}:{api.port}/")
     api_listening.set()
-    follower = None
     if settings.live_frames:
-        follower = threading.Thread(target=LatestFrameFollower(kafka.client_config(), frames).run,
-                                    args=(runtime.stop,), name="latest-frames", daemon=True)
-        follower.start()
+        runtime.start_task("latest-frames", LatestFrameFollower(kafka.client_config(), frames).run)
 
     handler = MetricsBatchHandler(EventSink(store), kafka.dlq_topic)
     runner = PrefetchingKafkaRunner(
@@ -56,15 +56,8 @@ def main() -> None:
     )
     runtime.health.liveness["consume_loop"] = runner.heartbeat.check
     runtime.health.readiness["kafka_assigned"] = flag_check(runner.assigned, "partitions assigned")
-    try:
-        runner.run(runtime.stop)
-    finally:
-        runtime.stop.set()
-        if follower is not None:
-            follower.join(timeout=5)
-        api.stop()
-        store.close()
-        runtime.close()
+    runtime.start_task("sink", runner.run)
+    sys.exit(runtime.run())
 
 
 if __name__ == "__main__":

@@ -230,19 +230,20 @@ def test_a_sensor_model_that_cannot_load_stops_the_service_and_makes_it_exit_non
     import threading
 
     from libs.common.ops import Health
+    from libs.common.service import ServiceRuntime
     from libs.common.settings import KafkaSettings
-    from services.inference.sensors.kafka_adapter import start_sensor_path
+    from services.inference.sensors.kafka_adapter import sensor_path_task
     from services.inference.settings import InferenceSettings
 
-    class Runtime:
-        health, stop = Health(), threading.Event()
+    class Ops:
+        def stop(self) -> None:
+            pass
 
+    runtime = ServiceRuntime("inference", Health(), Ops(), threading.Event(), shutdown_timeout_s=10)
     settings = InferenceSettings(sensor_model_dir=tmp_path / "no-model-here")
-    path = start_sensor_path(settings, KafkaSettings(create_topics=False), Runtime)
-    assert Runtime.stop.wait(10), "the service is told to stop"
-    path.join(timeout_s=10)
-    assert Runtime.health.evaluate(Runtime.health.readiness) == (
-        False, {"sensor_model_ready": {"ok": False, "detail": "not yet: sensor anomaly model loaded"}})
-    with pytest.raises(RuntimeError, match="sensor path failed"):
-        path.raise_if_failed()
-    assert start_sensor_path(InferenceSettings(consume_sensors=False), KafkaSettings(), Runtime) is None
+    runtime.start_task("sensor-path", sensor_path_task(settings, KafkaSettings(create_topics=False), runtime.health))
+    assert runtime.stop.wait(10), "the service is told to stop"
+    assert runtime.run() == 1
+    ok, report = runtime.health.evaluate(runtime.health.readiness)
+    assert not ok and report["sensor_model_ready"]["detail"] == "not yet: sensor anomaly model loaded"
+    assert sensor_path_task(InferenceSettings(consume_sensors=False), KafkaSettings(), Health()) is None

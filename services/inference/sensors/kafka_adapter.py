@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -20,8 +19,8 @@ from prometheus_client import Counter
 
 from libs.common.kafka import KafkaRunner, Outbound, Outcome, Rejected, decode_each
 from libs.common.logs import get_logger, trace_context
-from libs.common.ops import flag_check
-from libs.common.service import ServiceRuntime
+from libs.common.ops import Health, flag_check
+from libs.common.service import Task
 from libs.common.settings import KafkaSettings
 from libs.common.topics import INFERENCE_SENSORS, SENSORS
 from protos import events_pb2
@@ -107,61 +106,36 @@ def rebuild_windows(client_config: dict[str, str], consumer: Consumer, partition
     return warmed
 
 
-@dataclass
-class SensorPath:
-    """The sensor path running on its own thread beside the frame path; `failure` holds what stopped it."""
-
-    thread: threading.Thread
-    loaded: threading.Event
-    failure: BaseException | None = field(default=None)
-
-    def join(self, timeout_s: float) -> None:
-        self.thread.join(timeout=timeout_s)
-
-    def raise_if_failed(self) -> None:
-        """Called last, so the process exits non-zero (and is restarted) after a clean shutdown."""
-        if self.failure is not None:
-            raise RuntimeError("the sensor path failed") from self.failure
-
-
-def start_sensor_path(settings: InferenceSettings, kafka: KafkaSettings,
-                      runtime: ServiceRuntime) -> SensorPath | None:
-    """When enabled: loads the sensor anomaly model (built by the install step) and consumes vigil.sensors
-    on a thread, group vigil-inference-sensors. Readiness waits for the model; liveness for the loop. A failure
-    (the model cannot load, Kafka cannot take the results) stops the whole service, which its supervisor
-    restarts, rather than leaving it half working."""
+def sensor_path_task(settings: InferenceSettings, kafka: KafkaSettings, health: Health) -> Task | None:
+    """When enabled: the task that loads the sensor anomaly model (built by the install step) and consumes
+    vigil.sensors, group vigil-inference-sensors; the service runtime runs it on a thread of its own. Readiness
+    waits for the model; liveness for the loop. A failure (the model cannot load, Kafka cannot take the results)
+    stops the whole service, which its supervisor restarts, rather than leaving it half working."""
     if not settings.consume_sensors:
         return None
     log = get_logger(__name__)
     loaded = threading.Event()
-    runtime.health.readiness["sensor_model_ready"] = flag_check(loaded, "sensor anomaly model loaded")
+    health.readiness["sensor_model_ready"] = flag_check(loaded, "sensor anomaly model loaded")
 
-    def run() -> None:
-        try:
-            model_dir = built(settings.sensor_model_dir or sensor_anomaly_model_dir(), "sensor anomaly model")
-            reading_scorer = SensorReadingScorer(SensorAnomalyScorer.load(model_dir, settings.device))
-            scorer = reading_scorer.scorer
+    def run(stop: threading.Event) -> None:
+        model_dir = built(settings.sensor_model_dir or sensor_anomaly_model_dir(), "sensor anomaly model")
+        reading_scorer = SensorReadingScorer(SensorAnomalyScorer.load(model_dir, settings.device))
+        scorer = reading_scorer.scorer
 
-            def refill_windows(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-                try:
-                    rebuild_windows(kafka.client_config(), consumer, partitions, reading_scorer,
-                                    settings.sensor_warmup_s, progress=runner.heartbeat.beat)
-                except Exception:
-                    log.warning("sensor windows not rebuilt; they fill from live readings", exc_info=True)
+        def refill_windows(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            try:
+                rebuild_windows(kafka.client_config(), consumer, partitions, reading_scorer,
+                                settings.sensor_warmup_s, progress=runner.heartbeat.beat)
+            except Exception:
+                log.warning("sensor windows not rebuilt; they fill from live readings", exc_info=True)
 
-            runner = KafkaRunner(kafka, service="inference-sensors", group_id=GROUP_ID, topics=[SENSORS],
-                                 handler=sensor_batch_handler(reading_scorer),
-                                 max_batch=settings.sensor_batch_max_readings, max_wait_s=0.05,
-                                 on_assigned=refill_windows)
-            runtime.health.liveness["sensor_consume_loop"] = runner.heartbeat.check
-            loaded.set()
-            log.info("sensor path", model=scorer.name, version=scorer.version, threshold=scorer.threshold)
-            runner.run(runtime.stop)
-        except BaseException as exc:
-            log.exception("sensor path failed; stopping the service")
-            path.failure = exc
-            runtime.stop.set()
+        runner = KafkaRunner(kafka, service="inference-sensors", group_id=GROUP_ID, topics=[SENSORS],
+                             handler=sensor_batch_handler(reading_scorer),
+                             max_batch=settings.sensor_batch_max_readings, max_wait_s=0.05,
+                             on_assigned=refill_windows)
+        health.liveness["sensor_consume_loop"] = runner.heartbeat.check
+        loaded.set()
+        log.info("sensor path", model=scorer.name, version=scorer.version, threshold=scorer.threshold)
+        runner.run(stop)
 
-    path = SensorPath(threading.Thread(target=run, name="sensor-path", daemon=True), loaded)
-    path.thread.start()
-    return path
+    return run
