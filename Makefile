@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 VIGIL := $(VENV)/bin/vigil
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status test test-unit test-integration bench protos lock clean-state
+.PHONY: install up down status test test-unit test-integration bench protos manifests lock clean-state
 
 $(STAMP): requirements.lock pyproject.toml tools/install_system_packages.sh
 	bash tools/install_system_packages.sh
@@ -53,6 +53,11 @@ bench: install
 protos:
 	$(PY) -m tools.gen_protos
 
-# Re-resolve requirements.in into the pinned requirements.lock.
+# Regenerate deploy/k8s/<service>.yaml from the services' declarations (a test fails when they are stale).
+manifests:
+	$(PY) -m tools.gen_manifests
+
+# Re-resolve requirements.in into the pinned requirements.lock, and the container's runtime subset within it.
 lock:
 	$(VENV)/bin/uv pip compile requirements.in -p 3.11 -o requirements.lock
+	$(VENV)/bin/uv pip compile requirements-runtime.in -p 3.11 -c requirements.lock -o requirements-runtime.lock

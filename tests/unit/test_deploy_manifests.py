@@ -97,3 +97,8 @@ def test_the_inference_pod_can_write_registry_versions_for_hot_swap():
         "the registry cache is on a writable volume"
     owner = next(name for path, name in mounted.items() if cache == path or cache.startswith(path.rstrip("/") + "/"))
     assert "emptyDir" in volumes[owner]
+
+
+def test_manifests_are_generated_from_the_current_declarations():
+    from tools.gen_manifests import stale_files
+    assert stale_files() == [], "run `python -m tools.gen_manifests` after changing a service's declaration"
