@@ -9,12 +9,12 @@ import threading
 from typing import Callable, Sequence
 
 from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message as ProtoMessage
 from prometheus_client import Gauge
 
 from libs.common.kafka import Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
-from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SENSORS, MODELS, MONITORING
+from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SENSORS, MODELS, MONITORING, TOPIC_OF_NAME, message_type
 from protos import events_pb2
 from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, MODEL_VERSIONS, SENSOR_ANOMALIES, \
     InvalidEvent, Rows, dead_letter_row, inference_row, model_version_row, monitoring_rows, sensor_anomaly_row
@@ -27,32 +27,57 @@ log = get_logger(__name__)
 CONSUMER_LAG = Gauge("vigil_metrics_consumer_lag", "Messages not yet consumed, per partition", ["topic", "partition"])
 
 
-def _event(msg: Message, message_type):
-    """The message as an event of `message_type`, which must carry an event id (the sink dedupes by it)."""
-    event = message_type.FromString(msg.value() or b"")
+def _event(msg: Message, message: type[ProtoMessage]) -> ProtoMessage:
+    """The message as an event of `message`, which must carry an event id (the sink dedupes by it)."""
+    event = message.FromString(msg.value() or b"")
     if not event.envelope.event_id:
         raise InvalidEvent("envelope.event_id is empty")
     return event
 
 
-def _inference(msg: Message, rows: Rows) -> None:
-    rows[INFERENCE_TABLE.name].append(inference_row(_event(msg, events_pb2.InferenceResult), msg.timestamp()[1]))
+def _inference(event: events_pb2.InferenceResult, msg: Message, rows: Rows) -> None:
+    rows[INFERENCE_TABLE.name].append(inference_row(event, msg.timestamp()[1]))
 
 
-def _monitoring(msg: Message, rows: Rows) -> None:
-    for table, table_rows in monitoring_rows(_event(msg, events_pb2.MonitoringEvent)).items():
+def _monitoring(event: events_pb2.MonitoringEvent, _msg: Message, rows: Rows) -> None:
+    for table, table_rows in monitoring_rows(event).items():
         rows.setdefault(table, []).extend(table_rows)
 
 
-def _sensor_anomaly(msg: Message, rows: Rows) -> None:
-    result = _event(msg, events_pb2.SensorAnomalyResult)
-    rows.setdefault(SENSOR_ANOMALIES.name, []).append(sensor_anomaly_row(result, msg.timestamp()[1]))
+def _sensor_anomaly(event: events_pb2.SensorAnomalyResult, msg: Message, rows: Rows) -> None:
+    rows.setdefault(SENSOR_ANOMALIES.name, []).append(sensor_anomaly_row(event, msg.timestamp()[1]))
 
 
-def _model_version(msg: Message, rows: Rows) -> None:
-    if msg.value() is None:
-        return  # a tombstone of the compacted topic: the registry forgot a model, nothing happened to a version
-    rows.setdefault(MODEL_VERSIONS.name, []).append(model_version_row(_event(msg, events_pb2.ModelVersion)))
+def _model_version(event: events_pb2.ModelVersion, _msg: Message, rows: Rows) -> None:
+    rows.setdefault(MODEL_VERSIONS.name, []).append(model_version_row(event))
+
+
+# The rows of each event type the sink stores. Which type a topic carries is the topic catalog's word
+# (libs/common/topics.py, TopicSpec.message), not this module's: a topic is decoded as its spec says.
+ROWS_OF = {
+    events_pb2.InferenceResult: _inference, events_pb2.MonitoringEvent: _monitoring,
+    events_pb2.SensorAnomalyResult: _sensor_anomaly, events_pb2.ModelVersion: _model_version,
+}
+# What the sink reads besides the dead-letter topic.
+SINK_TOPICS = (INFERENCE, MONITORING, INFERENCE_SENSORS, MODELS)
+
+
+def topic_decoder(topic: str) -> Callable[[Message, Rows], None]:
+    """Decodes a message of `topic` as the type its TopicSpec names and adds its rows; raises ValueError for a
+    topic whose type the sink does not store."""
+    message = message_type(topic)
+    to_rows = ROWS_OF.get(message)
+    if to_rows is None:
+        raise ValueError(f"the metrics sink stores no {getattr(message, '__name__', 'untyped')} events "
+                         f"(topic {topic})")
+    compacted = "compact" in TOPIC_OF_NAME[topic].config.get("cleanup.policy", "")
+
+    def decode(msg: Message, rows: Rows) -> None:
+        if compacted and msg.value() is None:
+            return  # a tombstone of a compacted topic: a key forgotten, no event happened
+        to_rows(_event(msg, message), msg, rows)
+
+    return decode
 
 
 def _dead_letter(msg: Message, rows: Rows) -> None:
@@ -82,12 +107,12 @@ class MetricsBatchHandler:
     """The runner's batch handler: inference events to the engine's protobuf path in one piece (when the sink has
     it), every other message decoded here; returns each message's outcome (stored, or rejected with a reason)."""
 
-    def __init__(self, sink: EventSink, dlq_topic: str) -> None:
+    def __init__(self, sink: EventSink, dlq_topic: str, topics: Sequence[str] = SINK_TOPICS) -> None:
         self.sink = sink
-        self.decoders: dict[str, Callable[[Message, Rows], None]] = {
-            INFERENCE: _inference, MONITORING: _monitoring, INFERENCE_SENSORS: _sensor_anomaly,
-            MODELS: _model_version, dlq_topic: _dead_letter,
-        }
+        self.decoders: dict[str, Callable[[Message, Rows], None]] = {topic: topic_decoder(topic) for topic in topics}
+        self.decoders[dlq_topic] = _dead_letter
+        # Topics of InferenceResults: the engine's protobuf path takes them, when the sink has it.
+        self.inference_topics = frozenset(t for t in topics if message_type(t) is events_pb2.InferenceResult)
 
     def prepare(self, batch: Sequence[Message]) -> PreparedBatch:
         """The runner's hook, called for each batch as it is consumed, while the previous one is being written:
@@ -103,7 +128,7 @@ class MetricsBatchHandler:
             return batch
         if self.sink.protobuf is None:
             return PreparedBatch(batch, [], None)
-        inference = [i for i, msg in enumerate(batch) if msg.topic() == INFERENCE]
+        inference = [i for i, msg in enumerate(batch) if msg.topic() in self.inference_topics]
         framed = frame_batch([(batch[i].value() or b"", batch[i].timestamp()[1]) for i in inference]) \
             if inference else None
         return PreparedBatch(batch, inference, framed)
@@ -173,6 +198,7 @@ class LatestFrameFollower:
     def __init__(self, client_config: dict[str, str], frames: LatestFrames, topic: str = FRAMES) -> None:
         self.frames = frames
         self.topic = topic
+        self._message = message_type(topic)
         self._consumer = Consumer({
             **client_config, "group.id": "vigil-metrics-latest-frames", "enable.auto.commit": False,
             "enable.auto.offset.store": False, "fetch.wait.max.ms": 200,
@@ -195,7 +221,7 @@ class LatestFrameFollower:
 
     def _offer(self, msg: Message) -> None:
         try:
-            frame = events_pb2.Frame.FromString(msg.value() or b"")
+            frame = self._message.FromString(msg.value() or b"")
         except DecodeError:
             return  # the inference service dead-letters it; nothing to show
         if frame.camera_id and frame.WhichOneof("payload") == "data" and frame.data:
