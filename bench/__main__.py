@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.common import machine_description, raw_throughput, sample_frames, say
-from cli.stack.component import default_cache_dir
+from libs.common.cache_dir import default_cache_dir
 from cli.stack.local import LocalStack, StackPorts, install_stack
 
 

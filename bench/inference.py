@@ -128,7 +128,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from cli.stack.camera import fetch_footage
-    from cli.stack.component import default_cache_dir
+    from libs.common.cache_dir import default_cache_dir
     from tools.darknet_converter import ensure_default_model
     from tools.quantize import ensure_int8_model
     from tests.integration.test_inference_grpc import inference_stack

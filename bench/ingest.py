@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.common import machine_description, say
-from cli.stack.component import default_cache_dir
+from libs.common.cache_dir import default_cache_dir
 from services.ingest.camera_spec import CameraSpec
 from services.ingest.worker import CameraWorker
 

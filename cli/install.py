@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cli.stack.component import default_cache_dir
+from libs.common.cache_dir import default_cache_dir
 from cli.stack.local import install_stack
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import openvino as ov
 
 from services.inference.detectors import centerface, ssdlite_person
+from libs.common.cache_dir import default_cache_dir
 from tools import fetch_assets
 
 PERSON_MODEL_NAME = "ssdlite-person"
@@ -115,7 +116,7 @@ def _ensure(model_dir: Path, build: Callable[[Path], Path]) -> Path:
 
 
 def _cache(cache_dir: Path | None) -> Path:
-    return Path(cache_dir) if cache_dir is not None else fetch_assets.default_cache_dir()
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
 
 def ensure_person_model(cache_dir: Path | None = None) -> Path:

@@ -2,7 +2,6 @@
 and tell whether it is healthy. The supervisor (cli/stack/supervisor.py) owns the processes."""
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +41,6 @@ class ComponentSpec:
     prepare: Callable[[], None] | None = None
     start_timeout_s: float = 60.0
 
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VIGIL_CACHE_DIR", Path.home() / ".cache" / "vigil"))
 
 
 def port_accepts(host: str, port: int, timeout_s: float = 0.5) -> bool:

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cli.stack import camera, kafka, objectstore
-from cli.stack.component import ComponentSpec, StackPaths, default_cache_dir
+from cli.stack.component import ComponentSpec, StackPaths
+from libs.common.cache_dir import default_cache_dir
 from cli.stack.supervisor import Supervisor, python_module_argv
 from libs.common.service_declaration import ServiceDeclaration
 from services.catalog import SERVICES

@@ -45,7 +45,7 @@ def canary_shadow_stack(tmp_path_factory):
 
 def test_canary_cameras_go_to_the_candidate_and_shadow_results_stay_on_their_own_topic(canary_shadow_stack):
     from cli.stack.camera import fetch_footage
-    from cli.stack.component import default_cache_dir
+    from libs.common.cache_dir import default_cache_dir
 
     canary = {c for c in CAMERAS if in_canary(c, CANARY_SHARE)}
     assert canary and canary != set(CAMERAS), "the chosen camera ids should fall on both sides"

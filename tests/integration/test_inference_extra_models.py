@@ -23,7 +23,7 @@ FOOTAGE_FRAME = 200  # a frame of vtest.avi with several pedestrians
 
 @pytest.fixture(scope="module")
 def extra_stack(tmp_path_factory):
-    from cli.stack.component import default_cache_dir
+    from libs.common.cache_dir import default_cache_dir
     from tools.extra_models import ensure_face_model, ensure_person_model
     from tests.integration.test_inference_grpc import inference_stack
 
@@ -39,7 +39,7 @@ def extra_stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def media(extra_stack):
     from cli.stack.camera import fetch_footage
-    from cli.stack.component import default_cache_dir
+    from libs.common.cache_dir import default_cache_dir
     from tools.fetch_assets import fetch_opencv_samples
 
     return fetch_footage(default_cache_dir()), fetch_opencv_samples(default_cache_dir()) / "messi5.jpg"

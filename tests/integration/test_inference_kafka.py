@@ -28,7 +28,7 @@ FRAMES_PER_CAMERA = 24
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory) -> list[bytes]:
     from cli.stack.camera import fetch_footage
-    from cli.stack.component import default_cache_dir
+    from libs.common.cache_dir import default_cache_dir
 
     capture = cv2.VideoCapture(str(fetch_footage(default_cache_dir())))
     frames = []

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from cli.stack import camera, kafka, objectstore
-from cli.stack.component import StackPaths, default_cache_dir
+from cli.stack.component import StackPaths
+from libs.common.cache_dir import default_cache_dir
 
 try:  # the package layout when tests/integration is a package, else its own directory is on sys.path
     from tests.integration.stack_process import free_ports, listening_addresses, running

@@ -13,7 +13,8 @@ import pytest
 from minio import Minio
 
 from cli.stack import objectstore as objectstore_component
-from cli.stack.component import StackPaths, default_cache_dir
+from cli.stack.component import StackPaths
+from libs.common.cache_dir import default_cache_dir
 from minio.commonconfig import ENABLED
 from minio.versioningconfig import VersioningConfig
 

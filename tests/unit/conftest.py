@@ -72,7 +72,7 @@ def offline(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
-    from tools.fetch_assets import default_cache_dir
+    from libs.common.cache_dir import default_cache_dir
 
     return default_cache_dir()
 
