@@ -54,7 +54,7 @@ class ObjectRef(_message.Message):
     def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("envelope", "camera_id", "sequence", "width", "height", "encoding", "data", "ref", "capture_time_from_stream")
+    __slots__ = ("envelope", "camera_id", "sequence", "width", "height", "encoding", "data", "ref", "capture_time_from_stream", "image_stats")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Frame(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_FROM_STREAM_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_STATS_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     camera_id: str
     sequence: int
@@ -73,7 +74,24 @@ class Frame(_message.Message):
     data: bytes
     ref: ObjectRef
     capture_time_from_stream: bool
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., sequence: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoding: _Optional[str] = ..., data: _Optional[bytes] = ..., ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., capture_time_from_stream: _Optional[bool] = ...) -> None: ...
+    image_stats: ImageStats
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., sequence: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoding: _Optional[str] = ..., data: _Optional[bytes] = ..., ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., capture_time_from_stream: _Optional[bool] = ..., image_stats: _Optional[_Union[ImageStats, _Mapping]] = ...) -> None: ...
+
+class ImageStats(_message.Message):
+    __slots__ = ("mean_luma", "contrast", "sharpness", "saturation", "underexposed_share", "overexposed_share")
+    MEAN_LUMA_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    SHARPNESS_FIELD_NUMBER: _ClassVar[int]
+    SATURATION_FIELD_NUMBER: _ClassVar[int]
+    UNDEREXPOSED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    OVEREXPOSED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    mean_luma: float
+    contrast: float
+    sharpness: float
+    saturation: float
+    underexposed_share: float
+    overexposed_share: float
+    def __init__(self, mean_luma: _Optional[float] = ..., contrast: _Optional[float] = ..., sharpness: _Optional[float] = ..., saturation: _Optional[float] = ..., underexposed_share: _Optional[float] = ..., overexposed_share: _Optional[float] = ...) -> None: ...
 
 class SensorReading(_message.Message):
     __slots__ = ("envelope", "sensor_id", "quantity", "value", "unit", "labels")
@@ -133,7 +151,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class InferenceResult(_message.Message):
-    __slots__ = ("envelope", "camera_id", "frame_event_id", "frame_sequence", "model", "detections", "stage_latency_ms", "width", "height", "shadow", "sensor_id", "anomaly_score")
+    __slots__ = ("envelope", "camera_id", "frame_event_id", "frame_sequence", "model", "detections", "stage_latency_ms", "width", "height", "shadow", "sensor_id", "anomaly_score", "embedding")
     class StageLatencyMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +171,7 @@ class InferenceResult(_message.Message):
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     ANOMALY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     camera_id: str
     frame_event_id: str
@@ -165,7 +184,8 @@ class InferenceResult(_message.Message):
     shadow: bool
     sensor_id: str
     anomaly_score: float
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame_sequence: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., stage_latency_ms: _Optional[_Mapping[str, float]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., shadow: _Optional[bool] = ..., sensor_id: _Optional[str] = ..., anomaly_score: _Optional[float] = ...) -> None: ...
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame_sequence: _Optional[int] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., stage_latency_ms: _Optional[_Mapping[str, float]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., shadow: _Optional[bool] = ..., sensor_id: _Optional[str] = ..., anomaly_score: _Optional[float] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CameraStatus(_message.Message):
     __slots__ = ("camera_id", "state", "reason", "fps_read", "fps_produced", "frames_dropped", "frames_skipped", "reconnects", "last_frame_time", "replica")
@@ -192,7 +212,7 @@ class CameraStatus(_message.Message):
     def __init__(self, camera_id: _Optional[str] = ..., state: _Optional[_Union[CameraState, str]] = ..., reason: _Optional[str] = ..., fps_read: _Optional[float] = ..., fps_produced: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., frames_skipped: _Optional[int] = ..., reconnects: _Optional[int] = ..., last_frame_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class DriftAlert(_message.Message):
-    __slots__ = ("model_name", "feature", "metric", "score", "threshold", "window_start", "window_end", "camera_id")
+    __slots__ = ("model_name", "feature", "metric", "score", "threshold", "window_start", "window_end", "camera_id", "model_version", "sensor_id", "state", "top_features", "windows")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +221,11 @@ class DriftAlert(_message.Message):
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOP_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     feature: str
     metric: str
@@ -209,7 +234,86 @@ class DriftAlert(_message.Message):
     window_start: _timestamp_pb2.Timestamp
     window_end: _timestamp_pb2.Timestamp
     camera_id: str
-    def __init__(self, model_name: _Optional[str] = ..., feature: _Optional[str] = ..., metric: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., camera_id: _Optional[str] = ...) -> None: ...
+    model_version: str
+    sensor_id: str
+    state: str
+    top_features: _containers.RepeatedCompositeFieldContainer[DriftScore]
+    windows: int
+    def __init__(self, model_name: _Optional[str] = ..., feature: _Optional[str] = ..., metric: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., camera_id: _Optional[str] = ..., model_version: _Optional[str] = ..., sensor_id: _Optional[str] = ..., state: _Optional[str] = ..., top_features: _Optional[_Iterable[_Union[DriftScore, _Mapping]]] = ..., windows: _Optional[int] = ...) -> None: ...
+
+class DriftScore(_message.Message):
+    __slots__ = ("feature", "metric", "score", "threshold", "drifted", "p_value", "window_count", "reference_count")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DRIFTED_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    metric: str
+    score: float
+    threshold: float
+    drifted: bool
+    p_value: float
+    window_count: int
+    reference_count: int
+    def __init__(self, feature: _Optional[str] = ..., metric: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., drifted: _Optional[bool] = ..., p_value: _Optional[float] = ..., window_count: _Optional[int] = ..., reference_count: _Optional[int] = ...) -> None: ...
+
+class DriftWindow(_message.Message):
+    __slots__ = ("envelope", "subject", "camera_id", "sensor_id", "model", "window_start", "window_end", "count", "status", "scores", "alert_state")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_END_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    ALERT_STATE_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    subject: str
+    camera_id: str
+    sensor_id: str
+    model: ModelRef
+    window_start: _timestamp_pb2.Timestamp
+    window_end: _timestamp_pb2.Timestamp
+    count: int
+    status: str
+    scores: _containers.RepeatedCompositeFieldContainer[DriftScore]
+    alert_state: str
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., subject: _Optional[str] = ..., camera_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count: _Optional[int] = ..., status: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[DriftScore, _Mapping]]] = ..., alert_state: _Optional[str] = ...) -> None: ...
+
+class DriftReference(_message.Message):
+    __slots__ = ("envelope", "subject", "camera_id", "sensor_id", "model", "profile", "source", "set_by", "set_time", "range_start", "range_end", "windows")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SET_BY_FIELD_NUMBER: _ClassVar[int]
+    SET_TIME_FIELD_NUMBER: _ClassVar[int]
+    RANGE_START_FIELD_NUMBER: _ClassVar[int]
+    RANGE_END_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    subject: str
+    camera_id: str
+    sensor_id: str
+    model: ModelRef
+    profile: ObjectRef
+    source: str
+    set_by: str
+    set_time: _timestamp_pb2.Timestamp
+    range_start: _timestamp_pb2.Timestamp
+    range_end: _timestamp_pb2.Timestamp
+    windows: int
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., subject: _Optional[str] = ..., camera_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., profile: _Optional[_Union[ObjectRef, _Mapping]] = ..., source: _Optional[str] = ..., set_by: _Optional[str] = ..., set_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., range_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., range_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., windows: _Optional[int] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
     __slots__ = ("model", "state", "reason")

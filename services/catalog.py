@@ -16,7 +16,7 @@ SHARED_SETTINGS = (("Kafka (all services)", KafkaSettings), ("Object store (all 
 
 # Topics whose contracts exist for services not built yet; each moves into its service's declaration with it.
 PLANNED_OWNERS = {"vigil.annotation.tasks": "annotation", "vigil.annotation.labels": "annotation",
-                  "vigil.datasets": "datasets"}
+                  "vigil.datasets": "datasets", "vigil.drift.windows": "drift", "vigil.drift.references": "drift"}
 
 
 def _discover() -> tuple[ServiceDeclaration, ...]:

@@ -29,6 +29,8 @@ INFERENCE_SENSORS = "vigil.inference.sensors"
 ANNOTATION_TASKS = "vigil.annotation.tasks"
 ANNOTATION_LABELS = "vigil.annotation.labels"
 DATASETS = "vigil.datasets"
+DRIFT_WINDOWS = "vigil.drift.windows"
+DRIFT_REFERENCES = "vigil.drift.references"
 
 # Produced by every service: no single owner.
 SHARED_TOPICS = frozenset({MONITORING, DLQ})
@@ -47,6 +49,11 @@ class TopicSpec:
         return {"retention.ms": str(self.retention_ms), **self.config}
 
 
+# A keyed table: compaction keeps each key's latest value forever; tombstones (deletes) live a day, long enough
+# for every follower to see them.
+COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(HOUR_MS),
+             "delete.retention.ms": str(DAY_MS)}
+
 CATALOG: tuple[TopicSpec, ...] = (
     # Frames are big and only useful while fresh: short retention; keyed by camera id so a camera's
     # frames stay in order on one partition.
@@ -59,16 +66,13 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(DLQ, 3, 14 * DAY_MS, None, {"max.message.bytes": str(2 * 1024 * 1024)}),
     # The camera registry: the latest config per camera forever (compacted, no time limit). Its partitions
     # are how cameras are spread over ingest replicas, so there are more than replicas will ever be.
-    TopicSpec(CAMERAS, 12, -1, events_pb2.CameraConfig, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
-                                "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
+    TopicSpec(CAMERAS, 12, -1, events_pb2.CameraConfig, COMPACTED),
     # The sensor registry: the latest definition per sensor forever (compacted). Every ingest replica reads
     # all of it, so one partition keeps it in one order.
-    TopicSpec(SENSORS_REGISTRY, 1, -1, events_pb2.SensorDefinition, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
-                                        "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
+    TopicSpec(SENSORS_REGISTRY, 1, -1, events_pb2.SensorDefinition, COMPACTED),
     # Model registry announcements (ModelVersion), keyed by model name: compaction keeps each model's latest
     # change, its current primary. One partition keeps one order of changes.
-    TopicSpec(MODELS, 1, -1, events_pb2.ModelVersion, {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
-                              "segment.ms": str(HOUR_MS), "delete.retention.ms": str(DAY_MS)}),
+    TopicSpec(MODELS, 1, -1, events_pb2.ModelVersion, COMPACTED),
     # A shadow model's results (shadow=true), kept apart from vigil.inference so no consumer of the primary
     # stream ever sees them; keyed by camera id like vigil.inference.
     TopicSpec(INFERENCE_SHADOW, 6, 7 * DAY_MS, events_pb2.InferenceResult),
@@ -84,6 +88,12 @@ CATALOG: tuple[TopicSpec, ...] = (
     # Every published dataset version (DatasetVersion), keyed by dataset name, kept forever and not compacted:
     # each version stays announced, so a model's lineage can always be followed back. One partition, one order.
     TopicSpec(DATASETS, 1, -1, events_pb2.DatasetVersion),
+    # Every closed drift window with its scores (DriftWindow), keyed by subject (camera and model, or sensor):
+    # the metrics sink's drift_scores; a month, like the store keeps them at least.
+    TopicSpec(DRIFT_WINDOWS, 3, 30 * DAY_MS, events_pb2.DriftWindow),
+    # The reference profile of each drift subject (DriftReference, the profile itself in the object store),
+    # keyed by subject: compacted, the latest reference per subject forever.
+    TopicSpec(DRIFT_REFERENCES, 1, -1, events_pb2.DriftReference, COMPACTED),
 )
 
 TOPIC_OF_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOG}
