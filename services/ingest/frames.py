@@ -1,4 +1,4 @@
-"""Turns a camera frame into a frame event: JPEG-encode, envelope, sequence number."""
+"""Turns a camera frame into a frame event: JPEG-encode, image statistics, envelope, sequence number."""
 from __future__ import annotations
 
 import cv2
@@ -6,6 +6,7 @@ import numpy as np
 
 from libs.common.envelope import new_envelope
 from protos import events_pb2
+from services.ingest.image_stats import image_stats
 
 PRODUCER = "ingest"
 
@@ -36,6 +37,7 @@ class FrameEventBuilder:
             encoding="jpeg",
             data=jpeg.tobytes(),
             capture_time_from_stream=time_from_stream,
+            image_stats=image_stats(image),
         )
         self.sequence += 1
         return frame
