@@ -262,7 +262,7 @@ class DriftScore(_message.Message):
     def __init__(self, feature: _Optional[str] = ..., metric: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., drifted: _Optional[bool] = ..., p_value: _Optional[float] = ..., window_count: _Optional[int] = ..., reference_count: _Optional[int] = ...) -> None: ...
 
 class DriftWindow(_message.Message):
-    __slots__ = ("envelope", "subject", "camera_id", "sensor_id", "model", "window_start", "window_end", "count", "status", "scores", "alert_state")
+    __slots__ = ("envelope", "subject", "camera_id", "sensor_id", "model", "window_start", "window_end", "count", "status", "scores", "alert_state", "summary")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +274,7 @@ class DriftWindow(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     ALERT_STATE_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     subject: str
     camera_id: str
@@ -285,7 +286,8 @@ class DriftWindow(_message.Message):
     status: str
     scores: _containers.RepeatedCompositeFieldContainer[DriftScore]
     alert_state: str
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., subject: _Optional[str] = ..., camera_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count: _Optional[int] = ..., status: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[DriftScore, _Mapping]]] = ..., alert_state: _Optional[str] = ...) -> None: ...
+    summary: bytes
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., subject: _Optional[str] = ..., camera_id: _Optional[str] = ..., sensor_id: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count: _Optional[int] = ..., status: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[DriftScore, _Mapping]]] = ..., alert_state: _Optional[str] = ..., summary: _Optional[bytes] = ...) -> None: ...
 
 class DriftReference(_message.Message):
     __slots__ = ("envelope", "subject", "camera_id", "sensor_id", "model", "profile", "source", "set_by", "set_time", "range_start", "range_end", "windows")
