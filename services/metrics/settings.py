@@ -22,5 +22,11 @@ class MetricsSettings(ServiceSettings):
     api_port: int = Field(8088, description="Port of the query API.")
     query_max_rows: int = Field(10_000, description="Most rows an ad-hoc query may return.")
     query_max_seconds: float = Field(10.0, description="Longest an ad-hoc query may run.")
+    query_max_memory_mb: int = Field(512, description="Most memory one query may use (MiB); beyond it the query "
+                                                       "fails, and ingestion and other queries go on.")
     live_frames: bool = Field(True, description="Follow vigil.frames, keeping each camera's newest frame for the "
                                                 "dashboard's live view.")
+    live_frames_max_cameras: int = Field(64, description="Most cameras whose frames the live view holds; the one "
+                                                         "silent for longest is dropped first.")
+    live_frames_max_age_s: float = Field(300.0, description="A camera with no frame for this long is dropped from the "
+                                                            "live view.")

@@ -27,6 +27,16 @@ class QueryRefused(ValueError):
     """An ad-hoc query the store will not run (it writes, or it reads what it may not)."""
 
 
+class QueryLimitExceeded(RuntimeError):
+    """A query the engine stopped because it needed more memory or time than a query may take; the store, the
+    sink and other queries go on."""
+
+
+# The engine's codes for a query stopped at one of its limits.
+_LIMIT_ERRORS = {241: "memory", 159: "time"}
+_ERROR_CODE = re.compile(r"Code: (\d+)\.")
+
+
 # What ad-hoc SQL may read: the store's own tables, and table functions that read no data at all. The engine's
 # analyzer names every table a query touches (through subqueries, CTEs, joins, views); chdb has no users or
 # grants to deny the system database, so its query tree is checked instead of the text.
@@ -44,24 +54,38 @@ def open_client(store_path: Path, clickhouse_url: str | None, settings: dict[str
     return clickhouse_connect.get_client(interface="chdb", path=str(store_path), settings=settings)
 
 
-def readonly_settings(max_rows: int, max_seconds: float) -> dict[str, Any]:
-    # Enforced by the engine for the whole session of the reading client. `readonly` comes last: once
-    # it is set, the session may change no other setting.
-    return {"max_execution_time": max_seconds, "max_result_rows": max_rows, "result_overflow_mode": "throw",
-            "readonly": 1}
+DEFAULT_QUERY_MAX_MEMORY_BYTES = 512 * 1024 * 1024
+
+
+def readonly_settings(max_rows: int | None, max_seconds: float,
+                      max_memory_bytes: int = DEFAULT_QUERY_MAX_MEMORY_BYTES) -> dict[str, Any]:
+    # Enforced by the engine for the whole session of the reading client: each query may take this much time
+    # and memory (the embedded engine shares the sink's process: a query without a memory limit could take it
+    # down). `readonly` comes last: once it is set, the session may change no other setting.
+    rows = {"max_result_rows": max_rows, "result_overflow_mode": "throw"} if max_rows is not None else {}
+    return {"max_execution_time": max_seconds, "timeout_overflow_mode": "throw", "max_memory_usage": max_memory_bytes,
+            **rows, "readonly": 1}
 
 
 class MetricsStore:
     """The sink writes through one client; ad-hoc queries go through a second one whose session is
-    read-only from its first statement, so no query text can ever write."""
+    read-only from its first statement, so no query text can ever write, and whose queries are held to a time and
+    memory limit by the engine.
+
+    The writer and the readers never wait for each other: the sink's inserts take one lock (the writing client's
+    statements in turn), queries another (the reading clients' sessions in turn), and the engine runs a query
+    beside an insert. So no query, however long, holds up ingestion."""
 
     @classmethod
     def open(cls, store_path: Path, clickhouse_url: str | None = None, query_max_rows: int = 10_000,
-             query_max_seconds: float = 10.0) -> "MetricsStore":
+             query_max_seconds: float = 10.0,
+             query_max_memory_bytes: int = DEFAULT_QUERY_MAX_MEMORY_BYTES) -> "MetricsStore":
         writer = open_client(store_path, clickhouse_url)
-        reader = open_client(store_path, clickhouse_url, readonly_settings(query_max_rows, query_max_seconds))
+        reader = open_client(store_path, clickhouse_url,
+                             readonly_settings(query_max_rows, query_max_seconds, query_max_memory_bytes))
         # Explains ad-hoc queries (never runs them): read-only too, without the row limit on its answer.
-        inspector = open_client(store_path, clickhouse_url, {"max_execution_time": query_max_seconds, "readonly": 1})
+        inspector = open_client(store_path, clickhouse_url,
+                                readonly_settings(None, query_max_seconds, query_max_memory_bytes))
         return cls(writer, reader, inspector, path=None if clickhouse_url else store_path)
 
     def __init__(self, client: Client, reader: Client, inspector: Client | None = None,
@@ -72,8 +96,10 @@ class MetricsStore:
         # The embedded engine's data directory (None for a server): files the engine reads live beside its data.
         self.path = path
         self._side_writers: list[Client] = []
-        # The clients are synchronous and share one engine; the query API and the sink take turns.
+        # Each client is synchronous (one statement at a time in its session): the writer's users take turns under
+        # one lock, the readers' under another. The two never wait for each other.
         self._lock = threading.Lock()
+        self._query_lock = threading.Lock()
 
     def migrate(self) -> list[int]:
         with self._lock:
@@ -139,19 +165,38 @@ class MetricsStore:
         return client
 
     def query_readonly(self, sql: str, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
-        with self._lock:
+        """Runs the query in the read-only session, within the engine's row, time and memory limits; a query
+        stopped at a limit raises QueryLimitExceeded (and nothing else is affected)."""
+        with self._query_lock:
             try:
                 result = self._reader.query(sql, parameters=parameters)
             except Exception as exc:
                 message = str(exc)
                 if "(READONLY)" in message:
                     raise QueryRefused("refused: the query API is read-only") from exc
+                self._raise_if_limit(exc)
                 raise
             columns = list(result.column_names)
             if not columns:
                 # The embedded engine names no columns when no row comes back; the caller still wants them.
                 columns = self._described_columns(sql, parameters)
         return {"columns": columns, "rows": [list(r) for r in result.result_rows]}
+
+    def _raise_if_limit(self, exc: Exception) -> None:
+        code = _ERROR_CODE.search(str(exc))
+        limit = _LIMIT_ERRORS.get(int(code.group(1))) if code else None
+        if limit is None:
+            return
+        settings = self._reader.get_client_setting
+        if limit == "memory":
+            allowed = f"{int(settings('max_memory_usage') or 0) / 2**20:.0f} MiB"
+            what = "more memory than a query may use"
+        else:
+            allowed = f"{float(settings('max_execution_time') or 0):g} s"
+            what = "longer than a query may run"
+        raise QueryLimitExceeded(f"query stopped: it needed {what} ({allowed}); narrow its time window or "
+                                 f"aggregate over a rollup table. Engine: {str(exc).strip().splitlines()[0][:300]}"
+                                 ) from exc
 
     def _described_columns(self, sql: str, parameters: dict[str, Any] | None) -> list[str]:
         try:
@@ -167,7 +212,7 @@ class MetricsStore:
         return self.query_readonly(sql, parameters)
 
     def _check_reads_only_store_tables(self, sql: str, parameters: dict[str, Any] | None) -> None:
-        with self._lock:
+        with self._query_lock:
             try:
                 database = self._inspector.command("SELECT currentDatabase()")
                 tree = self._inspector.query(f"EXPLAIN QUERY TREE {sql}", parameters=parameters).result_rows
@@ -189,7 +234,7 @@ class MetricsStore:
                 raise QueryRefused(f"refused: table function {function.group(1)}() is not allowed here")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._query_lock:
             if self._inspector is not self._reader:
                 self._inspector.close()
             self._reader.close()

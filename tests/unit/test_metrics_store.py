@@ -1,4 +1,5 @@
 """The sink against the real ClickHouse engine (chdb, in-process)."""
+import threading
 import time
 
 import pytest
@@ -8,7 +9,7 @@ from protos import events_pb2
 from services.metrics.migrations import MIGRATIONS
 from services.metrics.rows import InvalidEvent, inference_row
 from services.metrics.sink import EventSink
-from services.metrics.store import MetricsStore, QueryRefused
+from services.metrics.store import MetricsStore, QueryLimitExceeded, QueryRefused
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,67 @@ def test_readonly_queries_refuse_writes(store, sql):
 def test_row_limit_is_enforced_by_the_engine(store):
     with pytest.raises(Exception, match="(?i)limit|TOO_MANY_ROWS"):
         store.query_readonly("SELECT number FROM numbers(1000)")
+
+
+# Runs until the engine stops it at the time limit: a query that keeps a core busy, reading no table.
+LONG_QUERY = "SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) % 7 = 3"
+# Needs a few hundred MiB: ten million numbers kept in a million arrays.
+HUNGRY_QUERY = "SELECT count() FROM (SELECT number % 1000000 AS k, groupArray(number) FROM numbers(10000000) GROUP BY k)"
+
+
+def test_back_to_back_long_queries_never_stall_ingestion(store, monkeypatch):
+    """While the engine runs each query (timed inside the reading client, so waiting for a lock is not counted as
+    running), inserts start and complete. Before, a query held the store's only lock, which inserts need."""
+    # The engine allows one data directory per process: a second store on the module's, with its own limits.
+    store = MetricsStore.open(store.path, query_max_rows=10, query_max_seconds=2)
+    running: list[tuple[float, float]] = []
+    engine_query = store._reader.query
+
+    def timed(*args, **kwargs):
+        began = time.monotonic()
+        try:
+            return engine_query(*args, **kwargs)
+        finally:
+            running.append((began, time.monotonic()))
+
+    monkeypatch.setattr(store._reader, "query", timed)
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def ask() -> None:
+        while not stop.is_set():
+            try:
+                store.query_adhoc(LONG_QUERY)
+            except QueryLimitExceeded as exc:
+                failures.append(str(exc))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    sink = EventSink(store)
+    inserts: list[tuple[float, float]] = []
+    try:
+        while len(running) < 3:   # three queries back to back, each stopped by the engine at 2 s
+            rows = [inference_row(inference_result(camera_id="busy"), int(time.time() * 1000)) for _ in range(100)]
+            began = time.monotonic()
+            sink.write({"inference_events": rows})
+            inserts.append((began, time.monotonic()))
+    finally:
+        stop.set()
+        asker.join()
+        store.close()
+    assert failures and all("longer than a query may run (2 s)" in f for f in failures)
+    during = [sum(q_began < i_began and i_ended < q_ended for i_began, i_ended in inserts)
+              for q_began, q_ended in running[:3]]
+    assert all(n >= 1 for n in during), f"inserts completed within each query: {during}"
+
+
+def test_a_query_needing_more_memory_than_its_limit_fails_cleanly_and_the_sink_keeps_serving(store):
+    store = MetricsStore.open(store.path, query_max_memory_bytes=32 * 2**20)
+    try:
+        with pytest.raises(QueryLimitExceeded, match=r"more memory than a query may use \(32 MiB\)"):
+            store.query_adhoc(HUNGRY_QUERY)
+        sink = EventSink(store)
+        assert sink.write({"inference_events": [inference_row(inference_result(camera_id="after"), 0)]}).stored == 1
+        assert store.query_adhoc("SELECT count() FROM inference_events WHERE camera_id = 'after'")["rows"] == [[1]]
+    finally:
+        store.close()
