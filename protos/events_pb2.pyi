@@ -327,17 +327,33 @@ class ModelStatus(_message.Message):
     reason: str
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class ServiceStatus(_message.Message):
+    __slots__ = ("service", "component", "state", "reason", "failures")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    COMPONENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    component: str
+    state: str
+    reason: str
+    failures: int
+    def __init__(self, service: _Optional[str] = ..., component: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., failures: _Optional[int] = ...) -> None: ...
+
 class MonitoringEvent(_message.Message):
-    __slots__ = ("envelope", "camera_status", "drift_alert", "model_status")
+    __slots__ = ("envelope", "camera_status", "drift_alert", "model_status", "service_status")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     CAMERA_STATUS_FIELD_NUMBER: _ClassVar[int]
     DRIFT_ALERT_FIELD_NUMBER: _ClassVar[int]
     MODEL_STATUS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     camera_status: CameraStatus
     drift_alert: DriftAlert
     model_status: ModelStatus
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_status: _Optional[_Union[CameraStatus, _Mapping]] = ..., drift_alert: _Optional[_Union[DriftAlert, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ...) -> None: ...
+    service_status: ServiceStatus
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_status: _Optional[_Union[CameraStatus, _Mapping]] = ..., drift_alert: _Optional[_Union[DriftAlert, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ..., service_status: _Optional[_Union[ServiceStatus, _Mapping]] = ...) -> None: ...
 
 class AnnotationTask(_message.Message):
     __slots__ = ("envelope", "task_id", "camera_id", "frame_event_id", "frame", "reason", "proposals", "priority", "model")

@@ -137,7 +137,8 @@ def monitoring_rows(event: events_pb2.MonitoringEvent) -> Rows:
     event_id = _uuid(env.event_id, "envelope.event_id")
     kind = event.WhichOneof("detail")
     if kind is None:
-        raise InvalidEvent("MonitoringEvent has no detail (camera_status, drift_alert or model_status)")
+        raise InvalidEvent("MonitoringEvent has no detail (camera_status, drift_alert, model_status or "
+                           "service_status)")
     detail = getattr(event, kind)
     event_ms = _ms(env.event_time)
     rows: Rows = {}
@@ -154,6 +155,8 @@ def monitoring_rows(event: events_pb2.MonitoringEvent) -> Rows:
             event_id, detail.model_name, detail.feature, detail.metric, detail.camera_id, detail.score,
             detail.threshold, _ms(detail.window_start), _ms(detail.window_end), event_ms,
         )]
+    elif kind == "service_status":
+        subject = f"{detail.service}/{detail.component}"
     else:
         subject = detail.model.name
     rows[MONITORING.name] = [(
