@@ -1,0 +1,154 @@
+"""Bounded summaries of a stream of feature values, the common currency of windows and reference profiles: a
+uniform reservoir sample per numeric feature, counts per categorical feature, a bounded sample of embeddings, and
+running totals; mergeable, and serialisable to plain JSON (arrays as base64 float32) and back."""
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+
+
+def _slot(seed: int, seen: int) -> int:
+    """A uniform integer in [0, seen), a pure function of (seed, seen) (splitmix64): the reservoir needs no
+    random generator state, so a window restored from its state (after a restart) samples exactly as before."""
+    z = (seed + seen * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) % seen
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from names (key, feature, window start) that is the same in every process (unlike hash())."""
+    return zlib.crc32("\x1f".join(map(str, parts)).encode())
+
+
+class Reservoir:
+    """A uniform sample of at most `capacity` values from a stream of any length (Vitter's algorithm R). Adding
+    is a list append until full, then one integer hash per value: cheap enough per event."""
+
+    __slots__ = ("capacity", "seed", "seen", "values")
+
+    def __init__(self, capacity: int, seed: int = 0, values: list | None = None, seen: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError("a reservoir holds at least one value")
+        self.capacity = capacity
+        self.seed = seed
+        self.values: list = values if values is not None else []
+        self.seen = seen if seen else len(self.values)
+
+    def add(self, value) -> None:
+        self.seen += 1
+        if len(self.values) < self.capacity:
+            self.values.append(value)
+        else:
+            j = _slot(self.seed, self.seen)
+            if j < self.capacity:
+                self.values[j] = value
+
+    def extend(self, values) -> None:
+        for value in values:
+            self.add(value)
+
+    def sample(self) -> Sample:
+        return Sample(np.asarray(self.values, dtype=np.float32), self.seen)
+
+    def to_state(self) -> dict:
+        return {"capacity": self.capacity, "seed": self.seed, "seen": self.seen,
+                "values": np.asarray(self.values, dtype=np.float64).tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Reservoir:
+        return cls(state["capacity"], state["seed"], list(state["values"]), state["seen"])
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A sample (1-D values, or 2-D rows of vectors) of `seen` observations."""
+
+    values: np.ndarray
+    seen: int
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def merge_samples(samples: list[Sample], capacity: int, seed: int = 0) -> Sample:
+    """One uniform sample of the union: each part contributes in proportion to the observations it stands for,
+    so a window of 300 frames does not weigh as much as one of 3,000 because both kept 300 values."""
+    samples = [s for s in samples if len(s)]
+    seen = sum(s.seen for s in samples)
+    if not samples:
+        return Sample(np.zeros(0, np.float32), 0)
+    if sum(len(s) for s in samples) <= capacity and all(len(s) == s.seen for s in samples):
+        return Sample(np.concatenate([s.values for s in samples]).astype(np.float32), seen)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for s in samples:
+        take = min(len(s), max(1, round(capacity * s.seen / seen)))
+        parts.append(s.values[rng.choice(len(s), take, replace=False)])
+    merged = np.concatenate(parts).astype(np.float32)
+    if len(merged) > capacity:
+        merged = merged[rng.choice(len(merged), capacity, replace=False)]
+    return Sample(merged, seen)
+
+
+@dataclass
+class Summary:
+    """What a window or a reference profile holds about one key."""
+
+    frames: int = 0
+    numeric: dict[str, Sample] = field(default_factory=dict)
+    categorical: dict[str, dict[str, int]] = field(default_factory=dict)
+    embeddings: Sample | None = None
+    totals: dict[str, float] = field(default_factory=dict)
+
+
+def merge_summaries(summaries: list[Summary], numeric_capacity: int, embedding_capacity: int,
+                    seed: int = 0) -> Summary:
+    merged = Summary(frames=sum(s.frames for s in summaries))
+    for name in sorted({n for s in summaries for n in s.numeric}):
+        merged.numeric[name] = merge_samples([s.numeric[name] for s in summaries if name in s.numeric],
+                                             numeric_capacity, stable_seed(seed, name))
+    for name in sorted({n for s in summaries for n in s.categorical}):
+        counts: dict[str, int] = {}
+        for s in summaries:
+            for category, n in s.categorical.get(name, {}).items():
+                counts[category] = counts.get(category, 0) + n
+        merged.categorical[name] = counts
+    embeddings = [s.embeddings for s in summaries if s.embeddings is not None and len(s.embeddings)]
+    if embeddings:
+        merged.embeddings = merge_samples(embeddings, embedding_capacity, stable_seed(seed, "embeddings"))
+    for s in summaries:
+        for name, value in s.totals.items():
+            merged.totals[name] = merged.totals.get(name, 0.0) + value
+    return merged
+
+
+def _encode(sample: Sample) -> dict:
+    values = np.ascontiguousarray(sample.values, dtype="<f4")
+    return {"seen": sample.seen, "shape": list(values.shape), "f32": base64.b64encode(values.tobytes()).decode()}
+
+
+def _decode(data: dict) -> Sample:
+    values = np.frombuffer(base64.b64decode(data["f32"]), dtype="<f4").reshape(data["shape"]).astype(np.float32)
+    return Sample(values, int(data["seen"]))
+
+
+def summary_to_json(summary: Summary) -> dict:
+    return {"frames": summary.frames,
+            "numeric": {name: _encode(s) for name, s in sorted(summary.numeric.items())},
+            "categorical": {name: dict(sorted(c.items())) for name, c in sorted(summary.categorical.items())},
+            "embeddings": _encode(summary.embeddings) if summary.embeddings is not None else None,
+            "totals": dict(sorted(summary.totals.items()))}
+
+
+def summary_from_json(data: dict) -> Summary:
+    return Summary(frames=int(data["frames"]),
+                   numeric={name: _decode(s) for name, s in data["numeric"].items()},
+                   categorical={name: {k: int(v) for k, v in c.items()} for name, c in data["categorical"].items()},
+                   embeddings=_decode(data["embeddings"]) if data.get("embeddings") else None,
+                   totals={k: float(v) for k, v in data["totals"].items()})
