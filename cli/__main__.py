@@ -2,7 +2,7 @@
 
   vigil up | down | status [--json]      the local stack (state in $VIGIL_STATE_DIR, default .state/)
   vigil tail TOPIC [--count N] [--from-beginning]
-  vigil query SQL                        read-only SQL against the metrics store
+  vigil query SQL                        read-only SQL against the metrics store (sends $VIGIL_METRICS_API_TOKEN)
   vigil query --named NAME [--param k=v]  a named query of the metrics store
   vigil config                           every setting, its variable and default
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -83,15 +84,19 @@ def cmd_query(stack: LocalStack, args: argparse.Namespace) -> int:
         _progress("vigil: --param takes name=value")
         return 2
     body = {"named": args.named, "parameters": parameters} if args.named else {"sql": args.sql}
+    headers = {"Content-Type": "application/json"}
+    # The query API's token, when the metrics service has one (the same variable it reads).
+    if token := os.environ.get("VIGIL_METRICS_API_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
-        f"{stack.config.query_api_url}/api/query", data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"{stack.config.query_api_url}/api/query", data=json.dumps(body).encode(), headers=headers, method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             payload = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        _progress(f"vigil: query failed: {json.loads(exc.read() or b'{}').get('error', exc.reason)}")
+        hint = " (set VIGIL_METRICS_API_TOKEN to the metrics service's token)" if exc.code == 401 else ""
+        _progress(f"vigil: query failed: {json.loads(exc.read() or b'{}').get('error', exc.reason)}{hint}")
         return 2
     except urllib.error.URLError as exc:
         _progress(f"vigil: the metrics service does not answer at {stack.config.query_api_url} ({exc.reason}); "

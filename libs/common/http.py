@@ -139,11 +139,13 @@ class Protected:
         await self.app(scope, receive, send)
 
 
-def protect(endpoint: Any, auth: TokenAuth | None, role: str) -> ASGIApp:
+def protect(endpoint: Any, auth: TokenAuth | None, role: str) -> Any:
     """`endpoint` (a function taking a Request, sync or async, or an ASGI app) behind `auth` with `role`; left
     open when auth is None (a service that has no token configured, on loopback)."""
+    if auth is None:
+        return endpoint
     app = request_response(endpoint) if inspect.isfunction(endpoint) or inspect.ismethod(endpoint) else endpoint
-    return app if auth is None else Protected(app, auth, role)
+    return Protected(app, auth, role)
 
 
 def require_token_off_loopback(host: str, token: str | None, setting: str) -> None:
@@ -153,9 +155,10 @@ def require_token_off_loopback(host: str, token: str | None, setting: str) -> No
                          "address such as 127.0.0.1)")
 
 
-def static_files(path: str, directory: Path, name: str | None = None) -> Mount:
-    """Files under `directory` at `path`/...; nothing outside it (no `..`, no symlinks out)."""
-    return Mount(path, app=StaticFiles(directory=directory, follow_symlink=False), name=name)
+def static_files(path: str, directory: Path, auth: TokenAuth | None = None, role: str = "") -> Mount:
+    """Files under `directory` at `path`/... (nothing outside it: no `..`, no symlinks out), behind `auth` with
+    `role` when auth is given."""
+    return Mount(path, app=protect(StaticFiles(directory=directory, follow_symlink=False), auth, role))
 
 
 # --- the app: JSON errors, body cap ---------------------------------------------------------------------------

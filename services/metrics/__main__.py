@@ -37,7 +37,7 @@ def main() -> None:
         ensure_topics(kafka.client_config(), kafka.replication_factor)
     runtime.on_stop("metrics store", store.close)
     frames = LatestFrames()
-    api = QueryApi(store, settings.api_host, settings.api_port, frames).start()
+    api = QueryApi(store, settings.api_host, settings.api_port, frames, token=settings.api_token).start()
     runtime.on_stop("query api", api.stop)
     log.info("query api and dashboard listening", url=f"http://{settings.api_host}:{api.port}/")
     api_listening.set()

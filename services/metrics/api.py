@@ -8,21 +8,29 @@
   GET  /api/frames/<camera_id>.jpg[?frame_event_id=ID]   that camera's newest frame, or that frame if held
   GET  /  and  /static/...                      the dashboard (services/metrics/dashboard/)
 
+With a token configured (VIGIL_METRICS_API_TOKEN) every path needs it: `Authorization: Bearer <token>` (what
+`vigil query` sends), or the cookie a browser gets by opening the dashboard once as /?token=<token>. Without
+one the API serves only on a loopback address. A request body above MAX_QUERY_BODY_BYTES is refused (413).
+
 Ad-hoc SQL is refused unless it only reads the store's own tables; the engine itself enforces read-only, a
 time limit and a row limit."""
 from __future__ import annotations
 
 import json
-import mimetypes
-import threading
 import uuid
 from datetime import date, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 
+from pydantic import SecretStr
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from libs.common.http import HttpServer, TokenAuth, json_app, json_error, protect, require_token_off_loopback, \
+    static_files
 from libs.common.logs import get_logger
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.queries import NAMED_QUERIES, BadParameter, bind
@@ -31,6 +39,12 @@ from services.metrics.store import MetricsStore, QueryRefused
 log = get_logger(__name__)
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+# A query is SQL text and a few parameters: a few KiB; 64 KiB leaves room and keeps junk out.
+MAX_QUERY_BODY_BYTES = 64 * 1024
+TOKEN_SETTING = "VIGIL_METRICS_API_TOKEN"
+# Cookies are per host, not per port: the name keeps the dashboard's apart from other services' on one host.
+TOKEN_COOKIE = "vigil_metrics_token"
+READ = "read"
 
 
 def _json_default(value: Any) -> Any:
@@ -54,87 +68,72 @@ def _finite(value: Any) -> Any:
     return value
 
 
+class _JsonResponse(JSONResponse):
+    """Rows hold dates, UUIDs, decimals and bytes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_json_default).encode()
+
+
 class QueryApi:
     def __init__(self, store: MetricsStore, host: str, port: int, frames: LatestFrames | None = None,
-                 dashboard_dir: Path = DASHBOARD_DIR) -> None:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                url = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                if url.path == "/api/query":
-                    if "named" in query:
-                        name = query.pop("named")
-                        self._answer(*api.run_named(name, query))
-                    else:
-                        self._answer(*api.run_query(query.get("sql", ""), None))
-                elif url.path == "/api/named":
-                    self._answer(200, api.named_catalog())
-                elif url.path == "/api/frames":
-                    self._answer(200, {"cameras": api.frames.cameras() if api.frames else []})
-                elif url.path.startswith("/api/frames/") and url.path.endswith(".jpg"):
-                    camera_id = unquote(url.path[len("/api/frames/"):-4])
-                    frame = api.frames.get(camera_id, query.get("frame_event_id")) if api.frames else None
-                    if frame is None:
-                        self._answer(404, {"error": "no frame held for this camera"})
-                    else:
-                        self._send(200, frame.jpeg, "image/jpeg", cache=False,
-                                   headers={"X-Frame-Event-Id": frame.frame_event_id})
-                elif url.path == "/" or url.path.startswith("/static/"):
-                    self._static("index.html" if url.path == "/" else url.path[len("/static/"):])
-                else:
-                    self._answer(404, {"error": f"no such endpoint: {url.path}"})
-
-            def do_POST(self) -> None:  # noqa: N802
-                if urlparse(self.path).path != "/api/query":
-                    self._answer(404, {"error": "no such endpoint"})
-                    return
-                try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                except json.JSONDecodeError as exc:
-                    self._answer(400, {"error": f"body is not JSON: {exc}"})
-                    return
-                if body.get("named"):
-                    self._answer(*api.run_named(body["named"], body.get("parameters")))
-                else:
-                    self._answer(*api.run_query(body.get("sql", ""), body.get("parameters")))
-
-            def _static(self, relative: str) -> None:
-                path = (dashboard_dir / relative).resolve()
-                if not path.is_relative_to(dashboard_dir.resolve()) or not path.is_file():
-                    self._answer(404, {"error": f"no such file: {relative}"})
-                    return
-                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                self._send(200, path.read_bytes(), content_type)
-
-            def _answer(self, status: int, payload: dict[str, Any]) -> None:
-                self._send(status, json.dumps(payload, default=_json_default).encode(), "application/json")
-
-            def _send(self, status: int, body: bytes, content_type: str, cache: bool = True,
-                      headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                if not cache:
-                    self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
+                 dashboard_dir: Path = DASHBOARD_DIR, token: SecretStr | str | None = None,
+                 max_body_bytes: int = MAX_QUERY_BODY_BYTES) -> None:
+        token = token.get_secret_value() if isinstance(token, SecretStr) else token
+        require_token_off_loopback(host, token, TOKEN_SETTING)
         self.store = store
         self.frames = frames
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="query-api", daemon=True)
+        auth = TokenAuth({token: {READ}}, cookie=TOKEN_COOKIE) if token else None
+        routes = [
+            Route("/api/query", protect(self._query, auth, READ), methods=["GET", "POST"]),
+            Route("/api/named", protect(self._named, auth, READ), methods=["GET"]),
+            Route("/api/frames", protect(self._frames, auth, READ), methods=["GET"]),
+            Route("/api/frames/{camera_jpg:path}", protect(self._frame, auth, READ), methods=["GET"]),
+            Route("/", protect(lambda _: FileResponse(dashboard_dir / "index.html"), auth, READ), methods=["GET"]),
+            static_files("/static", dashboard_dir, auth, READ),
+        ]
+        self._server = HttpServer(json_app(routes, max_body_bytes=max_body_bytes), host, port, name="query-api")
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._server.port
+
+    async def _query(self, request: Request) -> Response:
+        if request.method == "GET":
+            query = dict(request.query_params)
+            if "named" in query:
+                name = query.pop("named")
+                return self._answer(*await run_in_threadpool(self.run_named, name, query))
+            return self._answer(*await run_in_threadpool(self.run_query, query.get("sql", ""), None))
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return json_error(400, f"body is not JSON: {exc}")
+        if not isinstance(body, dict):
+            return json_error(400, "the body must be a JSON object: {\"sql\": ...} or {\"named\": ...}")
+        if body.get("named"):
+            return self._answer(*await run_in_threadpool(self.run_named, body["named"], body.get("parameters")))
+        return self._answer(*await run_in_threadpool(self.run_query, body.get("sql", ""), body.get("parameters")))
+
+    def _named(self, _request: Request) -> Response:
+        return self._answer(200, self.named_catalog())
+
+    def _frames(self, _request: Request) -> Response:
+        return self._answer(200, {"cameras": self.frames.cameras() if self.frames else []})
+
+    def _frame(self, request: Request) -> Response:
+        name = request.path_params["camera_jpg"]
+        if not name.endswith(".jpg"):
+            return json_error(404, f"no such endpoint: {request.url.path}")
+        frame = self.frames.get(name[:-4], request.query_params.get("frame_event_id")) if self.frames else None
+        if frame is None:
+            return json_error(404, "no frame held for this camera")
+        return Response(frame.jpeg, media_type="image/jpeg",
+                        headers={"X-Frame-Event-Id": frame.frame_event_id, "Cache-Control": "no-store"})
+
+    @staticmethod
+    def _answer(status: int, payload: dict[str, Any]) -> Response:
+        return _JsonResponse(payload, status_code=status)
 
     @staticmethod
     def named_catalog() -> dict[str, Any]:
@@ -173,9 +172,8 @@ class QueryApi:
         return 200, result
 
     def start(self) -> "QueryApi":
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

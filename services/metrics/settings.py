@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from libs.common.settings import ServiceSettings
@@ -18,8 +18,14 @@ class MetricsSettings(ServiceSettings):
                                                          "when set, used instead of the embedded engine.")
     batch_max_events: int = Field(100_000, description="Insert after this many events...")
     batch_max_wait_s: float = Field(1.0, description="...or after this long, whichever comes first.")
+    store_failures_unready: int = Field(5, description="Failed attempts in a row at storing a batch after which the "
+                                                       "sink reports not ready and the store unavailable on "
+                                                       "vigil.monitoring (it keeps retrying).")
     api_host: str = Field("127.0.0.1", description="Address of the query API.")
     api_port: int = Field(8088, description="Port of the query API.")
+    api_token: SecretStr | None = Field(None, description="Token the query API and the dashboard require (Bearer "
+                                                          "header, or open the dashboard once as /?token=...); "
+                                                          "without one they serve only on a loopback address.")
     query_max_rows: int = Field(10_000, description="Most rows an ad-hoc query may return.")
     query_max_seconds: float = Field(10.0, description="Longest an ad-hoc query may run.")
     query_max_memory_mb: int = Field(512, description="Most memory one query may use (MiB); beyond it the query "
