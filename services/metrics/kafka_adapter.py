@@ -12,7 +12,8 @@ from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
 from google.protobuf.message import DecodeError, Message as ProtoMessage
 from prometheus_client import Gauge
 
-from libs.common.kafka import Outcome, Rejected, Retryable
+from libs.common.envelope import new_envelope
+from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
 from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SENSORS, MODELS, MONITORING, TOPIC_OF_NAME, message_type
 from protos import events_pb2
@@ -21,6 +22,7 @@ from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, MO
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.protobuf_ingest import FramedBatch, StagedBatch, UnparseableBatch, frame_batch
 from services.metrics.sink import EventSink
+from services.metrics.store_failures import StoreHealth, is_rejection, isolate_rejections, rejection_reason
 
 log = get_logger(__name__)
 
@@ -107,8 +109,12 @@ class MetricsBatchHandler:
     """The runner's batch handler: inference events to the engine's protobuf path in one piece (when the sink has
     it), every other message decoded here; returns each message's outcome (stored, or rejected with a reason)."""
 
-    def __init__(self, sink: EventSink, dlq_topic: str, topics: Sequence[str] = SINK_TOPICS) -> None:
+    def __init__(self, sink: EventSink, dlq_topic: str, topics: Sequence[str] = SINK_TOPICS,
+                 health: StoreHealth | None = None) -> None:
         self.sink = sink
+        self.dlq_topic = dlq_topic
+        # Failed attempts at storing in a row: the service's readiness check, and its reports on vigil.monitoring.
+        self.health = health or StoreHealth()
         self.decoders: dict[str, Callable[[Message, Rows], None]] = {topic: topic_decoder(topic) for topic in topics}
         self.decoders[dlq_topic] = _dead_letter
         # Topics of InferenceResults: the engine's protobuf path takes them, when the sink has it.
@@ -137,27 +143,63 @@ class MetricsBatchHandler:
         # A batch the runner did not prepare (e.g. one message handled alone) is framed here and parsed by its
         # write: only the runner's thread stages batches ahead.
         batch = self._framed(batch)
+        try:
+            outcomes = self._store(batch)
+        except Exception as exc:
+            if not is_rejection(exc):
+                # The store cannot take anything: retry the batch, commit nothing; after a few attempts in a row
+                # the sink reports itself unready (self.health).
+                self.health.failed(exc)
+                raise Retryable(f"insert failed: {exc}") from exc
+            outcomes = self._isolate_rejections(batch, exc)
+        self.health.succeeded()
+        return outcomes
+
+    def _isolate_rejections(self, batch: PreparedBatch, error: Exception) -> list[Outcome]:
+        """The store is up but refused the batch: store it in halves until each message it refuses is alone;
+        those are dead-lettered with the engine's reason, the rest stored."""
+        messages = list(batch)
+        log.warning("the store refused the batch; splitting it to isolate the messages it refuses",
+                    messages=len(messages), error=rejection_reason(error)[:300])
+        try:
+            results = isolate_rejections(len(messages), lambda lo, hi: self._store(self._framed(messages[lo:hi])),
+                                         error)
+        except Exception as exc:
+            self.health.failed(exc)
+            raise Retryable(f"insert failed while isolating refused messages: {exc}") from exc
+        outcomes: list[Outcome] = []
+        for msg, result in zip(messages, results):
+            if not isinstance(result, BaseException):
+                outcomes.append(result)
+            elif msg.topic() == self.dlq_topic:
+                # Never back to the dead-letter topic, where it would come from again, forever.
+                log.error("the store refuses a dead letter; it is not stored", partition=msg.partition(),
+                          offset=msg.offset(), error=rejection_reason(result)[:300])
+                outcomes.append(_STORED)
+            else:
+                outcomes.append(Rejected("store_rejected", rejection_reason(result)))
+        return outcomes
+
+    def _store(self, batch: PreparedBatch) -> list[Outcome]:
+        """Decodes and stores the batch; each message's outcome (stored, or rejected for what it holds). Raises
+        what the store raised."""
         outcomes: list[Outcome | None] = [_STORED] * len(batch)
         rows: Rows = {INFERENCE_TABLE.name: [], DEAD_LETTERS.name: []}
         if len(batch.inference) < len(batch):
             inference_set = set(batch.inference)
             self._decode_here(batch, outcomes, [i for i in range(len(batch)) if i not in inference_set], rows)
-        try:
-            if batch.framed is not None:
-                try:
-                    written = self.sink.write_inference_protobuf(batch.framed)
-                    for index, reason in written.invalid.items():
-                        outcomes[batch.inference[index]] = Rejected("invalid_event", reason)
-                    if written.duplicates:
-                        log.info("duplicates skipped", count=written.duplicates, stored=written.stored)
-                except UnparseableBatch as exc:
-                    # Some message is not an InferenceResult: decode this batch here, to find and reject it.
-                    log.info("the engine could not parse the batch; decoding it here", error=str(exc))
-                    self._decode_here(batch, outcomes, batch.inference, rows)
-            report = self.sink.write(rows)
-        except Exception as exc:
-            # The store is unavailable or refused the batch as a whole: retry it, commit nothing.
-            raise Retryable(f"insert failed: {exc}") from exc
+        if batch.framed is not None:
+            try:
+                written = self.sink.write_inference_protobuf(batch.framed)
+                for index, reason in written.invalid.items():
+                    outcomes[batch.inference[index]] = Rejected("invalid_event", reason)
+                if written.duplicates:
+                    log.info("duplicates skipped", count=written.duplicates, stored=written.stored)
+            except UnparseableBatch as exc:
+                # Some message is not an InferenceResult: decode this batch here, to find and reject it.
+                log.info("the engine could not parse the batch; decoding it here", error=str(exc))
+                self._decode_here(batch, outcomes, batch.inference, rows)
+        report = self.sink.write(rows)
         if report.duplicates:
             log.info("duplicates skipped", count=report.duplicates, stored=report.stored)
         return outcomes
@@ -175,6 +217,28 @@ class MetricsBatchHandler:
                 outcomes[position] = Rejected("malformed_event", f"not a valid event of {msg.topic()}: {exc}")
             except InvalidEvent as exc:
                 outcomes[position] = Rejected("invalid_event", str(exc))
+
+
+def store_status_announcer(producer: DeliveringProducer, service: str = "metrics", component: str = "store"
+                           ) -> Callable[[bool, str, int], None]:
+    """StoreHealth's on_change hook: the store unavailable, or available again, as a ServiceStatus on
+    vigil.monitoring keyed by service/component. A Kafka outage is logged, never raised."""
+    subject = f"service/{service}"
+
+    def announce(available: bool, reason: str, failures: int) -> None:
+        state = "available" if available else "unavailable"
+        event = events_pb2.MonitoringEvent(
+            envelope=new_envelope(subject, service),
+            service_status=events_pb2.ServiceStatus(service=service, component=component, state=state,
+                                                    reason=reason[:2000], failures=failures))
+        (log.info if available else log.error)("store status", state=state, failures=failures, reason=reason[:300])
+        try:
+            producer.produce(Outbound(MONITORING, event.SerializeToString(), subject.encode()))
+            producer.flush(10)
+        except DeliveryFailed as exc:
+            log.warning("store status not announced", state=state, error=str(exc))
+
+    return announce
 
 
 def record_consumer_lag(stats_json: str) -> None:
