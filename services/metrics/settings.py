@@ -21,9 +21,6 @@ class MetricsSettings(ServiceSettings):
     store_failures_unready: int = Field(5, description="Failed attempts in a row at storing a batch after which the "
                                                        "sink reports not ready and the store unavailable on "
                                                        "vigil.monitoring (it keeps retrying).")
-    store_failures_unready: int = Field(5, description="Failed attempts in a row at storing a batch after which the "
-                                                       "sink reports not ready and the store unavailable on "
-                                                       "vigil.monitoring (it keeps retrying).")
     api_host: str = Field("127.0.0.1", description="Address of the query API.")
     api_port: int = Field(8088, description="Port of the query API.")
     api_token: SecretStr | None = Field(None, description="Token the query API and the dashboard require (Bearer "
