@@ -15,12 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from libs.common.compacted import read_compacted_topic
 from libs.common.objectstore import object_store_client
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
 from libs.model_registry.announcements import (
-    AnnouncementFailed, announce, announcement, primaries, repair_announcements,
+    AnnouncementFailed, announce, announcement, announcements_table, primaries, repair_announcements,
 )
 from libs.model_registry.manifest import RegistryError
 from libs.model_registry.store import BUCKET, ModelRegistry
@@ -41,7 +40,7 @@ def announce_changes(kafka: KafkaSettings, messages: list[events_pb2.ModelVersio
     config = kafka.client_config()
     ensure_topics(config, kafka.replication_factor, tuple(s for s in CATALOG if s.name == MODELS))
     try:
-        announce(config, messages, client_id="vigil-cli")
+        announce(announcements_table(config, "vigil-cli"), messages)
     except AnnouncementFailed as exc:
         raise RegistryError(f"the promotion is recorded but not announced ({exc}); the inference service's "
                             f"registry follower announces it within VIGIL_INFERENCE_REGISTRY_RECONCILE_S") from exc
@@ -61,11 +60,9 @@ def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: i
 def cmd_reconcile(stack, args: argparse.Namespace) -> int:
     kafka = KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap)
     registry = _registry(stack, args)
-    announced: dict[str, int] = {}
-    read_compacted_topic(kafka.client_config(), MODELS, lambda records: announced.update(
-        {name: int(m.model.version)
-         for name, m in primaries([value for _key, value in records], registry.bucket).items()}),
-        "vigil-cli-models")
+    table = announcements_table(kafka.client_config(), "vigil-cli")
+    announced = {name: int(m.model.version)
+                 for name, m in primaries(table.snapshot().values(), registry.bucket).items()}
     messages = repair_announcements(registry, announced, args.grace_s)
     if messages:
         announce_changes(kafka, messages)

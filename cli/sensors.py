@@ -14,15 +14,15 @@ import math
 import sys
 import time
 
-from confluent_kafka import Producer
 from google.protobuf.json_format import MessageToDict
 
+from libs.common.compacted import CompactedTable, TableWriteFailed
 from libs.common.envelope import timestamp_from_ns
 from libs.common.logs import configure_logging
 from libs.common.settings import KafkaSettings
 from libs.common.topics import CATALOG, SENSORS_REGISTRY, ensure_topics
 from protos import events_pb2
-from services.ingest.sensors.kafka_adapter import read_registry
+from services.ingest.sensors.registry import sensor_registry_table
 from services.ingest.sensors.validation import definition_problem
 
 
@@ -30,15 +30,21 @@ def _kafka(stack, args: argparse.Namespace) -> KafkaSettings:
     return KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap)
 
 
-def _write(kafka: KafkaSettings, sensor_id: str, value: bytes | None) -> None:
-    config = kafka.client_config()
-    ensure_topics(config, kafka.replication_factor, tuple(s for s in CATALOG if s.name == SENSORS_REGISTRY))
-    errors: list[str] = []
-    producer = Producer({**config, "client.id": "vigil-cli", "enable.idempotence": True, "acks": "all"})
-    producer.produce(SENSORS_REGISTRY, key=sensor_id.encode(), value=value,
-                     on_delivery=lambda err, _msg: err and errors.append(err.str()))
-    if producer.flush(30) or errors:
-        raise SystemExit(f"vigil: the registry did not take the change: {errors or 'timed out'}")
+def _table(kafka: KafkaSettings) -> CompactedTable[events_pb2.SensorDefinition]:
+    return sensor_registry_table(kafka.client_config(), "vigil-cli")
+
+
+def _write(kafka: KafkaSettings, sensor_id: str, definition: events_pb2.SensorDefinition | None) -> None:
+    ensure_topics(kafka.client_config(), kafka.replication_factor,
+                  tuple(s for s in CATALOG if s.name == SENSORS_REGISTRY))
+    table = _table(kafka)
+    try:
+        if definition is None:
+            table.delete(sensor_id)
+        else:
+            table.put(sensor_id, definition)
+    except TableWriteFailed as exc:
+        raise SystemExit(f"vigil: the registry did not take the change: {exc}") from exc
 
 
 def cmd_add(stack, args: argparse.Namespace) -> int:
@@ -54,14 +60,14 @@ def cmd_add(stack, args: argparse.Namespace) -> int:
     if problem:
         print(f"vigil: not a usable sensor definition: {problem}", file=sys.stderr)
         return 2
-    _write(_kafka(stack, args), args.sensor_id, definition.SerializeToString())
+    _write(_kafka(stack, args), args.sensor_id, definition)
     print(f"sensor {args.sensor_id} registered")
     return 0
 
 
 def cmd_remove(stack, args: argparse.Namespace) -> int:
     kafka = _kafka(stack, args)
-    if args.sensor_id not in read_registry(kafka.client_config()):
+    if args.sensor_id not in _table(kafka).snapshot():
         print(f"vigil: no sensor {args.sensor_id!r} in the registry", file=sys.stderr)
         return 1
     _write(kafka, args.sensor_id, None)
@@ -70,7 +76,7 @@ def cmd_remove(stack, args: argparse.Namespace) -> int:
 
 
 def cmd_list(stack, args: argparse.Namespace) -> int:
-    definitions = read_registry(_kafka(stack, args).client_config())
+    definitions = _table(_kafka(stack, args)).snapshot()
     if args.json:
         for sensor_id in sorted(definitions):
             print(json.dumps(MessageToDict(definitions[sensor_id], preserving_proto_field_name=True)))

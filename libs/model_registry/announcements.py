@@ -8,18 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from confluent_kafka import Producer
-from google.protobuf.message import DecodeError
+from typing import Iterable
 
+from libs.common.compacted import CompactedTable, TableWriteFailed
 from libs.common.envelope import new_envelope
-from libs.common.logs import get_logger
 from libs.common.topics import MODELS
 from libs.model_registry.history import current_primary
 from libs.model_registry.manifest import RegistryError
 from protos import events_pb2
 
 RECONCILER = "registry-reconcile"
-log = get_logger(__name__)
 
 
 class AnnouncementFailed(RegistryError):
@@ -38,29 +36,29 @@ def announcement(manifest: dict, stage: str, artifact: events_pb2.ObjectRef, act
     )
 
 
-def announce(client_config: dict[str, str], messages: list[events_pb2.ModelVersion], client_id: str,
-             topic: str = MODELS) -> None:
-    """Produces the announcements in order, keyed by model name: the last one per model (the new primary) is
+def announcements_table(client_config: dict[str, str], client_id: str,
+                        topic: str = MODELS) -> CompactedTable[events_pb2.ModelVersion]:
+    """vigil.models as a table: model name -> its latest announcement."""
+    return CompactedTable(client_config, topic, client_id)
+
+
+def announce(table: CompactedTable[events_pb2.ModelVersion], messages: list[events_pb2.ModelVersion]) -> None:
+    """Writes the announcements in order, keyed by model name: the last one per model (the new primary) is
     what compaction keeps. Raises AnnouncementFailed unless every one was delivered."""
-    errors: list[str] = []
-    producer = Producer({**client_config, "client.id": client_id, "enable.idempotence": True, "acks": "all"})
-    for message in messages:
-        producer.produce(topic, key=message.model.name.encode(), value=message.SerializeToString(),
-                         on_delivery=lambda err, _msg: err and errors.append(err.str()))
-    if producer.flush(30) or errors:
-        raise AnnouncementFailed(f"announcement on {topic} failed: {errors or 'timed out'}")
+    try:
+        for message in messages:
+            table.put(message.model.name, message)
+    except TableWriteFailed as exc:
+        raise AnnouncementFailed(f"announcement on {table.topic} failed: {exc}") from exc
 
 
-def primaries(messages: list[bytes | None], bucket: str | None = None) -> dict[str, events_pb2.ModelVersion]:
+def primaries(messages: Iterable[events_pb2.ModelVersion | None],
+              bucket: str | None = None) -> dict[str, events_pb2.ModelVersion]:
     """The last "primary" announcement per model among `messages` (in log order), of the registry in `bucket`
-    if one is given; undecodable ones skipped. A retirement alone changes nothing: the primary announced with it
-    is what a server loads."""
+    if one is given. A retirement alone changes nothing: the primary announced with it is what a server loads."""
     latest: dict[str, events_pb2.ModelVersion] = {}
-    for value in messages:
-        try:
-            message = events_pb2.ModelVersion.FromString(value or b"")
-        except DecodeError as exc:
-            log.warning("not a ModelVersion on the models topic", error=str(exc))
+    for message in messages:
+        if message is None:
             continue
         if bucket is not None and message.artifact.bucket != bucket:
             continue

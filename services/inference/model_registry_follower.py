@@ -8,8 +8,8 @@ The object store is the registry's truth: every `reconcile_s` the follower compa
 with the primary last announced on vigil.models, and announces one whose announcement was lost (its writer died
 between the store and the topic), so every server and the metrics store get it after all.
 
-Like the sensor registry follower, it reads the compacted topic from the beginning on every start with no
-consumer group offsets (libs/common/compacted.py), so a restarted server serves the primary."""
+The announcements are a compacted table (libs/common/compacted.py), read whole on every start with no consumer
+group offsets, so a restarted server serves the primary."""
 from __future__ import annotations
 
 import json
@@ -17,11 +17,11 @@ import shutil
 import threading
 from pathlib import Path
 
-from libs.common.compacted import CompactedTopicFollower, Records
+from libs.common.compacted import Change
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
-from libs.model_registry.announcements import announce, primaries, repair_announcements
+from libs.model_registry.announcements import announce, announcements_table, primaries, repair_announcements
 from libs.model_registry.manifest import MANIFEST, RegistryError, checked_file_paths, file_digest
 from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
@@ -49,8 +49,6 @@ class ModelRegistryFollower:
     def __init__(self, client_config: dict[str, str], registry: ModelRegistry, server: ModelServer,
                  repository: PinnedRepository, cache_dir: Path, topic: str = MODELS, poll_s: float = 0.5,
                  reconcile_s: float = 60.0) -> None:
-        self.client_config = client_config
-        self.topic = topic
         self.reconcile_s = reconcile_s
         self.announced: dict[str, int] = {}  # name -> the primary last announced on the topic (every model)
         self.registry = registry
@@ -59,8 +57,9 @@ class ModelRegistryFollower:
         self.cache_dir = Path(cache_dir)
         self.current: dict[str, int] = {}  # name -> the registry version serving (known once one was applied)
         self._stop = threading.Event()
-        self._follower = CompactedTopicFollower(
-            client_config, topic, self._apply_batch, "vigil-inference-models", poll_s=poll_s,
+        self.table = announcements_table(client_config, "vigil-inference-models", topic)
+        self._follower = self.table.follower(
+            self._apply_changes, poll_s=poll_s,
             heartbeat=Heartbeat(max_age_s=300))  # a download and a load happen between beats
         self.heartbeat = self._follower.heartbeat
 
@@ -109,7 +108,7 @@ class ModelRegistryFollower:
         """Announces the primaries the registry holds and the topic lacks; returns their model names."""
         messages = repair_announcements(self.registry, dict(self.announced), grace_s=self.reconcile_s)
         if messages:
-            announce(self.client_config, messages, client_id="vigil-inference-reconcile", topic=self.topic)
+            announce(self.table, messages)
             log.warning("promotions whose announcement was lost announced again",
                         models={m.model.name: m.model.version for m in messages})
         return [m.model.name for m in messages]
@@ -133,9 +132,9 @@ class ModelRegistryFollower:
             except Exception as exc:  # the store or Kafka away: the next round tries again
                 log.warning("registry announcements not reconciled", error=str(exc))
 
-    def _apply_batch(self, records: Records) -> None:
-        # Only the latest primary per model in what has arrived: a start replaying the log loads once.
-        latest = primaries([value for _key, value in records], self.registry.bucket)
+    def _apply_changes(self, changes: list[Change]) -> None:
+        # Only the latest primary per model in what has arrived (a start hands over one per model).
+        latest = primaries([c.value for c in changes if not c.problem], self.registry.bucket)
         self.announced.update({name: int(message.model.version) for name, message in latest.items()})
         for message in latest.values():
             if self._stop.is_set():

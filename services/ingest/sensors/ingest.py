@@ -10,8 +10,8 @@ from libs.common.ops import Health, Heartbeat, flag_check
 from libs.common.settings import KafkaSettings
 from libs.common.topics import SENSORS_RAW
 from services.ingest.sensors.http_api import ReadingBatchIntake, SensorHttpApi
-from services.ingest.sensors.kafka_adapter import ReadingPublisher, RegistryFollower, sensor_reading_batch_handler
-from services.ingest.sensors.registry import SensorRegistry
+from services.ingest.sensors.kafka_adapter import ReadingPublisher, sensor_reading_batch_handler
+from services.ingest.sensors.registry import SensorRegistry, sensor_registry_table
 from services.ingest.sensors.settings import SensorSettings
 from services.ingest.sensors.validation import ClockLimits
 
@@ -28,7 +28,7 @@ class SensorIngest:
         self.consume_heartbeat = Heartbeat(max_age_s=60)
         if not settings.enabled:  # no client, no socket, no check
             return
-        self.follower = RegistryFollower(kafka.client_config(), self.registry)
+        self.follower = self.registry.follower(sensor_registry_table(kafka.client_config(), "vigil-sensor-registry"))
         self.publisher = ReadingPublisher(kafka)
         # Bound here, not in run(), so that a port already taken fails the service at start.
         self.http = SensorHttpApi(

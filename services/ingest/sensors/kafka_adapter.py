@@ -1,6 +1,6 @@
 """Kafka side of sensor ingest: the batch handler for vigil.sensors.raw (protobuf or JSON in, valid readings to
-vigil.sensors, rejects to the DLQ through the runner), the follower that keeps the registry view current, and
-the publisher the HTTP endpoint hands readings to."""
+vigil.sensors, rejects to the DLQ through the runner), and the publisher the HTTP endpoint hands readings to. The
+registry view is kept current by its compacted table's follower (registry.py)."""
 from __future__ import annotations
 
 import threading
@@ -11,11 +11,10 @@ from confluent_kafka import KafkaError, Message, Producer
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
 
-from libs.common.compacted import CompactedTopicFollower, Records, read_compacted_topic
 from libs.common.kafka import Outbound, Outcome, Rejected, producer_config
 from libs.common.logs import get_logger, trace_context
 from libs.common.settings import KafkaSettings
-from libs.common.topics import SENSORS, SENSORS_REGISTRY
+from libs.common.topics import SENSORS
 from protos import events_pb2
 from services.ingest.sensors.json_readings import (
     InvalidJsonReading, event_id_for_position, parse_json, reading_from_json,
@@ -81,40 +80,6 @@ def sensor_reading_batch_handler(
         return outcomes
 
     return handle
-
-
-class RegistryFollower:
-    """The sensor registry, read whole from the beginning and then followed, into a SensorRegistry."""
-
-    def __init__(self, client_config: dict[str, str], registry: SensorRegistry, topic: str = SENSORS_REGISTRY,
-                 poll_s: float = 0.2) -> None:
-        self.registry = registry
-        self._follower = CompactedTopicFollower(client_config, topic, self._apply, "vigil-sensor-registry",
-                                                poll_s=poll_s)
-        self.loaded = self._follower.loaded  # the whole log as of start has been applied
-        self.heartbeat = self._follower.heartbeat
-
-    def run(self, stop: threading.Event) -> None:
-        self._follower.run(stop)
-
-    def _apply(self, records: Records) -> None:
-        for key, value in records:
-            change = self.registry.apply(key, value)
-            if self.loaded.is_set():
-                log.info("sensor registry changed", sensor_id=(key or b"").decode("utf-8", "replace"), change=change)
-
-
-def read_registry(client_config: dict[str, str], timeout_s: float = 30.0,
-                  topic: str = SENSORS_REGISTRY) -> dict[str, events_pb2.SensorDefinition]:
-    """The registry as it is now: the topic read once to its end (for `vigil sensors list`)."""
-    registry = SensorRegistry()
-
-    def apply(records: Records) -> None:
-        for key, value in records:
-            registry.apply(key, value)
-
-    read_compacted_topic(client_config, topic, apply, "vigil-sensor-registry", timeout_s)
-    return dict(registry.snapshot())
 
 
 class DeliveryReport:
