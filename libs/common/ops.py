@@ -5,14 +5,17 @@ ticked in the last N seconds", so a wedged loop gets the pod restarted. Readines
 now": the model is loaded, Kafka is reachable, the store is open."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from libs.common.http import HttpServer, json_app
 
 Check = Callable[[], tuple[bool, str]]
 
@@ -53,44 +56,30 @@ def flag_check(flag: threading.Event, what: str) -> Check:
 
 
 class OpsServer:
+    """/metrics, /livez and /readyz on host:port (no request has a body: any is refused above 1 KiB)."""
+
     def __init__(self, host: str, port: int, health: Health) -> None:
-        server_health = health
+        def metrics(_request: Request) -> Response:
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                path = self.path.split("?")[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
-                elif path in ("/livez", "/readyz"):
-                    checks = server_health.liveness if path == "/livez" else server_health.readiness
-                    ok, report = server_health.evaluate(checks)
-                    body = json.dumps({"ok": ok, "checks": report}).encode()
-                    self._send(200 if ok else 503, body, "application/json")
-                else:
-                    self._send(404, b'{"error": "not found"}', "application/json")
+        def probe(kind: str) -> Callable[[Request], Response]:
+            def answer(_request: Request) -> Response:  # checks may block briefly: run on a worker thread
+                ok, report = health.evaluate(getattr(health, kind))
+                return JSONResponse({"ok": ok, "checks": report}, status_code=200 if ok else 503)
+            return answer
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: object) -> None:  # probes every few seconds would flood the log
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ops-http", daemon=True)
+        app = json_app([Route("/metrics", metrics, methods=["GET"]),
+                        Route("/livez", probe("liveness"), methods=["GET"]),
+                        Route("/readyz", probe("readiness"), methods=["GET"])], max_body_bytes=1024)
+        self._server = HttpServer(app, host, port, name="ops-http", stop_timeout_s=2)
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._server.port
 
     def start(self) -> "OpsServer":
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

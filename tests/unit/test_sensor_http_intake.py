@@ -2,11 +2,13 @@
 delivered, and the undelivered named so that a device resends exactly those."""
 from __future__ import annotations
 
+import http.client
 import json
+import urllib.request
 
 from libs.common.topics import SENSORS_RAW
 from protos import events_pb2
-from services.ingest.sensors.http_api import ReadingBatchIntake
+from services.ingest.sensors.http_api import READINGS_PATH, SCHEMA_PATH, ReadingBatchIntake, SensorHttpApi
 
 GOOD = {"sensor_id": "t-1", "quantity": "temperature", "value": 21.5, "unit": "°C",
         "event_time": "2025-06-15T12:00:00Z"}
@@ -59,3 +61,34 @@ def test_what_is_not_a_json_array_of_acceptable_size_is_refused_as_a_whole():
     assert accept([GOOD] * 3, max_readings=2)[0] == 413
     status, answer = ReadingBatchIntake(RecordingPublisher(), 10, 1.0).accept(b"[{,")
     assert status == 400 and "not JSON" in answer["error"]
+
+
+def test_the_endpoint_serves_the_intake_caps_the_body_as_it_streams_and_answers_json():
+    publisher = RecordingPublisher()
+    api = SensorHttpApi(ReadingBatchIntake(publisher, 100, 1.0), "127.0.0.1", 0, max_body_bytes=2000).start()
+    try:
+        def post(body, chunked=False):
+            connection = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+            connection.request("POST", READINGS_PATH, body=body, encode_chunked=chunked,
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answer = (response.status, json.loads(response.read()))
+            connection.close()
+            return answer
+
+        status, answer = post(json.dumps([GOOD]).encode())
+        assert status == 200 and [a["index"] for a in answer["accepted"]] == [0] and len(publisher.messages) == 1
+        # Chunked, no Content-Length: still read, and still capped.
+        status, answer = post(iter([b"[", json.dumps(GOOD).encode(), b"]"]), chunked=True)
+        assert status == 200 and len(publisher.messages) == 2
+        status, answer = post(json.dumps([GOOD] * 30).encode())
+        assert status == 413 and answer["error"].endswith("at most 2000") and len(publisher.messages) == 2
+        status, answer = post(b"[{,")
+        assert status == 400 and "not JSON" in answer["error"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{api.port}{SCHEMA_PATH}", timeout=10) as response:
+            assert response.headers["Content-Type"] == "application/schema+json"
+            assert json.loads(response.read())["type"] == "object"
+        assert api.listening.is_set()
+    finally:
+        api.stop()
+    assert not api.listening.is_set()

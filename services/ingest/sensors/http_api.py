@@ -7,17 +7,20 @@ the same validation path as readings sent to Kafka directly, so unit, range and 
 
 Answer: 200 {"accepted": [{"index", "event_id"}], "rejected": [{"index", "reason", "detail"}],
 "undelivered": []}; 503 with the same shape when some items were not delivered (resend those, with their
-event ids so that a late delivery and the resend collapse into one); 400, 411 or 413 for the batch as a whole."""
+event ids so that a late delivery and the resend collapse into one); 400 or 413 for the batch as a whole (413 for
+a body above the cap, counted as it arrives, with or without Content-Length)."""
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, Sequence
-from urllib.parse import urlparse
 
 from prometheus_client import Counter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from libs.common.http import HttpServer, json_app
 from libs.common.kafka import Outbound
 from libs.common.logs import get_logger
 from libs.common.topics import SENSORS_RAW
@@ -79,55 +82,30 @@ class ReadingBatchIntake:
 
 class SensorHttpApi:
     def __init__(self, intake: ReadingBatchIntake, host: str, port: int, max_body_bytes: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if urlparse(self.path).path == SCHEMA_PATH:
-                    self._answer(200, SCHEMA, "application/schema+json")
-                else:
-                    self._answer(404, {"error": f"no such endpoint: {urlparse(self.path).path}"})
+        async def readings(request: Request) -> Response:
+            body = await request.body()
+            status, answer = await run_in_threadpool(intake.accept, body)  # waits for Kafka: off the event loop
+            return JSONResponse(answer, status_code=status)
 
-            def do_POST(self) -> None:  # noqa: N802
-                if urlparse(self.path).path != READINGS_PATH:
-                    self._answer(404, {"error": f"no such endpoint: {urlparse(self.path).path}"})
-                    return
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    self._answer(411, {"error": "Content-Length is required"})
-                    return
-                if int(length) > max_body_bytes:
-                    self.close_connection = True  # the body stays unread
-                    self._answer(413, {"error": f"body of {length} bytes; at most {max_body_bytes}"})
-                    return
-                self._answer(*intake.accept(self.rfile.read(int(length))))
+        def schema(_request: Request) -> Response:
+            return JSONResponse(SCHEMA, media_type="application/schema+json")
 
-            def _answer(self, status: int, payload: dict[str, Any], content_type: str = "application/json") -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_args: object) -> None:  # counted in metrics; a line per request would flood
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        # Shutdown waits for requests in flight, so that what Kafka took is also acknowledged to the device.
-        self._server.daemon_threads = False
-        self._server.block_on_close = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sensor-http", daemon=True)
+        app = json_app([Route(READINGS_PATH, readings, methods=["POST"]), Route(SCHEMA_PATH, schema, methods=["GET"])],
+                       max_body_bytes=max_body_bytes)
+        # Stopping waits for the batches in flight (up to their delivery timeout), so that what Kafka took is also
+        # acknowledged to the device.
+        self._server = HttpServer(app, host, port, name="sensor-http", stop_timeout_s=intake.delivery_timeout_s + 2)
         self.listening = threading.Event()
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._server.port
 
     def start(self) -> "SensorHttpApi":
-        self._thread.start()
+        self._server.start()
         self.listening.set()
         return self
 
     def stop(self) -> None:
         self.listening.clear()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
