@@ -64,8 +64,8 @@ class Calibration:
 def record_inference(window: FeatureSink, output: InferenceOutput, low_confidence: float = LOW_CONFIDENCE,
                      calibration: Calibration | None = None) -> None:
     """One frame's detections into the window: per frame, the count, empty or not, the top score; per detection,
-    class, score (overall and per class), box area as a share of the frame, aspect ratio; totals for the
-    performance estimate; the embedding if there is one."""
+    class, score (overall and per class), box area as a share of the frame, aspect ratio, box centre (as shares
+    of the frame's width and height); totals for the performance estimate; the embedding if there is one."""
     window.add_frame()
     n = len(output.scores)
     window.add_number("output.detections", n)
@@ -74,7 +74,8 @@ def record_inference(window: FeatureSink, output: InferenceOutput, low_confidenc
         window.add_embedding(output.embedding)
     if n == 0:
         return
-    frame_area = float(output.width * output.height) or 1.0
+    width, height = float(output.width) or 1.0, float(output.height) or 1.0
+    frame_area = width * height
     top = 0.0
     low = 0
     score_sum = 0.0
@@ -85,6 +86,9 @@ def record_inference(window: FeatureSink, output: InferenceOutput, low_confidenc
         window.add_number("output.score." + label, score)
         w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
         window.add_number("output.box_area", w * h / frame_area)
+        # where objects sit in the view: a knocked camera moves them before it changes anything else
+        window.add_number("output.box_center_x", (x1 + x2) / (2.0 * width))
+        window.add_number("output.box_center_y", (y1 + y2) / (2.0 * height))
         if h > 0:
             window.add_number("output.aspect_ratio", w / h)
         top = score if score > top else top

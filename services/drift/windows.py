@@ -4,10 +4,10 @@ reported as having too little data to say anything (never a false alarm)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from services.drift.features import PERFORMANCE_TOLERANCES, performance_estimate
-from services.drift.samples import Reservoir, Sample, Summary, stable_seed
+from services.drift.samples import Reservoir, Sample, Summary, stable_seed, summary_from_json, summary_to_json
 from services.drift.statistics import (
     DriftResult, DriftTests, categorical_drift, delta_drift, embedding_drift, numeric_drift)
 
@@ -122,6 +122,17 @@ class ClosedWindow:
     end: float
     summary: Summary
 
+    def to_json(self) -> dict:
+        """Plain data: kept while a reference is being built, or stored so a reference can later be set by hand
+        from a time range."""
+        return {"key": str(self.key), "start": float(self.start), "end": float(self.end),
+                "summary": summary_to_json(self.summary)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ClosedWindow:
+        return cls(DriftKey.parse(data["key"]), float(data["start"]), float(data["end"]),
+                   summary_from_json(data["summary"]))
+
 
 class TumblingWindows:
     """Windows of `size_s` aligned on the epoch, per key, by event time. A key's window closes when an event of
@@ -169,10 +180,18 @@ class TumblingWindows:
         closed, self._closed = self._closed, []
         return closed
 
-    def restore(self, window: WindowAccumulator) -> None:
-        """Put back an open window saved with to_state (after a restart)."""
-        self.open.setdefault(window.key, {})[window.start] = window
-        self._next_close[window.key] = min(self._next_close.get(window.key, math.inf), window.end + self.grace_s)
+    def closed_until(self, key: DriftKey) -> float | None:
+        """The end of the key's last closed window: events before it are late."""
+        return self._closed_until.get(key)
+
+    def restore(self, key: DriftKey, open_windows: list[WindowAccumulator], closed_until: float | None) -> None:
+        """Put back a key's open windows (saved with to_state) and how far it had closed, after a restart: events
+        replayed from before the last closed window's end are then late, not a second copy of a window."""
+        if closed_until is not None:
+            self._closed_until[key] = closed_until
+        for window in open_windows:
+            self.open.setdefault(key, {})[window.start] = window
+            self._next_close[key] = min(self._next_close.get(key, math.inf), window.end + self.grace_s)
 
     def _close(self, key: DriftKey, time: float) -> None:
         windows = self.open[key]
@@ -196,6 +215,8 @@ class ComparisonPolicy:
     min_samples: int = MIN_SAMPLES
     min_embeddings: int = MIN_EMBEDDINGS
     top_features: int = TOP_FEATURES
+    # Divide alpha by the number of features a window tests (see compare_summaries).
+    bonferroni: bool = True
     # How far each performance estimate may move from the reference's before it counts as drift.
     performance_tolerances: dict[str, float] = field(default_factory=lambda: dict(PERFORMANCE_TOLERANCES))
 
@@ -229,18 +250,24 @@ def compare_summaries(current: Summary, reference: Summary, policy: ComparisonPo
                       ) -> list[DriftResult]:
     """Every feature both sides hold enough of, tested with the statistic its type and sample size call for.
     A feature only the window has (a class never seen in the reference) shows in the class mix instead."""
-    results = []
-    for name, ref in sorted(reference.numeric.items()):
-        cur = current.numeric.get(name)
-        if _enough(ref, policy.min_samples) and _enough(cur, policy.min_samples):
-            results.append(numeric_drift(ref.values, cur.values, policy.tests).named(name))
-    for name, ref_counts in sorted(reference.categorical.items()):
-        cur_counts = current.categorical.get(name, {})
-        if sum(ref_counts.values()) >= policy.min_samples and sum(cur_counts.values()) >= policy.min_samples:
-            results.append(categorical_drift(ref_counts, cur_counts, policy.tests).named(name))
-    if _enough(reference.embeddings, policy.min_embeddings) and _enough(current.embeddings, policy.min_embeddings):
+    numeric = [(name, ref, current.numeric[name]) for name, ref in sorted(reference.numeric.items())
+               if _enough(ref, policy.min_samples) and _enough(current.numeric.get(name), policy.min_samples)]
+    categorical = [(name, counts, current.categorical[name]) for name, counts in sorted(reference.categorical.items())
+                   if sum(counts.values()) >= policy.min_samples
+                   and sum(current.categorical.get(name, {}).values()) >= policy.min_samples]
+    embeddings = _enough(reference.embeddings, policy.min_embeddings) and _enough(current.embeddings,
+                                                                                 policy.min_embeddings)
+    tests = policy.tests
+    if policy.bonferroni:
+        # A window tests a dozen features at once: at 0.05 each, one of them would read as drift in almost every
+        # other window of a stable camera. Bonferroni keeps the chance of any false one per window at alpha.
+        tested = len(numeric) + len(categorical) + embeddings
+        tests = replace(tests, alpha=tests.alpha / max(tested, 1))
+    results = [numeric_drift(ref.values, cur.values, tests).named(name) for name, ref, cur in numeric]
+    results += [categorical_drift(ref, cur, tests).named(name) for name, ref, cur in categorical]
+    if embeddings:
         results.append(embedding_drift(reference.embeddings.values, current.embeddings.values,
-                                       policy.tests).named("embedding"))
+                                       tests).named("embedding"))
     ref_estimate, cur_estimate = performance_estimate(reference.totals), performance_estimate(current.totals)
     for name, tolerance in sorted(policy.performance_tolerances.items()):
         if name in ref_estimate and name in cur_estimate:

@@ -35,6 +35,8 @@ def test_an_inference_result_becomes_frame_and_detection_features():
     assert summary.numeric["output.score.person"].values.tolist() == pytest.approx([0.9, 0.6])
     assert summary.numeric["output.box_area"].values.tolist() == pytest.approx([200 / 5000, 800 / 5000, 25 / 5000])
     assert summary.numeric["output.aspect_ratio"].values.tolist() == pytest.approx([0.5, 2.0, 1.0])
+    assert summary.numeric["output.box_center_x"].values.tolist() == pytest.approx([0.05, 0.3, 0.025])
+    assert summary.numeric["output.box_center_y"].values.tolist() == pytest.approx([0.2, 0.4, 0.05])
     assert summary.numeric["output.top_score"].values.tolist() == pytest.approx([0.9])
     assert summary.embeddings.values.tolist() == [[1.0, 2.0]]
     estimate = performance_estimate(summary.totals)

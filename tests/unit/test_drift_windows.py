@@ -101,10 +101,23 @@ def test_a_restored_open_window_closes_as_it_would_have():
     feed(windows, LOBBY, [10.0, 20.0], [1, 2])
     state = json.dumps(windows.open[LOBBY][0.0].to_state())
     after_restart = TumblingWindows(size_s=60)
-    after_restart.restore(WindowAccumulator.from_state(json.loads(state)))
+    after_restart.restore(LOBBY, [WindowAccumulator.from_state(json.loads(state))], windows.closed_until(LOBBY))
     feed(after_restart, LOBBY, [30.0, 61.0], [3, 4])
     (closed,) = after_restart.take_closed()
     assert sorted(closed.summary.numeric["sensor.value"].values) == [1, 2, 3]
+
+
+def test_events_replayed_after_a_restart_do_not_reopen_a_closed_window():
+    windows = TumblingWindows(size_s=60)
+    feed(windows, LOBBY, [10.0, 70.0], [1, 2])
+    assert len(windows.take_closed()) == 1
+    saved = [json.dumps(w.to_state()) for w in windows.open[LOBBY].values()]
+    after_restart = TumblingWindows(size_s=60)
+    after_restart.restore(LOBBY, [WindowAccumulator.from_state(json.loads(s)) for s in saved],
+                          windows.closed_until(LOBBY))
+    feed(after_restart, LOBBY, [10.0, 70.0, 130.0], [1, 2, 3])  # replayed from before the commit
+    (closed,) = after_restart.take_closed()
+    assert closed.start == 60.0 and after_restart.late_events == 1
 
 
 def window_of(values, key=LOBBY, start=0.0):
@@ -141,3 +154,23 @@ def test_window_size_and_grace_are_checked():
         TumblingWindows(size_s=10, grace_s=10)
     assert DriftKey.parse(str(LOBBY)) == LOBBY
     assert DriftKey.parse("sensor/t-17") == DriftKey("sensor/t-17")
+
+
+def test_the_tests_of_a_window_share_alpha_so_a_dozen_features_do_not_multiply_false_alarms():
+    rng = np.random.default_rng(5)
+
+    def many_features(shift=0.0):
+        window = WindowAccumulator(LOBBY, 0, 60)
+        for _ in range(300):
+            window.add_frame()
+            for f in range(10):
+                window.add_number(f"input.f{f}", float(rng.normal(shift)))
+        return ClosedWindow(LOBBY, 0, 60, window.summary())
+
+    reference = many_features().summary
+    corrected = compare_window(many_features(), reference)
+    uncorrected = compare_window(many_features(), reference, ComparisonPolicy(bonferroni=False))
+    assert {r.metric for r in corrected.results} == {"ks"}
+    # each KS threshold is its critical value at 0.05 / 10 tests, above the uncorrected one at 0.05
+    assert all(c.threshold > u.threshold for c, u in zip(corrected.results, uncorrected.results))
+    assert compare_window(many_features(shift=0.5), reference).drifted
