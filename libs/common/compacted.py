@@ -167,9 +167,9 @@ class TableFollower(Generic[V]):
                 partitions = self._wait_for_partitions(consumer, stop, deadline)
                 if partitions is None:
                     return False
+                log.info("following a compacted table", topic=self.topic, partitions=len(partitions))
                 self._start_loading(consumer, partitions)
                 consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-                log.info("following a compacted table", topic=self.topic, partitions=len(partitions))
             else:
                 consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                    on_lost=self._on_revoke)
