@@ -32,6 +32,7 @@ class FeatureSink(Protocol):
 
     def add_frame(self) -> None: ...
     def add_number(self, feature: str, value: float) -> None: ...
+    def add_numbers(self, feature: str, values: list[float]) -> None: ...
     def add_category(self, feature: str, category: str, count: int = 1) -> None: ...
     def add_embedding(self, vector: Any) -> None: ...
     def add_total(self, name: str, amount: float) -> None: ...
@@ -76,31 +77,41 @@ def record_inference(window: FeatureSink, output: InferenceOutput, low_confidenc
         return
     width, height = float(output.width) or 1.0, float(output.height) or 1.0
     frame_area = width * height
-    top = 0.0
-    low = 0
-    score_sum = 0.0
-    for label, score, (x1, y1, x2, y2) in zip(output.labels, output.scores, output.boxes):
-        score = float(score)
-        window.add_category("output.class", label)
-        window.add_number("output.score", score)
-        window.add_number("output.score." + label, score)
+    # Values gathered per feature first, then added once per feature: per event, a dozen reservoir calls however
+    # many detections, most of them one comparison once the reservoirs are full.
+    scores = [float(score) for score in output.scores]
+    areas, centers_x, centers_y, aspects = [], [], [], []
+    by_label: dict[str, list[float]] = {}
+    for label, score, (x1, y1, x2, y2) in zip(output.labels, scores, output.boxes):
         w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
-        window.add_number("output.box_area", w * h / frame_area)
+        areas.append(w * h / frame_area)
         # where objects sit in the view: a knocked camera moves them before it changes anything else
-        window.add_number("output.box_center_x", (x1 + x2) / (2.0 * width))
-        window.add_number("output.box_center_y", (y1 + y2) / (2.0 * height))
+        centers_x.append((x1 + x2) / (2.0 * width))
+        centers_y.append((y1 + y2) / (2.0 * height))
         if h > 0:
-            window.add_number("output.aspect_ratio", w / h)
-        top = score if score > top else top
-        low += score < low_confidence
-        score_sum += score
+            aspects.append(w / h)
+        same = by_label.get(label)
+        if same is None:
+            by_label[label] = [score]
+        else:
+            same.append(score)
+    window.add_numbers("output.score", scores)
+    window.add_numbers("output.box_area", areas)
+    window.add_numbers("output.box_center_x", centers_x)
+    window.add_numbers("output.box_center_y", centers_y)
+    if aspects:
+        window.add_numbers("output.aspect_ratio", aspects)
+    for label, same in by_label.items():
+        window.add_category("output.class", label, len(same))
+        window.add_numbers("output.score." + label, same)
+    top = max(scores)
     window.add_number("output.top_score", top)
     window.add_total("detections", n)
     window.add_total("frames_with_detections", 1)
     window.add_total("top_score_sum", top)
-    window.add_total("low_confidence", low)
+    window.add_total("low_confidence", sum(score < low_confidence for score in scores))
     window.add_total("calibrated_score_sum",
-                     float(calibration(np.asarray(output.scores, np.float64)).sum()) if calibration else score_sum)
+                     float(calibration(np.asarray(scores, np.float64)).sum()) if calibration else sum(scores))
 
 
 def performance_estimate(totals: Mapping[str, float]) -> dict[str, float]:

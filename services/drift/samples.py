@@ -4,22 +4,11 @@ running totals; mergeable, and serialisable to plain JSON (arrays as base64 floa
 from __future__ import annotations
 
 import base64
+import random
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-
-_MASK64 = (1 << 64) - 1
-
-
-def _slot(seed: int, seen: int) -> int:
-    """A uniform integer in [0, seen), a pure function of (seed, seen) (splitmix64): the reservoir needs no
-    random generator state, so a window restored from its state (after a restart) samples exactly as before."""
-    z = (seed + seen * 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) % seen
-
 
 def stable_seed(*parts: object) -> int:
     """A seed from names (key, feature, window start) that is the same in every process (unlike hash())."""
@@ -27,10 +16,11 @@ def stable_seed(*parts: object) -> int:
 
 
 class Reservoir:
-    """A uniform sample of at most `capacity` values from a stream of any length (Vitter's algorithm R). Adding
-    is a list append until full, then one integer hash per value: cheap enough per event."""
+    """A uniform sample of at most `capacity` values from a stream of any length (Vitter's algorithm R): a list
+    append until full, then one draw per value. Its generator is seeded per reservoir and its draws counted, so a
+    reservoir restored from its state (after a restart) replays them and samples on exactly as before."""
 
-    __slots__ = ("capacity", "seed", "seen", "values")
+    __slots__ = ("capacity", "seed", "seen", "values", "_random")
 
     def __init__(self, capacity: int, seed: int = 0, values: list | None = None, seen: int = 0) -> None:
         if capacity < 1:
@@ -39,19 +29,34 @@ class Reservoir:
         self.seed = seed
         self.values: list = values if values is not None else []
         self.seen = seen if seen else len(self.values)
+        self._random = random.Random(seed)
+        for _ in range(max(0, self.seen - capacity)):  # one draw per value seen beyond capacity
+            self._random.random()
 
     def add(self, value) -> None:
         self.seen += 1
-        if len(self.values) < self.capacity:
+        if self.seen <= self.capacity:
             self.values.append(value)
         else:
-            j = _slot(self.seed, self.seen)
+            j = int(self._random.random() * self.seen)
             if j < self.capacity:
                 self.values[j] = value
 
     def extend(self, values) -> None:
-        for value in values:
-            self.add(value)
+        if self.seen + len(values) <= self.capacity:
+            self.values.extend(values)
+            self.seen += len(values)
+            return
+        seen, capacity, kept, draw = self.seen, self.capacity, self.values, self._random.random
+        for value in values:  # add(), inlined: this loop runs for every detection of every event
+            seen += 1
+            if seen <= capacity:
+                kept.append(value)
+            else:
+                j = int(draw() * seen)
+                if j < capacity:
+                    kept[j] = value
+        self.seen = seen
 
     def sample(self) -> Sample:
         return Sample(np.asarray(self.values, dtype=np.float32), self.seen)

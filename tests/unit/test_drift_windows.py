@@ -70,6 +70,17 @@ def test_a_reservoir_stays_bounded_and_uniform():
     assert np.quantile(sample.values, 0.9) == pytest.approx(90_000, rel=0.05)
 
 
+def test_a_reservoir_fed_in_batches_samples_as_one_fed_value_by_value_and_restores_mid_stream():
+    one_by_one, batched = Reservoir(50, seed=9), Reservoir(50, seed=9)
+    for value in range(5000):
+        one_by_one.add(value)
+    for first in range(0, 2500, 7):
+        batched.extend(list(range(first, min(first + 7, 2500))))
+    batched = Reservoir.from_state(json.loads(json.dumps(batched.to_state())))
+    batched.extend(list(range(2500, 5000)))
+    assert batched.values == one_by_one.values and batched.seen == 5000
+
+
 def test_merged_samples_weigh_each_part_by_what_it_stands_for():
     many = Sample(np.zeros(100, np.float32), 9000)  # 100 values standing for 9,000
     few = Sample(np.ones(100, np.float32), 1000)
