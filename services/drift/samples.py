@@ -62,12 +62,13 @@ class Reservoir:
         return Sample(np.asarray(self.values, dtype=np.float32), self.seen)
 
     def to_state(self) -> dict:
-        return {"capacity": self.capacity, "seed": self.seed, "seen": self.seen,
-                "values": np.asarray(self.values, dtype=np.float64).tolist()}
+        """JSON-able and compact (values as base64 float32, as every sample is kept: 8 KB per 2,000 values)."""
+        return {"capacity": self.capacity, "seed": self.seed, **_encode(self.sample())}
 
     @classmethod
     def from_state(cls, state: dict) -> Reservoir:
-        return cls(state["capacity"], state["seed"], list(state["values"]), state["seen"])
+        sample = _decode(state)
+        return cls(state["capacity"], state["seed"], sample.values.tolist(), sample.seen)
 
 
 @dataclass(frozen=True)
