@@ -65,8 +65,6 @@ class CompactedTable(Generic[V]):
         self.client_id = client_id
         self.message: type[V] = message
         self.validate = validate
-        self._producer: Producer | None = None
-        self._producer_lock = threading.Lock()
 
     def put(self, key: str, value: V, timeout_s: float = 30.0) -> None:
         """Writes the key's value; returns once the broker has it (every replica in sync), else raises."""
@@ -84,15 +82,13 @@ class CompactedTable(Generic[V]):
     def _write(self, key: str, value: bytes | None, timeout_s: float) -> None:
         if not key:
             raise ValueError("a table key must not be empty")
+        # A producer per write: writes are rare (a registry change), and none is left connected in between.
         errors: list[str] = []
-        with self._producer_lock:
-            if self._producer is None:
-                self._producer = Producer({**self.client_config, "client.id": self.client_id,
-                                           "enable.idempotence": True, "acks": "all"})
-            self._producer.produce(self.topic, key=key.encode(), value=value,
-                                   on_delivery=lambda err, _msg: err and errors.append(err.str()))
-            undelivered = self._producer.flush(timeout_s)
-        if undelivered or errors:
+        producer = Producer({**self.client_config, "client.id": self.client_id, "enable.idempotence": True,
+                             "acks": "all"})
+        producer.produce(self.topic, key=key.encode(), value=value,
+                         on_delivery=lambda err, _msg: err and errors.append(err.str()))
+        if producer.flush(timeout_s) or errors:
             raise TableWriteFailed(f"{self.topic} did not take the change of {key!r}: {errors or 'timed out'}")
 
     def snapshot(self, timeout_s: float = 30.0) -> dict[str, V]:
