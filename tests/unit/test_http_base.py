@@ -189,6 +189,22 @@ def test_a_body_that_stops_arriving_is_answered_408(server):
         assert time.monotonic() - started < 5
 
 
+def test_requests_on_a_kept_alive_connection_are_not_held_back_by_nagles_algorithm(server):
+    # Without TCP_NODELAY on the server's sockets every response after a connection's first waited for the
+    # client's delayed ACK: 40+ ms each (measured 22 requests/s; 2,500/s with it).
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    took = []
+    try:
+        for _ in range(21):
+            started = time.perf_counter()
+            connection.request("GET", "/open")
+            connection.getresponse().read()
+            took.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    assert sorted(took[1:])[10] < 0.025, f"median {sorted(took[1:])[10] * 1000:.0f} ms"
+
+
 def test_a_port_in_use_fails_at_construction_and_port_zero_gets_a_free_one(server):
     with pytest.raises(OSError):
         HttpServer(json_app([]), "127.0.0.1", server.port)
