@@ -3,6 +3,8 @@ services as processes, on free ports, in a temporary state directory. It is alwa
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sys
 import time
 import urllib.request
@@ -12,6 +14,8 @@ import pytest
 
 from cli.stack.local import LocalStack, StackPorts
 
+QUERY_API_TOKEN = "VIGIL_METRICS_API_TOKEN"
+
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -20,10 +24,15 @@ def _progress(message: str) -> None:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> LocalStack:
     state = tmp_path_factory.mktemp("vigil-state")
+    # The query API and dashboard behind a token, as in a cluster: the tests (and the `vigil query` they run,
+    # which inherits this process's environment) send it.
+    token = secrets.token_urlsafe(16)
     stack = LocalStack(state=state, ports=StackPorts.free(), extra_env={
         # Small batches keep the tests' latency low; the camera at 5 fps gives a steady stream.
-        "metrics": {"VIGIL_METRICS_BATCH_MAX_WAIT_S": "0.5"},
+        "metrics": {"VIGIL_METRICS_BATCH_MAX_WAIT_S": "0.5", QUERY_API_TOKEN: token},
     })
+    previous_token = os.environ.get(QUERY_API_TOKEN)
+    os.environ[QUERY_API_TOKEN] = token
     stack.install()
     try:
         stack.up(progress=_progress)
@@ -33,11 +42,20 @@ def stack(tmp_path_factory) -> LocalStack:
             if stack.supervisor.running_pid(name):
                 _progress(f"--- last lines of {name}.log ---\n{stack.supervisor.log_tail(name, 8)}")
         stack.supervisor.down(progress=_progress)
+        if previous_token is None:
+            os.environ.pop(QUERY_API_TOKEN, None)
+        else:
+            os.environ[QUERY_API_TOKEN] = previous_token
+
+
+def query_api_headers() -> dict[str, str]:
+    """What a request to the stack's query API carries: JSON, and the stack's token."""
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {os.environ[QUERY_API_TOKEN]}"}
 
 
 def query(stack: LocalStack, sql: str) -> list[dict]:
     request = urllib.request.Request(f"{stack.config.query_api_url}/api/query", data=json.dumps({"sql": sql}).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+                                     headers=query_api_headers(), method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:
         payload = json.loads(response.read())
     return [dict(zip(payload["columns"], row)) for row in payload["rows"]]

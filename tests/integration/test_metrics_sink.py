@@ -3,9 +3,11 @@ CLI answer from it, the sink exports its own metrics, and the dashboard renders 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from libs.common.envelope import new_envelope
 from libs.common.topics import INFERENCE_SENSORS, MODELS, MONITORING
 from protos import events_pb2
-from tests.integration.conftest import query, wait_for
+from tests.integration.conftest import QUERY_API_TOKEN, query, query_api_headers, wait_for
 from tests.integration.kafka_tools import produce
 
 pytestmark = pytest.mark.integration
@@ -26,7 +28,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 def named(stack, name: str, **parameters) -> list[dict]:
     request = urllib.request.Request(f"{stack.config.query_api_url}/api/query", method="POST",
-                                     data=json.dumps({"named": name, "parameters": parameters}).encode())
+                                     data=json.dumps({"named": name, "parameters": parameters}).encode(),
+                                     headers=query_api_headers())
     with urllib.request.urlopen(request, timeout=30) as response:
         payload = json.loads(response.read())
     return [dict(zip(payload["columns"], row)) for row in payload["rows"]]
@@ -112,8 +115,22 @@ def test_the_sink_exports_lag_batch_size_insert_latency_and_rate(stack):
     wait_for(lambda: not missing(), 30, what="the sink's metrics in /metrics")
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_the_query_api_and_the_dashboard_refuse_a_request_without_the_token(stack):
+    for path, data in (("/api/query", json.dumps({"sql": "SELECT 1"}).encode()), ("/", None), ("/api/named", None)):
+        request = urllib.request.Request(f"{stack.config.query_api_url}{path}", data=data)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401, path
+    command = Path(sys.executable).parent / "vigil"
+    without = subprocess.run([str(command), "--state-dir", str(stack.paths.state), "query", "SELECT 1"],
+                             capture_output=True, text=True, timeout=60, cwd="/",
+                             env={k: v for k, v in os.environ.items() if k != QUERY_API_TOKEN})
+    assert without.returncode == 2 and "VIGIL_METRICS_API_TOKEN" in without.stderr, without.stderr
+
+
 def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, reported):
+    # Never skipped: `make install` installs Debian's chromium and playwright; a missing one is a failure.
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: Debian's chromium (tools/install_system_packages.sh)"
     from playwright.sync_api import sync_playwright
 
     wait_for(lambda: query(stack, "SELECT count() AS n FROM inference_events WHERE detection_count > 0 "
@@ -140,7 +157,10 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
             requests_elsewhere = []
             page.on("request", lambda r: None if r.url.startswith(stack.config.query_api_url)
                     else requests_elsewhere.append(r.url))
-            page.goto(f"{stack.config.query_api_url}/?camera={stack.config.camera_id}")
+            # As an operator would: the token once in the address, then the cookie it sets carries every request.
+            page.goto(f"{stack.config.query_api_url}/?camera={stack.config.camera_id}"
+                      f"&token={os.environ[QUERY_API_TOKEN]}")
+            assert page.url == f"{stack.config.query_api_url}/?camera={stack.config.camera_id}", "token left the URL"
             page.wait_for_function("Number(document.body.dataset.refreshed || 0) >= 1", timeout=30_000)
             # The live view needs a frame of the camera and a result with boxes: wait for both.
             page.wait_for_function(
