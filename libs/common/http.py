@@ -131,7 +131,8 @@ class Protected:
             raise HTTPException(403, f"the token does not grant the role {self.role!r}")
         if where == "query" and scope["method"] in ("GET", "HEAD"):
             rest = [(k, v) for k, v in connection.query_params.multi_items() if k != TOKEN_PARAMETER]
-            target = scope.get("root_path", "") + scope["path"] + (f"?{urlencode(rest)}" if rest else "")
+            # The full path: under a Mount, root_path already holds the mount's prefix, which path repeats.
+            target = scope["path"] + (f"?{urlencode(rest)}" if rest else "")
             response = RedirectResponse(target, status_code=303)
             response.set_cookie(self.auth.cookie, token, httponly=True, samesite="lax", path="/")
             await response(scope, receive, send)

@@ -46,6 +46,7 @@ def server(tmp_path_factory):
         Route("/read", protect(hello, AUTH, "read"), methods=["GET"]),
         Route("/admin", protect(hello, AUTH, "admin"), methods=["GET", "POST"]),
         static_files("/static", static),
+        static_files("/private", static, AUTH, "admin"),
     ], max_body_bytes=1000, body_timeout_s=1.0)
     server = HttpServer(app, "127.0.0.1", 0, name="test-http", header_timeout_s=1.0, stop_timeout_s=2).start()
     yield server
@@ -154,6 +155,15 @@ def test_a_browser_logs_in_with_token_in_the_url_and_then_carries_a_cookie(serve
     with opener.open(f"http://127.0.0.1:{server.port}/read?token={READ}", timeout=10) as response:
         assert (response.status, response.read(), response.url) == (200, b"hello",
                                                                    f"http://127.0.0.1:{server.port}/read")
+
+
+def test_protected_static_files_take_the_token_the_same_ways(server):
+    assert call(server, "GET", "/private/page.html")[0] == 401
+    assert call(server, "GET", "/private/page.html", headers={"Cookie": f"test_token={READ}"})[0] == 403
+    status, _, body = call(server, "GET", "/private/page.html", headers={"Cookie": f"test_token={ADMIN}"})
+    assert (status, body) == (200, b"<p>hi</p>")
+    status, headers, _ = call(server, "GET", f"/private/page.html?token={ADMIN}")
+    assert (status, headers["location"]) == (303, "/private/page.html")
 
 
 def test_token_roles_are_looked_up_whole():
