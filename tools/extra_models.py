@@ -21,6 +21,7 @@ import openvino as ov
 from services.inference.detectors import centerface, ssdlite_person
 from libs.common.cache_dir import default_cache_dir
 from tools import fetch_assets
+from tools.embedding_projection import add_projection, ensure_projection
 
 PERSON_MODEL_NAME = "ssdlite-person"
 FACE_MODEL_NAME = "centerface"
@@ -57,6 +58,7 @@ def _write_dir(out: Path, model: ov.Model, label: str, metadata: dict) -> Path:
     (out / "labels.txt").write_text(label + "\n")
     (out / "model.json").write_text(json.dumps({**metadata, "labels": "labels.txt", "precision": "fp32"},
                                                indent=2) + "\n")
+    add_projection(out)  # the frame embedding's projection (tools/embedding_projection.py)
     return out
 
 
@@ -104,7 +106,7 @@ def build_face_model(source: Path, out: Path, serving_size: tuple[int, int] = FA
 def _ensure(model_dir: Path, build: Callable[[Path], Path]) -> Path:
     """Builds into a staging dir beside `model_dir` and publishes it whole, unless it is already there."""
     if (model_dir / "model.json").is_file():
-        return model_dir
+        return ensure_projection(model_dir)  # a dir built before embeddings gets its projection
     staging = fetch_assets._staging_dir(model_dir)
     try:
         build(staging)

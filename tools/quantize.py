@@ -120,6 +120,8 @@ def quantize_detector(model_dir: Path, calibration: Sequence[np.ndarray], held_o
         metadata = json.loads((model_dir / "model.json").read_text())
         labels = metadata.get("labels", "labels.txt")
         shutil.copyfile(model_dir / labels, staging / labels)
+        if (projection := metadata.get("embedding", {}).get("projection")) and (model_dir / projection).is_file():
+            shutil.copyfile(model_dir / projection, staging / projection)  # the same feature, the same embedding
         parent_version = str(metadata["version"])
         metadata.update({"version": f"{parent_version}-int8", "precision": "int8"})
         (staging / "model.json").write_text(json.dumps(metadata))

@@ -1,5 +1,6 @@
 """Manifests of registry versions, free of any store: every file of a converted model dir with its sha256 and
-size, and what its model.json says (source, labels, input, precision, calibration, metrics, lineage)."""
+size, and what its model.json says (source, labels, input, precision, calibration, metrics, lineage, the frame
+embedding's feature and projection file)."""
 from __future__ import annotations
 
 import hashlib
@@ -106,6 +107,8 @@ def build_manifest(name: str, version: int, model_dir: Path, imported_by: str, i
         "precision": metadata.get("precision", "fp32"),
         "calibration": metadata.get("calibration"),
         "metrics": metadata.get("metrics"),
+        # The feature and projection file the version's embeddings come from (None: the version gives none).
+        "embedding": metadata.get("embedding"),
         "lineage": {
             "parent_version": parent_version,
             "derived_from": metadata.get("lineage"),

@@ -72,7 +72,7 @@ def main() -> None:
         # Before any model status is announced, and before either consuming path starts.
         ensure_topics(kafka.client_config(), kafka.replication_factor)
     model_dir = built(settings.model_dir or default_detector_dir(), "default detector")
-    loader = detector_loader(settings.device, settings.precision_hint, settings.score_threshold)
+    loader = detector_loader(settings.device, settings.precision_hint, settings.score_threshold, settings.embeddings)
     detector = loader(model_dir)
     repository = PinnedRepository(DirectoryRepository(settings.model_repository, loader, also=(model_dir,)), loader)
     announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))

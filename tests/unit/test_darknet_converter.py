@@ -11,6 +11,7 @@ import openvino as ov
 import pytest
 
 from services.inference.detectors.base import Detection, ResizeInfo, non_max_suppression
+from services.inference.detectors.embedding import POOLED_FEATURE_OUTPUT
 from services.inference.detectors.yolo import YoloDetector, YoloHeadSpec, decode_yolo_head
 from tools.darknet_converter import convert
 
@@ -103,8 +104,9 @@ def test_converted_model_exposes_raw_yolo_heads_and_its_metadata(freshly_convert
     assert compiled.input(0).get_element_type() == ov.Type.u8
     network = ov.Core().read_model(freshly_converted_yolov3_tiny / "model.xml")
     assert list(network.input(0).get_shape()) == [1, 3, 416, 416]
+    # The raw heads, and the embedding's pooled backbone feature (the converter writes its projection).
     assert {o.get_any_name(): list(o.get_shape()) for o in compiled.outputs} == {
-        "yolo_13": [1, 255, 13, 13], "yolo_26": [1, 255, 26, 26]}
+        "yolo_13": [1, 255, 13, 13], "yolo_26": [1, 255, 26, 26], POOLED_FEATURE_OUTPUT: [1, 1024]}
 
     metadata = json.loads((freshly_converted_yolov3_tiny / "model.json").read_text())
     heads = {o["name"]: o for o in metadata["outputs"]}
@@ -112,9 +114,22 @@ def test_converted_model_exposes_raw_yolo_heads_and_its_metadata(freshly_convert
     assert heads["yolo_13"]["anchors"] == [[81, 82], [135, 169], [344, 319]]
     assert heads["yolo_26"]["anchors"] == [[10, 14], [23, 27], [37, 58]]
     assert len(metadata["source"]["weights_sha256"]) == 64
+    # The end of the backbone (cfg layer 12: 1024 channels at the 13x13 grid), by a name the converter gives it.
+    assert metadata["embedding"]["feature"] == "layer_12_convolutional"
+    assert np.load(freshly_converted_yolov3_tiny / metadata["embedding"]["projection"]).shape == (1024, 64)
     assert f32_detector.labels[0] == "person" and len(f32_detector.labels) == 80
     assert (f32_detector.name, f32_detector.input_size) == ("yolov3-tiny", (416, 416))
     assert f32_detector.inference_precision == "f32"
+
+
+def test_a_fresh_conversion_gives_the_embedding_of_the_cached_default_model(f32_detector: YoloDetector,
+                                                                           yolov3_tiny_model_dir: Path,
+                                                                           opencv_samples_dir: Path):
+    # Whether the cache was converted now or given its projection later, one model version embeds alike, so
+    # replicas that each build their own cache give comparable embeddings.
+    cached = YoloDetector.load(yolov3_tiny_model_dir, precision_hint="f32")
+    frame = _vtest_frame(opencv_samples_dir, 200)
+    np.testing.assert_allclose(f32_detector.embed(frame), cached.embed(frame), atol=1e-5)
 
 
 def test_default_detector_finds_pedestrians_in_cctv_frame(yolov3_tiny_model_dir: Path, opencv_samples_dir: Path):

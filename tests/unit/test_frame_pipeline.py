@@ -74,3 +74,20 @@ def test_oversized_frames_are_refused_before_decoding(yolov3_tiny_model_dir, foo
     small_limit = FramePipeline(YoloDetector.load(yolov3_tiny_model_dir), max_frame_bytes=1000)
     outcome = small_limit.run([frame_event(footage_frames[0])])[0]
     assert isinstance(outcome, InvalidFrame) and outcome.reason == "oversized_payload"
+
+
+def test_each_result_carries_the_models_embedding_of_its_frame(pipeline, footage_frames):
+    frames = [frame_event(image, sequence=i) for i, image in enumerate(footage_frames[:3])]
+    results = pipeline.run(frames)
+    detector = pipeline.model_for("")
+    for frame, result in zip(frames, results):
+        alone = detector.embed(cv2.imdecode(np.frombuffer(frame.data, np.uint8), cv2.IMREAD_COLOR))
+        assert len(result.embedding) == 64
+        np.testing.assert_allclose(result.embedding, alone, atol=1e-5)
+        assert abs(np.linalg.norm(result.embedding) - 1.0) < 1e-5
+
+
+def test_a_model_without_embedding_gives_results_without_one(yolov3_tiny_model_dir, footage_frames):
+    plain = FramePipeline(YoloDetector.load(yolov3_tiny_model_dir, embeddings=False))
+    result = plain.run([frame_event(footage_frames[0])])[0]
+    assert result.detections and len(result.embedding) == 0

@@ -8,6 +8,7 @@ import sys
 from types import SimpleNamespace
 
 import cv2
+import numpy as np
 import pytest
 
 from libs.common.envelope import new_envelope
@@ -112,6 +113,9 @@ def test_the_pipeline_marks_shadow_results_and_leaves_primary_results_unmarked(
         assert result.envelope.event_id != shadow_result.envelope.event_id
         # The same network: the shadow sees the same frame and finds the same things.
         assert [d.label for d in result.detections] == [d.label for d in shadow_result.detections]
+        # Each result carries its model's embedding of the frame (the shadow's dir is a copy: same projection).
+        assert len(result.embedding) == len(shadow_result.embedding) == 64
+        np.testing.assert_allclose(result.embedding, shadow_result.embedding, atol=1e-5)
         assert any(d.label == "person" for d in result.detections)
     # run() keeps returning the primary results only, and without a shadow model there is none.
     assert [r.envelope.event_id for r in pipeline.run(frames)] == [p[0].envelope.event_id for p in pairs]

@@ -251,3 +251,15 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_both_detectors_embed_frames_through_the_shared_base(person_detector, face_detector, opencv_samples_dir):
+    # Their dirs get a projection at build (or on install, for a dir built before), so each serves embeddings
+    # as YOLO does: unit norm, at most 64 dimensions, moved more by dusk than by the next frame.
+    frame, following = _vtest_frame(opencv_samples_dir, 150), _vtest_frame(opencv_samples_dir, 151)
+    for detector in (person_detector, face_detector):
+        embedding = detector.embed(frame)
+        assert embedding.shape == (64,) and abs(np.linalg.norm(embedding) - 1.0) < 1e-5
+        next_frame = np.linalg.norm(embedding - detector.embed(following))
+        dusk = np.linalg.norm(embedding - detector.embed((frame * 0.3).astype(np.uint8)))
+        assert dusk > 2 * next_frame, (detector.name, next_frame, dusk)

@@ -64,6 +64,17 @@ def test_an_fp32_model_without_calibration_says_so(model_dir):
     assert manifest["precision"] == "fp32"
     assert manifest["calibration"] is None and manifest["metrics"] is None
     assert manifest["lineage"]["parent_version"] is None
+    assert manifest["embedding"] is None
+
+
+def test_the_manifest_names_the_embedding_projection_of_the_version(model_dir):
+    embedding = {"feature": "layer_12_convolutional", "projection": "embedding_projection.npy", "dimensions": 64}
+    (model_dir / "model.json").write_text(json.dumps({**INT8_METADATA, "embedding": embedding}))
+    (model_dir / "embedding_projection.npy").write_bytes(b"projection")
+    manifest = build_manifest("tiny", 1, model_dir, "me", datetime.now(timezone.utc))
+    assert manifest["embedding"] == embedding
+    assert {"path": "embedding_projection.npy", "sha256": hashlib.sha256(b"projection").hexdigest(),
+            "size": 10} in manifest["files"]
 
 
 def test_versions_count_up_from_one_and_never_reuse_a_number_even_of_an_unfinished_import():

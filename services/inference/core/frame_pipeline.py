@@ -133,6 +133,7 @@ class FramePipeline:
         for i, job in jobs:
             t0 = time.perf_counter()
             detections = job["detector"].postprocess(job["outputs"], job["info"])
+            embedding = job["detector"].embedding(job["outputs"])
             postprocess_ms = (time.perf_counter() - t0) * 1000
             frame, model = frames[i], job["model"]
             queue_ms = max(0.0, (batch_start_ns - frame.envelope.ingest_time.ToNanoseconds()) / 1e6)
@@ -151,6 +152,7 @@ class FramePipeline:
                 width=job["info"].width,
                 height=job["info"].height,
                 shadow=job["shadow"],
+                embedding=() if embedding is None else embedding.tolist(),
             )
             if job["shadow"]:
                 shadows[i] = result

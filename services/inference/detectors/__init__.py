@@ -12,7 +12,8 @@ from services.inference.detectors.base import Detection, Detector
 
 __all__ = ["DETECTOR_KINDS", "Detection", "Detector", "UnknownModelKind", "detector_loader", "model_kind"]
 
-# model.json "kind" -> the loader of such a dir: (dir, device, precision hint, default score threshold).
+# model.json "kind" -> the loader of such a dir: (dir, device, precision hint, default score threshold, and by
+# keyword whether to compile in the embedding when the dir has a projection).
 DETECTOR_KINDS: dict[str, Callable[..., Detector]] = {
     yolo.KIND: yolo.YoloDetector.load,
     ssdlite_person.KIND: ssdlite_person.PersonDetectorSSDLite.load,
@@ -41,11 +42,13 @@ def model_kind(model_dir: Path) -> str:
     return kind
 
 
-def detector_loader(device: str, precision_hint: str | None, score_threshold: float
+def detector_loader(device: str, precision_hint: str | None, score_threshold: float, embeddings: bool = True
                     ) -> Callable[[Path], Detector]:
     """Loads a model dir with the backend its model.json's `kind` names. score_threshold is the default for
-    models whose model.json states none of its own."""
+    models whose model.json states none of its own; embeddings: give each frame the model's embedding where
+    the dir has a projection (see embedding.py)."""
     def load(model_dir: Path) -> Detector:
-        return DETECTOR_KINDS[model_kind(model_dir)](Path(model_dir), device, precision_hint, score_threshold)
+        return DETECTOR_KINDS[model_kind(model_dir)](Path(model_dir), device, precision_hint, score_threshold,
+                                                     embeddings=embeddings)
 
     return load

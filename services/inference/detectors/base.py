@@ -1,6 +1,7 @@
 """What every detector backend shares: the `Detector` interface serving and the frame pipeline use, the
-`Detection` it returns, and the common parts of a backend (compiling a model dir, a pool of infer requests,
-frames fed to the compiled graph as BGR uint8, non-maximum suppression)."""
+`Detection` it returns, and the common parts of a backend (compiling a model dir, with the pooled feature map of
+its embedding when the dir has a projection; a pool of infer requests; frames fed to the compiled graph as BGR
+uint8; non-maximum suppression)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,10 @@ import cv2
 import numpy as np
 import openvino as ov
 from openvino.preprocess import ColorFormat, PrePostProcessor
+
+from services.inference.detectors.embedding import (
+    POOLED_FEATURE_OUTPUT, EmbeddingProjection, pooled_feature_output, read_projection,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,11 @@ class Detector(Protocol):
     def infer_request_outputs(self, request: Any) -> dict[str, np.ndarray]: ...
 
     def postprocess(self, outputs: dict[str, np.ndarray], info: Any) -> list[Detection]: ...
+
+    def embedding(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The frame's unit-norm embedding (at most 64 floats) from the same outputs, or None if the model
+        has none (its dir has no projection, or embeddings are switched off)."""
+        ...
 
 
 def compile_config(precision_hint: str | None, performance_hint: str) -> dict:
@@ -130,26 +140,41 @@ class RequestPool:
 class StagedDetector:
     """A compiled model of a fixed input size, run either frame by frame (`detect`, safe from many threads) or
     in stages (`preprocess`, an AsyncInferQueue from `make_infer_queue`, `infer_request_outputs`,
-    `postprocess`) by the frame pipeline. A backend sets `kind` and `outputs` and writes the two stages."""
+    `postprocess`) by the frame pipeline. A backend sets `kind` and `outputs` and writes the two stages; the
+    embedding (see embedding.py) comes with any dir that has a projection, whatever the backend."""
     kind = ""
     outputs: tuple[str, ...] = ()
     input_size: tuple[int, int]  # (width, height) of the network input
 
-    def __init__(self, compiled_model: ov.CompiledModel, name: str, version: str, score_threshold: float):
+    def __init__(self, compiled_model: ov.CompiledModel, name: str, version: str, score_threshold: float,
+                 projection: EmbeddingProjection | None = None):
         self.compiled_model = compiled_model
         self.name = name
         self.version = version
         self.score_threshold = score_threshold
+        # Set only when the compiled graph has the pooled feature as an output (see _compile_dir).
+        self.projection = projection
         self._requests = RequestPool(compiled_model)
 
     @classmethod
     def _compile_dir(cls, model_dir: Path, device: str, precision_hint: str | None, performance_hint: str,
-                     core: ov.Core | None, adapt: Callable[[ov.Model], ov.Model] = lambda model: model
-                     ) -> tuple[ov.CompiledModel, dict]:
+                     core: ov.Core | None, adapt: Callable[[ov.Model], ov.Model] = lambda model: model,
+                     embeddings: bool = True) -> tuple[ov.CompiledModel, dict, EmbeddingProjection | None]:
+        """The compiled model, its model.json and, if `embeddings` and the dir has a projection whose feature
+        the graph has, that projection (the pooled feature then being an extra output of the graph)."""
         metadata = read_model_json(model_dir, cls.kind)
         core = core or ov.Core()
         model = adapt(core.read_model(Path(model_dir) / "model.xml"))
-        return core.compile_model(model, device, compile_config(precision_hint, performance_hint)), metadata
+        projection = read_projection(model_dir, metadata) if embeddings else None
+        if projection is not None and not pooled_feature_output(model, projection):
+            projection = None
+        compiled = core.compile_model(model, device, compile_config(precision_hint, performance_hint))
+        return compiled, metadata, projection
+
+    @property
+    def _fetched(self) -> tuple[str, ...]:
+        """The outputs copied out of a finished request: the backend's, and the pooled feature if any."""
+        return self.outputs + ((POOLED_FEATURE_OUTPUT,) if self.projection is not None else ())
 
     @property
     def inference_precision(self) -> str:
@@ -162,11 +187,20 @@ class StagedDetector:
 
     def infer_request_outputs(self, request: ov.InferRequest) -> dict[str, np.ndarray]:
         """Copies the outputs out of a finished request, which may be reused for the next frame at once."""
-        return {name: request.get_tensor(name).data.copy() for name in self.outputs}
+        return {name: request.get_tensor(name).data.copy() for name in self._fetched}
 
     def infer(self, tensor: np.ndarray) -> dict[str, np.ndarray]:
         """Runs one preprocessed tensor; blocks while every request is busy. Safe from many threads."""
-        return self._requests.infer(tensor, self.outputs)
+        return self._requests.infer(tensor, self._fetched)
+
+    def embedding(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        if self.projection is None:
+            return None
+        return self.projection.embed(outputs[POOLED_FEATURE_OUTPUT])
+
+    def embed(self, bgr: np.ndarray) -> np.ndarray | None:
+        """One frame's embedding (None if the model has none), run alone. Safe from many threads."""
+        return self.embedding(self.infer(self.preprocess(bgr)[0]))
 
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, FrameInfo]:
         raise NotImplementedError

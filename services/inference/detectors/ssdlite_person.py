@@ -11,6 +11,7 @@ import numpy as np
 import openvino as ov
 
 from services.inference.detectors.base import Detection, ResizeInfo, StagedDetector, check_bgr
+from services.inference.detectors.embedding import EmbeddingProjection
 
 KIND = "ssdlite-person"
 INPUT_SIZE = 300
@@ -24,18 +25,20 @@ class PersonDetectorSSDLite(StagedDetector):
     input_size = (INPUT_SIZE, INPUT_SIZE)
 
     def __init__(self, compiled_model: ov.CompiledModel, name: str = "ssdlite-person", version: str = "1",
-                 score_threshold: float = 0.5):
-        super().__init__(compiled_model, name, version, score_threshold)
+                 score_threshold: float = 0.5, projection: EmbeddingProjection | None = None):
+        super().__init__(compiled_model, name, version, score_threshold, projection)
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "CPU", precision_hint: str | None = None,
              score_threshold: float = 0.5, performance_hint: str = "THROUGHPUT",
-             core: ov.Core | None = None) -> PersonDetectorSSDLite:
+             core: ov.Core | None = None, embeddings: bool = True) -> PersonDetectorSSDLite:
         """A model dir built by tools/extra_models.py (model.json of kind ssdlite-person); its own score_threshold, when
-        model.json states one, wins over the argument."""
-        compiled, metadata = cls._compile_dir(model_dir, device, precision_hint, performance_hint, core)
+        model.json states one, wins over the argument. An embedding comes only with a dir given a projection
+        (tools/embedding_projection.py)."""
+        compiled, metadata, projection = cls._compile_dir(model_dir, device, precision_hint, performance_hint, core,
+                                                          embeddings=embeddings)
         return cls(compiled, metadata["name"], str(metadata["version"]),
-                   float(metadata.get("score_threshold", score_threshold)))
+                   float(metadata.get("score_threshold", score_threshold)), projection)
 
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, ResizeInfo]:
         check_bgr(bgr)

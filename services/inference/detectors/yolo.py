@@ -1,7 +1,8 @@
 """YOLO (darknet-converted, see tools/darknet_converter.py) on OpenVINO: frames in, `Detection`s out.
 
 Model dirs of kind "yolo" (the default; model.json naming no kind is one): model.xml/.bin with the raw heads
-as outputs, model.json naming each head's anchors and classes, labels.txt."""
+as outputs, model.json naming each head's anchors and classes, labels.txt; and, from the converter, the
+embedding's projection (embedding_projection.npy, see embedding.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import openvino as ov
 from services.inference.detectors.base import (
     Detection, ResizeInfo, StagedDetector, bgr_frame_input, check_bgr, non_max_suppression,
 )
+from services.inference.detectors.embedding import EmbeddingProjection
 
 KIND = "yolo"
 
@@ -66,8 +68,9 @@ class YoloDetector(StagedDetector):
     kind = KIND
 
     def __init__(self, compiled_model: ov.CompiledModel, metadata: dict, labels: list[str],
-                 score_threshold: float = 0.25, nms_iou: float = 0.45):
-        super().__init__(compiled_model, metadata["name"], str(metadata["version"]), score_threshold)
+                 score_threshold: float = 0.25, nms_iou: float = 0.45,
+                 projection: EmbeddingProjection | None = None):
+        super().__init__(compiled_model, metadata["name"], str(metadata["version"]), score_threshold, projection)
         self.labels = labels
         _, _, height, width = metadata["input"]["shape"]
         self.input_size: tuple[int, int] = (width, height)
@@ -79,14 +82,17 @@ class YoloDetector(StagedDetector):
     @classmethod
     def load(cls, model_dir: Path, device: str = "CPU", precision_hint: str | None = None,
              score_threshold: float = 0.25, nms_iou: float = 0.45,
-             performance_hint: str = "THROUGHPUT", core: ov.Core | None = None) -> YoloDetector:
+             performance_hint: str = "THROUGHPUT", core: ov.Core | None = None,
+             embeddings: bool = True) -> YoloDetector:
         """precision_hint: e.g. "f32" to rule out bf16/f16 execution (which CPUs with BF16 pick by default).
-        The network takes RGB float in 0..1; the frames' conversion to it is compiled into the graph."""
+        The network takes RGB float in 0..1; the frames' conversion to it is compiled into the graph.
+        embeddings: compile in the embedding's pooled feature when the dir has a projection."""
         model_dir = Path(model_dir)
-        compiled, metadata = cls._compile_dir(model_dir, device, precision_hint, performance_hint, core,
-                                              lambda model: bgr_frame_input(model, scale=255.0))
+        compiled, metadata, projection = cls._compile_dir(model_dir, device, precision_hint, performance_hint,
+                                                          core, lambda model: bgr_frame_input(model, scale=255.0),
+                                                          embeddings)
         labels = (model_dir / metadata.get("labels", "labels.txt")).read_text().split("\n")
-        return cls(compiled, metadata, [label for label in labels if label], score_threshold, nms_iou)
+        return cls(compiled, metadata, [label for label in labels if label], score_threshold, nms_iou, projection)
 
     def preprocess(self, bgr: np.ndarray) -> tuple[np.ndarray, ResizeInfo]:
         """BGR uint8 frame [H, W, 3] -> the compiled model's input: the frame resized to the network's size,
