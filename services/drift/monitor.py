@@ -72,12 +72,13 @@ class DriftMonitor:
                 builder = self.builders.get(window.key)
                 if builder is None:
                     builder = self.builders[window.key] = ReferenceBuilder(
-                        window.key, self.policy.reference_windows, self.policy.comparison.min_frames)
+                        window.key, self.policy.reference_windows, self.policy.comparison)
                 new_reference = builder.offer(window, now)
                 if new_reference is not None:
                     self.references[window.key] = new_reference
                     del self.builders[window.key]
-            verdict = compare_window(window, reference.summary if reference else None, self.policy.comparison)
+            verdict = compare_window(window, reference.summary if reference else None, self.policy.comparison,
+                                     reference.thresholds if reference else None)
             self.last_verdicts[window.key] = verdict
             outcomes.append(WindowOutcome(window, verdict, self.hysteresis.observe(verdict), new_reference))
         return outcomes
@@ -96,7 +97,7 @@ class DriftMonitor:
         self.windows.restore(key, [WindowAccumulator.from_state(w) for w in state["open"]], state["closed_until"])
         if state["collected"] and key not in self.references:
             builder = self.builders[key] = ReferenceBuilder(key, self.policy.reference_windows,
-                                                            self.policy.comparison.min_frames)
+                                                            self.policy.comparison)
             builder.collected = [ClosedWindow.from_json(w) for w in state["collected"]]
         if state["alert"] is not None:
             self.hysteresis.states[key] = AlertState.from_state(state["alert"])

@@ -16,11 +16,12 @@ import numpy as np
 from scipy import stats
 from scipy.spatial import distance
 
-# Up to this many observations in the smaller of the two samples, numeric and categorical features are tested
-# with a hypothesis test (KS, chi-square); above it, with a distance (Wasserstein, PSI, Jensen-Shannon). The
-# tests' power grows with the sample: on thousands of observations a shift too small to matter (a cloud passing)
-# gives p < 0.05, while a distance measures how much moved whatever the size. 1,000 is Evidently's boundary
-# (it switches on the reference size; we use the smaller sample, since a window is the side that varies).
+# Up to this many observations in the reference, numeric and categorical features are tested with a hypothesis
+# test (KS, chi-square); above it, with a distance (Wasserstein, PSI, Jensen-Shannon). The tests' power grows with
+# the sample: on thousands of observations a shift too small to matter (a cloud passing) gives p < 0.05, while a
+# distance measures how much moved whatever the size. 1,000 in the reference is Evidently's boundary; the
+# reference, not the window, decides, so a feature keeps one metric from window to window (and the reference's
+# calibrated threshold for that metric, see profiles.py) however many frames each window happens to hold.
 SMALL_SAMPLE_MAX = 1000
 
 # Defaults as Evidently's: p < 0.05 for the tests, 0.1 for the normalized Wasserstein and Jensen-Shannon
@@ -63,6 +64,13 @@ class DriftResult:
 
     def named(self, feature: str) -> DriftResult:
         return replace(self, feature=feature)
+
+    def with_threshold_at_least(self, threshold: float) -> DriftResult:
+        """The same score against a threshold raised to `threshold` if that is higher (a reference's own
+        window-to-window spread, see profiles.calibrated_thresholds)."""
+        if threshold <= self.threshold:
+            return self
+        return replace(self, threshold=threshold, drifted=self.score > threshold)
 
 
 @dataclass(frozen=True)
@@ -213,10 +221,12 @@ def mmd_test(reference, current, alpha: float = ALPHA, permutations: int = MMD_P
                        reference_size=sizes[0], current_size=sizes[1])
 
 
-def numeric_drift(reference, current, tests: DriftTests = DriftTests()) -> DriftResult:
-    """KS when the smaller sample is small, else the configured distance."""
+def numeric_drift(reference, current, tests: DriftTests = DriftTests(), reference_size: int | None = None
+                  ) -> DriftResult:
+    """KS when the reference is small, else the configured distance. `reference_size` (default: the reference's)
+    decides instead when the reference is a part of the one live windows are compared with (calibration)."""
     ref, cur = _sample(reference), _sample(current)
-    if min(ref.size, cur.size) <= tests.small_sample_max:
+    if (ref.size if reference_size is None else reference_size) <= tests.small_sample_max:
         return ks_test(ref, cur, tests.alpha)
     if tests.numeric_large == "psi":
         return psi_test(ref, cur, tests.psi_threshold)
@@ -224,9 +234,9 @@ def numeric_drift(reference, current, tests: DriftTests = DriftTests()) -> Drift
 
 
 def categorical_drift(reference: Mapping[str, float], current: Mapping[str, float],
-                      tests: DriftTests = DriftTests()) -> DriftResult:
-    """Chi-square when the smaller side has few observations, else Jensen-Shannon."""
-    if min(sum(reference.values()), sum(current.values())) <= tests.small_sample_max:
+                      tests: DriftTests = DriftTests(), reference_size: int | None = None) -> DriftResult:
+    """Chi-square when the reference has few observations, else Jensen-Shannon (`reference_size` as above)."""
+    if (sum(reference.values()) if reference_size is None else reference_size) <= tests.small_sample_max:
         return chi_square_test(reference, current, tests.alpha)
     return jensen_shannon_test(reference, current, tests.jensen_shannon_threshold)
 

@@ -4,6 +4,7 @@ reported as having too little data to say anything (never a false alarm)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from services.drift.features import PERFORMANCE_TOLERANCES, performance_estimate
@@ -246,10 +247,15 @@ def _enough(sample: Sample | None, minimum: int) -> bool:
     return sample is not None and len(sample) >= minimum
 
 
-def compare_summaries(current: Summary, reference: Summary, policy: ComparisonPolicy = ComparisonPolicy()
-                      ) -> list[DriftResult]:
+def compare_summaries(current: Summary, reference: Summary, policy: ComparisonPolicy = ComparisonPolicy(),
+                      calibrated: Mapping[str, tuple[str, float]] | None = None,
+                      sized_as: Summary | None = None) -> list[DriftResult]:
     """Every feature both sides hold enough of, tested with the statistic its type and sample size call for.
-    A feature only the window has (a class never seen in the reference) shows in the class mix instead."""
+    A feature only the window has (a class never seen in the reference) shows in the class mix instead.
+    `calibrated` (feature -> (metric, threshold)) raises a feature's threshold to what the reference's own windows
+    scored against each other, where the same metric was used. `sized_as`: the summary whose sizes choose the
+    statistics (the whole reference, when `reference` is a part of it being calibrated)."""
+    sizes = sized_as or reference
     numeric = [(name, ref, current.numeric[name]) for name, ref in sorted(reference.numeric.items())
                if _enough(ref, policy.min_samples) and _enough(current.numeric.get(name), policy.min_samples)]
     categorical = [(name, counts, current.categorical[name]) for name, counts in sorted(reference.categorical.items())
@@ -263,8 +269,10 @@ def compare_summaries(current: Summary, reference: Summary, policy: ComparisonPo
         # other window of a stable camera. Bonferroni keeps the chance of any false one per window at alpha.
         tested = len(numeric) + len(categorical) + embeddings
         tests = replace(tests, alpha=tests.alpha / max(tested, 1))
-    results = [numeric_drift(ref.values, cur.values, tests).named(name) for name, ref, cur in numeric]
-    results += [categorical_drift(ref, cur, tests).named(name) for name, ref, cur in categorical]
+    results = [numeric_drift(ref.values, cur.values, tests, len(sizes.numeric.get(name, ref))).named(name)
+               for name, ref, cur in numeric]
+    results += [categorical_drift(ref, cur, tests, sum(sizes.categorical.get(name, ref).values())).named(name)
+                for name, ref, cur in categorical]
     if embeddings:
         results.append(embedding_drift(reference.embeddings.values, current.embeddings.values,
                                        tests).named("embedding"))
@@ -272,14 +280,19 @@ def compare_summaries(current: Summary, reference: Summary, policy: ComparisonPo
     for name, tolerance in sorted(policy.performance_tolerances.items()):
         if name in ref_estimate and name in cur_estimate:
             results.append(delta_drift(ref_estimate[name], cur_estimate[name], tolerance).named(name))
+    if calibrated:
+        for i, result in enumerate(results):
+            metric, threshold = calibrated.get(result.feature, ("", 0.0))
+            if metric == result.metric:
+                results[i] = result.with_threshold_at_least(threshold)
     return results
 
 
-def compare_window(window: ClosedWindow, reference: Summary | None,
-                   policy: ComparisonPolicy = ComparisonPolicy()) -> WindowVerdict:
+def compare_window(window: ClosedWindow, reference: Summary | None, policy: ComparisonPolicy = ComparisonPolicy(),
+                   calibrated: Mapping[str, tuple[str, float]] | None = None) -> WindowVerdict:
     if window.summary.frames < policy.min_frames:
         return WindowVerdict(window.key, window.start, window.end, window.summary.frames, "insufficient_data")
     if reference is None:
         return WindowVerdict(window.key, window.start, window.end, window.summary.frames, "no_reference")
     return WindowVerdict(window.key, window.start, window.end, window.summary.frames, "compared",
-                         tuple(compare_summaries(window.summary, reference, policy)))
+                         tuple(compare_summaries(window.summary, reference, policy, calibrated)))
