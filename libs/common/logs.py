@@ -3,10 +3,12 @@ variable, so every log line written while handling it carries it without passing
 (`rtsp://user:pass@camera`) are masked in every line, whichever library wrote it."""
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import structlog
@@ -61,12 +63,39 @@ class RedactCredentialsFilter(logging.Filter):
         return True
 
 
+class JsonLineFormatter(logging.Formatter):
+    """Other libraries' log records (uvicorn, faust, librdkafka's Python side) as JSON lines like structlog's, so
+    one parser reads a service's whole log."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"event": record.getMessage(), "level": record.levelname.lower(), "logger": record.name,
+                "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat().replace("+00:00", "Z"),
+                "service": self.service}
+        if record.exc_info and record.exc_text is None:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return json.dumps(line, default=str)
+
+
+def route_standard_logging(service: str, level: str = "INFO") -> None:
+    """The root logger writes JSON lines to stderr, credentials masked; for frameworks that replace the root
+    logger's handlers at start (faust's worker does), call again after they have."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter(service))
+    handler.addFilter(RedactCredentialsFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     global _configured
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactCredentialsFilter) for f in handler.filters):
-            handler.addFilter(RedactCredentialsFilter())
+    route_standard_logging(service, level)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
