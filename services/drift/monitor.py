@@ -83,6 +83,34 @@ class DriftMonitor:
             outcomes.append(WindowOutcome(window, verdict, self.hysteresis.observe(verdict), new_reference))
         return outcomes
 
+    def status(self) -> list[dict]:
+        """Per key, as plain data (for `vigil drift status`): the open window, the last closed one's verdict and
+        top features, the alert, the reference."""
+        keys = set(self.windows.open) | set(self.last_verdicts) | set(self.references) | set(self.builders)
+        rows = []
+        for key in sorted(keys):
+            open_windows = sorted(self.windows.open.get(key, {}).values(), key=lambda w: w.start)
+            verdict = self.last_verdicts.get(key)
+            alert = self.hysteresis.states.get(key)
+            reference = self.references.get(key)
+            rows.append({
+                "key": str(key), "subject": key.subject, "model_name": key.model_name,
+                "model_version": key.model_version,
+                "open_window": ({"start": open_windows[-1].start, "end": open_windows[-1].end,
+                                 "frames": open_windows[-1].frames} if open_windows else None),
+                "last_window": ({"start": verdict.start, "end": verdict.end, "frames": verdict.frames,
+                                 "status": verdict.status, "drifted": verdict.drifted,
+                                 "top": [{"feature": r.feature, "metric": r.metric, "score": r.score,
+                                          "threshold": r.threshold} for r in verdict.top()]} if verdict else None),
+                "alert": ({"open": alert.open, "raised_at": alert.raised_at, "drifting_run": alert.drifting_run,
+                           "clean_run": alert.clean_run} if alert else None),
+                "reference": ({"source": reference.source, "start": reference.start, "end": reference.end,
+                               "windows": reference.windows, "set_by": reference.set_by,
+                               "set_at": reference.set_at} if reference else
+                              {"building": len(self.builders[key].collected)} if key in self.builders else None),
+            })
+        return rows
+
     def key_state(self, key: DriftKey) -> dict:
         """One key's state as plain data, for a durable table: its open windows, how far it has closed, the
         windows collected towards its reference, its alert. (References are stored on their own.)"""

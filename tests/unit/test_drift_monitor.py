@@ -57,12 +57,17 @@ def test_a_stable_camera_never_alerts_and_dusk_alerts_within_k_windows_then_clea
                                               ("camera/lobby|yolov3-tiny", "clear")}
     verdict = monitor.last_verdicts[CAMERA]
     assert verdict.status == "compared" and not verdict.drifted
+    status = {row["key"]: row for row in monitor.status()}
+    assert status[str(MODEL)]["reference"]["source"] == "first_windows"
+    assert status[str(MODEL)]["alert"]["open"] is False and status[str(MODEL)]["last_window"]["status"] == "compared"
+    assert json.loads(json.dumps(monitor.status())) == monitor.status()
 
 
 def test_thin_windows_are_insufficient_data_and_never_alert():
     monitor = DriftMonitor(DriftPolicy(reference_windows=2, raise_after=1))
     rng = np.random.default_rng(3)
-    run(monitor, "nn", rng)
+    run(monitor, "nn", rng)  # the second minute's window is still open
+    assert {row["key"]: row["reference"] for row in monitor.status()}[str(MODEL)] == {"building": 1}
     events = run(monitor, "ttttt", np.random.default_rng(4), start=2)
     assert [e for e in events if e[2] == "raise"] == []
     assert monitor.last_verdicts[MODEL].status == "insufficient_data"
