@@ -14,7 +14,8 @@ from services.drift.statistics import (
 
 WINDOW_S = 60.0
 # Per window and numeric feature: a 60 s window of one camera at 10 fps holds 600 frames and a few thousand
-# detections; 2,000 keeps KS exact on most windows while bounding memory (8 KB per feature as float32).
+# detections; 2,000 keeps every frame-level value of such a window (and a uniform sample of the detection-level
+# ones) while bounding memory (8 KB per feature as float32).
 NUMERIC_CAPACITY = 2000
 # Per window: MMD subsamples to a couple of hundred vectors anyway (statistics.MMD_MAX_SAMPLES).
 EMBEDDING_CAPACITY = 256
