@@ -21,9 +21,9 @@ class InferenceSettings(ServiceSettings):
     embeddings: bool = Field(True, description="Give each inference result the model's frame embedding (its "
                              "pooled backbone features through the projection stored with the model version; "
                              "none for a model dir without one), for embedding drift. On by default: the extra "
-                             "output costs yolov3-tiny about 1% of CPU per frame (12.32 vs 12.13 ms bf16, AMD "
-                             "EPYC 2 cores, 2026-11-29), within the run-to-run noise of its throughput and far "
-                             "below the 5% that would make it opt-in.")
+                             "output cost yolov3-tiny 0.3-1.2% of CPU per frame in four side-by-side runs "
+                             "(python -m bench.embedding_cost; AMD EPYC, 2 cores, bf16, 2026-11-29), within the "
+                             "noise of its throughput and far below the 5% that would make it opt-in.")
     grpc_host: str = Field("127.0.0.1", description="Address of the gRPC (Open Inference Protocol) server.")
     grpc_port: int = Field(8001, description="Port of the gRPC server.")
     grpc_workers: int = Field(8, description="Threads serving gRPC requests.")
