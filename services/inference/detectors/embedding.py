@@ -89,13 +89,13 @@ def feature_by_rule(model: ov.Model) -> str:
     topological order (the activation after its convolution). For yolov3-tiny: the 1024-channel 13x13
     activation of cfg layer 12, the last of its backbone."""
     best, best_key = None, None
-    on_input: set[int] = set()  # ops computed from the input's values (instance ids)
+    on_input: set[int] = set()  # ops computed from the input's values (OpenVINO instance ids)
     for index, op in enumerate(model.get_ordered_ops()):
         kind = op.get_type_name()
         if kind == "Parameter" or (kind not in ("ShapeOf", "Result") and any(
-                id(i.get_source_output().get_node()) in on_input for i in op.inputs())):
-            on_input.add(id(op))
-        if id(op) not in on_input or kind not in FEATURE_OPS:
+                i.get_source_output().get_node().get_instance_id() in on_input for i in op.inputs())):
+            on_input.add(op.get_instance_id())
+        if op.get_instance_id() not in on_input or kind not in FEATURE_OPS:
             continue
         shape = op.get_output_partial_shape(0)
         if shape.is_dynamic or shape.rank.get_length() != 4 or shape[0].get_length() != 1:
