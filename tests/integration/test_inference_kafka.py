@@ -102,6 +102,8 @@ def test_interleaved_cameras_are_batched_routed_to_their_model_and_keep_their_or
         assert set(latency) == {"queue", "decode", "preprocess", "infer", "postprocess"}
         assert all(v >= 0 for v in latency.values()) and latency["infer"] > 0
     assert sum(1 for r in results for d in r.detections if d.label == "person") >= expected
+    # The service gives every result its model's frame embedding by default (the copied dirs keep the projection).
+    assert all(len(r.embedding) == 64 for r in results)
 
     # Frames of several cameras went through together: far fewer batches than frames.
     batches = scrape(routed_stack, "vigil_kafka_batch_seconds_count") - batches_before
