@@ -1,0 +1,176 @@
+"""The drift service on faust-streaming: one agent reads vigil.frames, vigil.inference, vigil.inference.shadow and
+vigil.inference.sensors in batches and hands them to the DriftProcessor; a timer closes the windows of subjects gone
+silent; a second agent follows vigil.drift.references (references set by hand). Every subject's state (open
+windows, the windows collected towards its reference, its alert, the offsets applied) is a value of the faust
+Table "drift-state", whose changelog topic rebuilds it after a restart or a SIGKILL.
+
+Delivery is at least once, made exact per subject: faust flushes the changelog before it commits offsets, and the
+state carries the offsets it has applied, so messages read again after a crash are skipped (processor.py). Derived
+events have ids that are pure functions of what they describe, so a window closed twice is one event downstream.
+
+The table is written through the producer's partitioner (use_partitioner), not co-partitioned with any one source
+topic: a subject's state sits in one changelog partition whichever topic fed it. So one worker holds every subject
+(the service runs one replica)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import faust
+from faust.types import EventT
+
+from libs.common.kafka import DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC, DLQ_REASON, \
+    DLQ_SERVICE, Outbound, Rejected
+from libs.common.logs import get_logger
+from libs.common.ops import Heartbeat
+from libs.common.settings import KafkaSettings
+from libs.common.topics import DRIFT_REFERENCES
+from protos import events_pb2
+from services.drift.processor import SOURCE_TOPICS, DriftProcessor, ProcessorOutput, SourceMessage, \
+    reference_announcement
+from services.drift.references import ReferenceStore
+from services.drift.settings import DriftSettings
+
+log = get_logger(__name__)
+SERVICE = "drift"
+RAW = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+
+@dataclass
+class DriftApp:
+    app: faust.App
+    heartbeat: Heartbeat
+    # Set once the table is rebuilt and the processor restored from it: readiness.
+    restored: asyncio.Event | None = None
+    failure: BaseException | None = None
+    _ready: list[bool] = field(default_factory=lambda: [False])
+
+    def ready(self) -> tuple[bool, str]:
+        return (True, "state restored, consuming") if self._ready[0] else (False, "restoring state from changelog")
+
+
+def broker_urls(kafka: KafkaSettings) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",") if server.strip()]
+
+
+def _broker_credentials(kafka: KafkaSettings):
+    if not kafka.sasl_mechanism:
+        return None
+    return faust.SASLCredentials(username=kafka.sasl_username,
+                                 password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+                                 mechanism=kafka.sasl_mechanism)
+
+
+def dead_letter(event: EventT, rejection: Rejected, dlq_topic: str) -> Outbound:
+    message = event.message
+    headers = {k: v for k, v in (message.headers or []) if v is not None} if not isinstance(message.headers, dict) \
+        else dict(message.headers)
+    headers.update({DLQ_REASON: rejection.reason.encode(), DLQ_ERROR: (rejection.detail or rejection.reason).encode(),
+                    DLQ_SERVICE: SERVICE.encode(), DLQ_ORIGIN_TOPIC: message.topic.encode(),
+                    DLQ_ORIGIN_PARTITION: str(message.partition).encode(),
+                    DLQ_ORIGIN_OFFSET: str(message.offset).encode()})
+    return Outbound(dlq_topic, message.value or b"", message.key, headers)
+
+
+def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftProcessor,
+              references: ReferenceStore) -> DriftApp:
+    app = faust.App(
+        settings.group_id, broker=broker_urls(kafka), broker_credentials=_broker_credentials(kafka),
+        store="memory://", processing_guarantee="at_least_once",
+        # A monitor starts from now: a first start does not replay a week of results into its references.
+        consumer_auto_offset_reset="latest",
+        topic_replication_factor=kafka.replication_factor, topic_allow_declare=True,
+        web_enabled=settings.web_port is not None, web_host=settings.web_host, web_port=settings.web_port or 6066,
+        web_bind=settings.web_host, datadir=str(settings.data_dir), broker_commit_interval=1.0,
+        # A killed worker's partitions come back after the session timeout: 10 s, not faust's default 60 s.
+        broker_session_timeout=10.0, broker_heartbeat_interval=3.0,
+        producer_max_request_size=4 * 1024 * 1024,
+    )
+    heartbeat = Heartbeat(max_age_s=max(60.0, settings.window_s))
+    drift = DriftApp(app, heartbeat)
+
+    async def on_agent_crash(agent, exc: BaseException) -> None:
+        """An agent that crashes leaves a worker running without it: the service stops instead (non-zero exit,
+        its supervisor restarts it). A poison message never gets here: the processor dead-letters it."""
+        drift.failure = exc
+        log.error("agent crashed; stopping the service", agent=agent.name, error=f"{type(exc).__name__}: {exc}")
+        os.kill(os.getpid(), signal.SIGTERM)
+    # Values are the processor's compressed state as base64 text: a table with a raw-bytes schema kept faust's
+    # streams from ever starting (measured with faust-streaming 0.15.3), one with str values works.
+    state = app.Table("drift-state", key_type=str, value_type=str, partitions=1, use_partitioner=True)
+    sources = app.topic(*SOURCE_TOPICS, schema=RAW)
+    announcements = app.topic(DRIFT_REFERENCES, schema=RAW)
+    topics: dict[str, faust.TopicT] = {}
+
+    def restore_once() -> None:
+        if drift._ready[0]:
+            return
+        count = 0
+        for _subject, data in state.items():
+            processor.restore(base64.b64decode(data))
+            count += 1
+        drift._ready[0] = True
+        log.info("drift state restored", subjects=count)
+
+    async def publish(output: ProcessorOutput, dead: list[Outbound] = ()) -> None:
+        loop = asyncio.get_running_loop()
+        messages = [*output.messages, *dead]
+        for profile in output.references:
+            ref = await loop.run_in_executor(None, references.put, profile)
+            messages.append(reference_announcement(profile, ref))
+            log.info("reference built", subject=str(profile.key), windows=profile.windows,
+                     object=f"s3://{ref.bucket}/{ref.key}")
+        for out in messages:
+            topic = topics.get(out.topic) or topics.setdefault(out.topic, app.topic(out.topic, schema=RAW))
+            await topic.send(key=out.key, value=out.value, headers=list(out.headers.items()) or None)
+        for subject, data in processor.take_touched_states().items():
+            state[subject] = base64.b64encode(data).decode()
+
+    @app.agent(sources, name="drift-watch")
+    async def watch(stream):
+        async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_wait_s):
+            restore_once()
+            dead = []
+            for event in events:
+                message = event.message
+                rejected = processor.handle(SourceMessage(message.topic, message.partition, message.offset,
+                                                          message.value or b""))
+                if rejected is not None:
+                    dead.append(dead_letter(event, rejected, kafka.dlq_topic))
+            await publish(processor.take_output(), dead)
+            heartbeat.beat()
+
+    @app.agent(announcements, name="drift-references")
+    async def follow_references(stream):
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            value = event.message.value
+            if not value:
+                continue  # a tombstone: the subject's reference was removed; the next windows build a new one
+            try:
+                announcement = events_pb2.DriftReference.FromString(value)
+                profile = await loop.run_in_executor(None, references.get, announcement)
+            except Exception as exc:  # noqa: BLE001 (a bad announcement must not stop the watch)
+                log.warning("reference not loaded", error=f"{type(exc).__name__}: {exc}")
+                continue
+            current = processor.monitor.references.get(profile.key)
+            if current is None or current.to_json_bytes() != profile.to_json_bytes():
+                processor.monitor.set_reference(profile)
+                log.info("reference set", subject=announcement.subject, source=announcement.source,
+                         set_by=announcement.set_by)
+
+    @app.timer(interval=max(1.0, min(5.0, settings.window_s / 6)))
+    async def close_idle_windows():
+        if not app.tables.recovery.completed.is_set():
+            return
+        restore_once()
+        await publish(processor.take_output(time.time(), close_idle=True))
+        heartbeat.beat()
+
+    # In place of the app's own handler, which only tells the consumer (faust sets it as the agents are made).
+    watch._on_error = follow_references._on_error = on_agent_crash  # noqa: SLF001
+    return drift

@@ -1,0 +1,264 @@
+"""DriftProcessor: the drift service's Kafka messages in, its events out, with no Kafka client of its own (the faust
+app in faust_app.py is a thin loop around it, and unit tests feed it directly).
+
+Subjects (DriftMonitor keys):
+- a camera's input, `camera/<id>`: the image statistics ingest puts on each frame (vigil.frames);
+- a camera under a model version, `camera/<id>` + model + version: the detections, confidences, boxes and embedding
+  of each result (vigil.inference; shadow models' results on vigil.inference.shadow as their own subjects, and the
+  primary-vs-shadow disagreement in the primary's window);
+- a sensor, `sensor/<id>`: its values and the anomaly model's scores (vigil.inference.sensors).
+
+Exactly once per subject: each subject's state carries the last offset applied from each source partition, and a
+message at or below it is skipped. A worker killed after its state reached the changelog but before its offsets
+were committed reads those messages again; they leave the windows as they were."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+
+from libs.common.envelope import new_envelope
+from libs.common.kafka import Outbound, Rejected
+from libs.common.topics import DRIFT_REFERENCES, DRIFT_WINDOWS, FRAMES, INFERENCE, INFERENCE_SENSORS, \
+    INFERENCE_SHADOW, MONITORING
+from protos import events_pb2
+from services.drift.features import (
+    InferenceOutput, ShadowPairing, record_image_statistics, record_inference, record_sensor_reading,
+    record_sensor_score, record_shadow_disagreement)
+from services.drift.monitor import DriftMonitor, WindowOutcome
+from services.drift.profiles import ReferenceProfile
+from services.drift.windows import DriftKey
+
+PRODUCER = "drift"
+SOURCE_TOPICS = (FRAMES, INFERENCE, INFERENCE_SHADOW, INFERENCE_SENSORS)
+IMAGE_STATS = tuple(events_pb2.ImageStats.DESCRIPTOR.fields_by_name)
+# Event ids of what drift derives are pure functions of what they describe, so a window closed again after a
+# restart yields the same ids, and consumers dedupe them.
+_ID_NAMESPACE = uuid.UUID("0c6b7d8e-2f4a-4e8b-9b1d-5a3c7e9f1d20")
+
+EVENTS = Counter("vigil_drift_events_total", "Messages drift read, by topic and outcome", ["topic", "outcome"])
+WINDOWS = Counter("vigil_drift_windows_total", "Windows closed, by status", ["status"])
+ALERTS = Counter("vigil_drift_alerts_total", "Drift alerts raised and cleared", ["action"])
+
+
+@dataclass(frozen=True)
+class SourceMessage:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass
+class ProcessorOutput:
+    """What a batch or a clock tick produced: messages to send, references to store and announce."""
+
+    messages: list[Outbound] = field(default_factory=list)
+    references: list[ReferenceProfile] = field(default_factory=list)
+
+
+def derived_id(*parts: object) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, "/".join(str(p) for p in parts)))
+
+
+def subject_of(key: DriftKey) -> str:
+    """The table and topic key of a subject: "camera/lobby", "camera/lobby|yolov3-tiny|3", "sensor/t-17"."""
+    return str(key).rstrip("|")
+
+
+def _output_of(result: events_pb2.InferenceResult) -> InferenceOutput:
+    return InferenceOutput(
+        labels=[d.label for d in result.detections], scores=[d.score for d in result.detections],
+        boxes=[(d.box.x1, d.box.y1, d.box.x2, d.box.y2) for d in result.detections],
+        width=result.width, height=result.height, embedding=list(result.embedding) or None)
+
+
+def _seconds(ts) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+class DriftProcessor:
+    def __init__(self, monitor: DriftMonitor) -> None:
+        self.monitor = monitor
+        self.pairing = ShadowPairing()
+        # subject -> {"topic:partition": last offset applied}
+        self.applied: dict[DriftKey, dict[str, int]] = {}
+        self.touched: set[DriftKey] = set()
+
+    # --- input --------------------------------------------------------------------------------------------
+    def handle(self, message: SourceMessage) -> Rejected | None:
+        """Records one message into its subject's window. A message that can never be read is returned as
+        Rejected (the caller dead-letters it); one that is late, a replay or not drift's business is counted."""
+        try:
+            outcome = self._record(message)
+        except DecodeError as exc:
+            outcome = Rejected("malformed_event", f"not a {message.topic} event: {exc}")
+        except (ValueError, TypeError) as exc:  # a field the features cannot take (NaN box, wrong shape)
+            outcome = Rejected("invalid_event", str(exc))
+        EVENTS.labels(message.topic, outcome.reason if isinstance(outcome, Rejected) else outcome).inc()
+        return outcome if isinstance(outcome, Rejected) else None
+
+    def _record(self, message: SourceMessage) -> str | Rejected:
+        if message.topic == FRAMES:
+            frame = events_pb2.Frame.FromString(message.value)
+            if not frame.HasField("image_stats"):
+                return "no_image_stats"  # from an ingest that predates them: nothing to watch
+            key = DriftKey(f"camera/{frame.camera_id}")
+            window = self._window(key, message, _seconds(frame.envelope.event_time))
+            if isinstance(window, str):
+                return window
+            stats = frame.image_stats
+            record_image_statistics(window, {name: getattr(stats, name) for name in IMAGE_STATS})
+            return "recorded"
+        if message.topic in (INFERENCE, INFERENCE_SHADOW):
+            result = events_pb2.InferenceResult.FromString(message.value)
+            if result.sensor_id or not result.camera_id:
+                return "not_a_camera"
+            key = DriftKey(f"camera/{result.camera_id}", result.model.name, result.model.version)
+            event_time = _seconds(result.envelope.event_time)
+            window = self._window(key, message, event_time)
+            if isinstance(window, str):
+                return window
+            output = _output_of(result)
+            record_inference(window, output)
+            paired = self.pairing.offer(result.frame_event_id, output, result.shadow,
+                                        None if result.shadow else (key, event_time))
+            if paired is not None and paired[0] is not None:
+                (primary_key, primary_time), disagreement = paired
+                primary_window = self.monitor.window_for(primary_key, primary_time)
+                if primary_window is not None:
+                    record_shadow_disagreement(primary_window, disagreement)
+            return "recorded"
+        if message.topic == INFERENCE_SENSORS:
+            result = events_pb2.SensorAnomalyResult.FromString(message.value)
+            if not result.sensor_id:
+                raise ValueError("sensor result without a sensor id")
+            key = DriftKey(f"sensor/{result.sensor_id}")
+            window = self._window(key, message, _seconds(result.envelope.event_time))
+            if isinstance(window, str):
+                return window
+            record_sensor_reading(window, result.value)
+            record_sensor_score(window, result.score, result.anomaly)
+            return "recorded"
+        return "not_a_source"
+
+    def _window(self, key: DriftKey, message: SourceMessage, event_time: float):
+        applied = self.applied.setdefault(key, {})
+        position = f"{message.topic}:{message.partition}"
+        if message.offset <= applied.get(position, -1):
+            return "replayed"
+        applied[position] = message.offset
+        self.touched.add(key)
+        window = self.monitor.window_for(key, event_time)
+        return window if window is not None else "late"
+
+    # --- output -------------------------------------------------------------------------------------------
+    def take_output(self, now: float | None = None, close_idle: bool = False) -> ProcessorOutput:
+        """The events of every window closed since the last call (by newer events, or by the clock when
+        close_idle): a DriftWindow each, a DriftAlert on vigil.monitoring for each raise and clear, and the
+        references completed (for the caller to store, then announce with reference_announcement)."""
+        now = time.time() if now is None else now
+        outcomes = self.monitor.close_idle(now) if close_idle else self.monitor.take_outcomes(now)
+        output = ProcessorOutput()
+        for outcome in outcomes:
+            self.touched.add(outcome.window.key)
+            output.messages.append(self._window_message(outcome))
+            if outcome.decision is not None:
+                output.messages.append(self._alert_message(outcome))
+            if outcome.new_reference is not None:
+                output.references.append(outcome.new_reference)
+        return output
+
+    def _window_message(self, outcome: WindowOutcome) -> Outbound:
+        window, verdict = outcome.window, outcome.verdict
+        key = window.key
+        status = {"compared": "scored", "no_reference": "reference"}.get(verdict.status, verdict.status)
+        WINDOWS.labels(status).inc()
+        alert = self.monitor.hysteresis.states.get(key)
+        alert_state = "alert" if alert is not None and alert.open else \
+            "drifting" if alert is not None and alert.drifting_run else "ok"
+        event = events_pb2.DriftWindow(
+            envelope=self._envelope(key, window.end, derived_id("window", subject_of(key), window.start)),
+            subject=subject_of(key), camera_id=_camera(key), sensor_id=_sensor(key),
+            model=events_pb2.ModelRef(name=key.model_name, version=key.model_version),
+            count=verdict.frames, status=status, alert_state=alert_state,
+            summary=json.dumps(window.to_json(), separators=(",", ":")).encode(),
+            scores=[events_pb2.DriftScore(feature=r.feature, metric=r.metric, score=r.score, threshold=r.threshold,
+                                          drifted=r.drifted, p_value=r.p_value, window_count=r.current_size,
+                                          reference_count=r.reference_size) for r in verdict.results])
+        event.window_start.FromNanoseconds(int(window.start * 1e9))
+        event.window_end.FromNanoseconds(int(window.end * 1e9))
+        return Outbound(DRIFT_WINDOWS, event.SerializeToString(), subject_of(key).encode())
+
+    def _alert_message(self, outcome: WindowOutcome) -> Outbound:
+        decision, key = outcome.decision, outcome.window.key
+        ALERTS.labels(decision.action).inc()
+        top = decision.features
+        first = top[0] if top else None
+        alert = events_pb2.DriftAlert(
+            model_name=key.model_name, model_version=key.model_version, camera_id=_camera(key),
+            sensor_id=_sensor(key), state="raised" if decision.action == "raise" else "cleared",
+            feature=first.feature if first else "", metric=first.metric if first else "",
+            score=first.score if first else 0.0, threshold=first.threshold if first else 0.0,
+            windows=decision.windows,
+            top_features=[events_pb2.DriftScore(feature=r.feature, metric=r.metric, score=r.score,
+                                                threshold=r.threshold, drifted=True, p_value=r.p_value)
+                          for r in top])
+        alert.window_start.FromNanoseconds(int(decision.window_start * 1e9))
+        alert.window_end.FromNanoseconds(int(decision.window_end * 1e9))
+        envelope = self._envelope(key, decision.window_end,
+                                  derived_id("alert", subject_of(key), decision.window_end, decision.action))
+        event = events_pb2.MonitoringEvent(envelope=envelope, drift_alert=alert)
+        return Outbound(MONITORING, event.SerializeToString(), subject_of(key).encode())
+
+    def _envelope(self, key: DriftKey, event_time_s: float, event_id: str) -> events_pb2.Envelope:
+        return new_envelope(subject_of(key).split("|")[0], PRODUCER, event_time_ns=int(event_time_s * 1e9),
+                            event_id=event_id, trace_id=event_id.replace("-", ""))
+
+    # --- state --------------------------------------------------------------------------------------------
+    def take_touched_states(self) -> dict[str, bytes]:
+        """subject -> its state (compressed JSON), for every subject changed since the last call."""
+        states = {subject_of(key): self.state_of(key) for key in sorted(self.touched)}
+        self.touched.clear()
+        return states
+
+    def state_of(self, key: DriftKey) -> bytes:
+        state = {"key": [key.subject, key.model_name, key.model_version], "applied": self.applied.get(key, {}),
+                 "monitor": self.monitor.key_state(key)}
+        return zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
+
+    def restore(self, data: bytes) -> DriftKey:
+        state = json.loads(zlib.decompress(data))
+        key = DriftKey(*state["key"])
+        self.applied[key] = dict(state["applied"])
+        self.monitor.restore_key(key, state["monitor"])
+        return key
+
+
+def reference_announcement(profile: ReferenceProfile, ref: events_pb2.ObjectRef) -> Outbound:
+    """The DriftReference for a profile stored at `ref`, keyed by subject on the compacted topic."""
+    key = profile.key
+    subject = subject_of(key)
+    announcement = events_pb2.DriftReference(
+        envelope=new_envelope(subject.split("|")[0], PRODUCER, event_id=derived_id("reference", subject, ref.sha256)),
+        subject=subject, camera_id=_camera(key), sensor_id=_sensor(key),
+        model=events_pb2.ModelRef(name=key.model_name, version=key.model_version), profile=ref,
+        source="auto" if profile.source == "first_windows" else "manual", set_by=profile.set_by,
+        windows=profile.windows)
+    announcement.set_time.FromNanoseconds(int(profile.set_at * 1e9))
+    announcement.range_start.FromNanoseconds(int(profile.start * 1e9))
+    announcement.range_end.FromNanoseconds(int(profile.end * 1e9))
+    return Outbound(DRIFT_REFERENCES, announcement.SerializeToString(), subject.encode())
+
+
+def _camera(key: DriftKey) -> str:
+    return key.subject.removeprefix("camera/") if key.subject.startswith("camera/") else ""
+
+
+def _sensor(key: DriftKey) -> str:
+    return key.subject.removeprefix("sensor/") if key.subject.startswith("sensor/") else ""
