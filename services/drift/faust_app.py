@@ -82,7 +82,7 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
         settings.group_id, broker=broker_urls(kafka), broker_credentials=_broker_credentials(kafka),
         store="memory://", processing_guarantee="at_least_once",
         # A monitor starts from now: a first start does not replay a week of results into its references.
-        consumer_auto_offset_reset="latest",
+        consumer_auto_offset_reset="earliest" if settings.from_beginning else "latest",
         topic_replication_factor=kafka.replication_factor, topic_allow_declare=True,
         web_enabled=settings.web_port is not None, web_host=settings.web_host, web_port=settings.web_port or 6066,
         web_bind=settings.web_host, datadir=str(settings.data_dir), broker_commit_interval=1.0,

@@ -28,5 +28,7 @@ class DriftSettings(ServiceSettings):
                                                    "default, the ops port serves health and metrics.")
     data_dir: Path | None = Field(None, description="faust's data directory (tables are in memory, rebuilt from "
                                                     "their changelog topics); a temporary one when unset.")
+    from_beginning: bool = Field(False, description="A new consumer group starts at the beginning of the source "
+                                                    "topics (a backfill, the benchmark) instead of now.")
     group_id: str = Field("vigil-drift", description="faust application id: its consumer group and the prefix of "
                                                      "its changelog topics.")
