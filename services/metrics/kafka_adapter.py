@@ -1,5 +1,5 @@
 """Kafka side of the sink: decodes the events of every topic that reports something (inference results,
-monitoring events, sensor anomaly results, model version announcements, dead letters), hands their rows to the
+monitoring events, sensor anomaly results, model version announcements, drift windows, dead letters), hands their rows to the
 sink in one insert per table per batch, and dead-letters the events that cannot be stored. Also: consumer lag
 from librdkafka's statistics, and the newest frame of each camera for the dashboard."""
 from __future__ import annotations
@@ -15,10 +15,12 @@ from prometheus_client import Gauge
 from libs.common.envelope import new_envelope
 from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
-from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SENSORS, MODELS, MONITORING, TOPIC_OF_NAME, message_type
+from libs.common.topics import (DRIFT_WINDOWS, FRAMES, INFERENCE, INFERENCE_SENSORS, MODELS, MONITORING, TOPIC_OF_NAME,
+                                message_type)
 from protos import events_pb2
 from services.metrics.rows import INFERENCE as INFERENCE_TABLE, DEAD_LETTERS, MODEL_VERSIONS, SENSOR_ANOMALIES, \
-    InvalidEvent, Rows, dead_letter_row, inference_row, model_version_row, monitoring_rows, sensor_anomaly_row
+    InvalidEvent, Rows, dead_letter_row, drift_window_rows, inference_row, model_version_row, monitoring_rows, \
+    sensor_anomaly_row
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.protobuf_ingest import FramedBatch, StagedBatch, UnparseableBatch, frame_batch
 from services.metrics.sink import EventSink
@@ -41,9 +43,17 @@ def _inference(event: events_pb2.InferenceResult, msg: Message, rows: Rows) -> N
     rows[INFERENCE_TABLE.name].append(inference_row(event, msg.timestamp()[1]))
 
 
-def _monitoring(event: events_pb2.MonitoringEvent, _msg: Message, rows: Rows) -> None:
-    for table, table_rows in monitoring_rows(event).items():
+def _add(rows: Rows, more: Rows) -> None:
+    for table, table_rows in more.items():
         rows.setdefault(table, []).extend(table_rows)
+
+
+def _monitoring(event: events_pb2.MonitoringEvent, _msg: Message, rows: Rows) -> None:
+    _add(rows, monitoring_rows(event))
+
+
+def _drift_window(event: events_pb2.DriftWindow, _msg: Message, rows: Rows) -> None:
+    _add(rows, drift_window_rows(event))
 
 
 def _sensor_anomaly(event: events_pb2.SensorAnomalyResult, msg: Message, rows: Rows) -> None:
@@ -59,9 +69,10 @@ def _model_version(event: events_pb2.ModelVersion, _msg: Message, rows: Rows) ->
 ROWS_OF = {
     events_pb2.InferenceResult: _inference, events_pb2.MonitoringEvent: _monitoring,
     events_pb2.SensorAnomalyResult: _sensor_anomaly, events_pb2.ModelVersion: _model_version,
+    events_pb2.DriftWindow: _drift_window,
 }
 # What the sink reads besides the dead-letter topic.
-SINK_TOPICS = (INFERENCE, MONITORING, INFERENCE_SENSORS, MODELS)
+SINK_TOPICS = (INFERENCE, MONITORING, INFERENCE_SENSORS, MODELS, DRIFT_WINDOWS)
 
 
 def topic_decoder(topic: str) -> Callable[[Message, Rows], None]:

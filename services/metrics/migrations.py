@@ -342,3 +342,64 @@ MIGRATIONS += [
         {_events_engine("sensor_id, event_time, event_id", 30, partition="toYYYYMMDD(event_time)")}
     """),
 ]
+
+MIGRATIONS += [
+    # Drift scores come from every closed window (vigil.drift.windows), one row per feature and statistic, no longer
+    # from alerts: what a row is about (subject, sensor, model version), the verdict and the window's state. Rows
+    # stored before have window_status '' (a drift alert's one feature).
+    (28, "drift_scores_of_windows", """
+        ALTER TABLE drift_scores
+            ADD COLUMN IF NOT EXISTS subject LowCardinality(String) AFTER event_time,
+            ADD COLUMN IF NOT EXISTS sensor_id LowCardinality(String) AFTER subject,
+            ADD COLUMN IF NOT EXISTS model_version LowCardinality(String) AFTER sensor_id,
+            ADD COLUMN IF NOT EXISTS drifted Bool DEFAULT score > threshold AFTER model_version,
+            ADD COLUMN IF NOT EXISTS p_value Nullable(Float64) AFTER drifted,
+            ADD COLUMN IF NOT EXISTS window_count UInt32 AFTER p_value,
+            ADD COLUMN IF NOT EXISTS reference_count UInt32 AFTER window_count,
+            ADD COLUMN IF NOT EXISTS window_status LowCardinality(String) AFTER reference_count,
+            ADD COLUMN IF NOT EXISTS alert_state LowCardinality(String) AFTER window_status
+    """),
+    (29, "drift_windows", f"""
+        -- Every closed drift window, scored or not: a window with too few events ('insufficient_data') or one that
+        -- built the reference has no scores, and is still seen here.
+        CREATE TABLE IF NOT EXISTS drift_windows (
+            event_id UUID,
+            subject LowCardinality(String),   -- camera/<id>, camera/<id>|<model>|<version>, sensor/<id>
+            camera_id LowCardinality(String),
+            sensor_id LowCardinality(String),
+            model_name LowCardinality(String),
+            model_version LowCardinality(String),
+            window_start DateTime64(3, 'UTC'),
+            window_end DateTime64(3, 'UTC'),
+            event_time DateTime64(3, 'UTC'),  -- the window's end
+            count UInt32,                     -- events in the window
+            status LowCardinality(String),    -- scored, insufficient_data, reference
+            alert_state LowCardinality(String),  -- ok, drifting, alert (after this window)
+            features UInt16,                  -- scores computed
+            drifted_features Array(LowCardinality(String))
+        )
+        {_events_engine("subject, event_time, event_id", 400)}
+    """),
+    (30, "drift_alerts", f"""
+        -- Drift alerts raised and cleared (also in monitoring_events, kind drift_alert, as JSON): open alerts are
+        -- the subjects whose newest row is 'raised'.
+        CREATE TABLE IF NOT EXISTS drift_alerts (
+            event_id UUID,
+            subject LowCardinality(String),
+            camera_id LowCardinality(String),
+            sensor_id LowCardinality(String),
+            model_name LowCardinality(String),
+            model_version LowCardinality(String),
+            state LowCardinality(String),     -- raised, cleared
+            windows UInt32,                   -- consecutive drifting (raised) or clean (cleared) windows
+            window_start DateTime64(3, 'UTC'),
+            window_end DateTime64(3, 'UTC'),
+            event_time DateTime64(3, 'UTC'),
+            top_features Array(LowCardinality(String)),
+            top_metrics Array(LowCardinality(String)),
+            top_scores Array(Float64),
+            top_thresholds Array(Float64)
+        )
+        {_events_engine("subject, event_time, event_id", 400)}
+    """),
+]

@@ -31,6 +31,10 @@ _EVENT_WINDOW = "event_time >= {since:DateTime64(3, 'UTC')} AND event_time < {un
 _SECONDS = "greatest(1, dateDiff('second', {since:DateTime64(3, 'UTC')}, {until:DateTime64(3, 'UTC')}))"
 _CAMERA = "({camera_id:String} = '' OR camera_id = {camera_id:String})"
 _MODEL = "({model_name:String} = '' OR model_name = {model_name:String})"
+# What a drift row is about: a subject by its name, or every subject of a camera, a sensor or a model.
+_DRIFT_SUBJECT = " AND ".join(f"({{{p}:String}} = '' OR {p} = {{{p}:String}})"
+                              for p in ("subject", "camera_id", "sensor_id", "model_name"))
+_DRIFT_PARAMETERS = {p: ("String", "") for p in ("subject", "camera_id", "sensor_id", "model_name")}
 
 NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
     NamedQuery(
@@ -89,12 +93,37 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
             USING camera_id ORDER BY camera_id""",
         {}),
     NamedQuery(
-        "drift_scores", "Drift scores per model, feature and statistic, with their threshold.",
-        f"""SELECT event_time, model_name, feature, metric, camera_id, score, threshold, score > threshold AS drifted,
+        "drift_scores", "Drift scores over time: per window, subject (camera, camera and model, sensor), feature "
+                        "and statistic, the score, its threshold and whether it drifted; drifted_only=1 keeps the "
+                        "drifted ones.",
+        f"""SELECT event_time, subject, camera_id, sensor_id, model_name, model_version, feature, metric, score,
+                   threshold, drifted, p_value, window_count, reference_count, window_status, alert_state,
                    window_start, window_end
-            FROM drift_scores WHERE {_EVENT_WINDOW} AND {_MODEL}
-            ORDER BY model_name, feature, metric, event_time LIMIT 1 BY event_id""",
-        {"model_name": ("String", "")}),
+            FROM drift_scores
+            WHERE {_EVENT_WINDOW} AND {_DRIFT_SUBJECT}
+              AND ({{feature:String}} = '' OR feature = {{feature:String}}) AND (drifted OR {{drifted_only:UInt8}} = 0)
+            ORDER BY subject, feature, metric, event_time LIMIT 1 BY event_id, feature, metric
+            LIMIT {{limit:UInt32}}""",
+        {**_DRIFT_PARAMETERS, "feature": ("String", ""), "drifted_only": ("UInt8", 0), "limit": ("UInt32", 10000)}),
+    NamedQuery(
+        "drift_windows_latest", "The newest closed drift window of each subject: its status (scored, "
+                                "insufficient_data, reference), the alert state after it (ok, drifting, alert), "
+                                "its events and drifted features; default window: a day.",
+        f"""SELECT subject, camera_id, sensor_id, model_name, model_version, window_start, window_end, count, status,
+                   alert_state, features, drifted_features
+            FROM drift_windows WHERE {_EVENT_WINDOW} AND {_DRIFT_SUBJECT}
+            ORDER BY subject, event_time DESC LIMIT 1 BY subject""",
+        _DRIFT_PARAMETERS, default_window=timedelta(days=1)),
+    NamedQuery(
+        "drift_alerts_open", "Drift alerts raised and not cleared since (each subject whose newest alert is "
+                             "'raised'), newest first, with their top drifting features; default window: the "
+                             "store's 400 days of alerts.",
+        f"""SELECT event_time AS raised_time, subject, camera_id, sensor_id, model_name, model_version, windows,
+                   window_start, window_end, top_features, top_metrics, top_scores, top_thresholds
+            FROM (SELECT * FROM drift_alerts WHERE {_EVENT_WINDOW} AND {_DRIFT_SUBJECT}
+                  ORDER BY subject, event_time DESC, state = 'cleared' DESC LIMIT 1 BY subject)
+            WHERE state = 'raised' ORDER BY raised_time DESC, subject""",
+        _DRIFT_PARAMETERS, default_window=timedelta(days=400)),
     NamedQuery(
         "dead_letter_rate", "Dead letters per minute, origin topic and reason, and per second.",
         f"""SELECT minute, origin_topic, reason, sum(letters) AS letters, round(letters / 60, 4) AS per_second

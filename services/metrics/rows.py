@@ -26,6 +26,9 @@ class TableSpec:
     name: str
     columns: tuple[str, ...]
     id_index: int = 0
+    # Columns that tell apart the rows of one event, where an event has several (a window's scores, one per
+    # feature and statistic): a replayed event's rows are dropped by its id, one batch's copies by (id, these).
+    row_key: tuple[str, ...] = ()
 
     @property
     def time_index(self) -> int:
@@ -45,7 +48,14 @@ CAMERA_HEALTH = TableSpec("camera_health", (
     "frames_skipped", "reconnects", "last_frame_time"))
 DRIFT = TableSpec("drift_scores", (
     "event_id", "model_name", "feature", "metric", "camera_id", "score", "threshold", "window_start",
-    "window_end", "event_time"))
+    "window_end", "event_time", "subject", "sensor_id", "model_version", "drifted", "p_value", "window_count",
+    "reference_count", "window_status", "alert_state"), row_key=("feature", "metric"))
+DRIFT_WINDOWS = TableSpec("drift_windows", (
+    "event_id", "subject", "camera_id", "sensor_id", "model_name", "model_version", "window_start", "window_end",
+    "event_time", "count", "status", "alert_state", "features", "drifted_features"))
+DRIFT_ALERTS = TableSpec("drift_alerts", (
+    "event_id", "subject", "camera_id", "sensor_id", "model_name", "model_version", "state", "windows",
+    "window_start", "window_end", "event_time", "top_features", "top_metrics", "top_scores", "top_thresholds"))
 DEAD_LETTERS = TableSpec("dead_letters", (
     "event_id", "event_time", "dlq_partition", "dlq_offset", "reason", "error", "service", "origin_topic",
     "origin_partition", "origin_offset", "message_key", "message_bytes"))
@@ -55,8 +65,8 @@ SENSOR_ANOMALIES = TableSpec("sensor_anomalies", (
 MODEL_VERSIONS = TableSpec("model_versions", (
     "event_id", "model_name", "model_version", "model_precision", "stage", "artifact", "metadata", "trained_on",
     "event_time"))
-TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DEAD_LETTERS, SENSOR_ANOMALIES,
-                                       MODEL_VERSIONS)}
+TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DRIFT_WINDOWS, DRIFT_ALERTS,
+                                       DEAD_LETTERS, SENSOR_ANOMALIES, MODEL_VERSIONS)}
 
 # Dead letters carry no envelope of their own (their bytes may be anything): their id is derived from where
 # they sit in the dead-letter topic, so a re-read dead letter gets the same id.
@@ -131,8 +141,56 @@ _CAMERA_STATES = {v: k.removeprefix("CAMERA_STATE_").lower()
                   for k, v in events_pb2.CameraState.items()}
 
 
+def drift_subject(camera_id: str, sensor_id: str, model_name: str, model_version: str) -> str:
+    """The drift service's name of what a window or an alert is about, as it keys vigil.drift.windows:
+    "camera/lobby" (the camera's images), "camera/lobby|yolov3-tiny|3" (a model's outputs on it), "sensor/t-17".
+    A DriftAlert carries the parts, not the name; one naming neither camera nor sensor is about its model."""
+    base = f"sensor/{sensor_id}" if sensor_id else f"camera/{camera_id}" if camera_id else ""
+    return "|".join((base, model_name, model_version)).strip("|")
+
+
+def drift_window_rows(window: events_pb2.DriftWindow) -> Rows:
+    """A drift_windows row for every closed window (scored, insufficient data or building the reference), and a
+    drift_scores row for each of its scores (feature and statistic)."""
+    event_id = _uuid(window.envelope.event_id, "envelope.event_id")
+    if not window.subject:
+        raise InvalidEvent("DriftWindow.subject is empty")
+    model = window.model
+    start, end, event_ms = _ms(window.window_start), _ms(window.window_end), _ms(window.envelope.event_time)
+    scores = window.scores
+    return {
+        DRIFT_WINDOWS.name: [(
+            event_id, window.subject, window.camera_id, window.sensor_id, model.name, model.version, start, end,
+            event_ms, window.count, window.status, window.alert_state, len(scores),
+            [s.feature for s in scores if s.drifted],
+        )],
+        DRIFT.name: [(
+            event_id, model.name, s.feature, s.metric, window.camera_id, s.score, s.threshold, start, end, event_ms,
+            window.subject, window.sensor_id, model.version, s.drifted,
+            s.p_value if s.HasField("p_value") else None, s.window_count, s.reference_count, window.status,
+            window.alert_state,
+        ) for s in scores],
+    }
+
+
+def _drift_alert_row(event_id: uuid.UUID, event_ms: int, alert: events_pb2.DriftAlert) -> tuple[Any, ...]:
+    top = alert.top_features
+    # An alert of an older producer names one feature and no list.
+    if not top and alert.feature:
+        top = [events_pb2.DriftScore(feature=alert.feature, metric=alert.metric, score=alert.score,
+                                     threshold=alert.threshold)]
+    return (
+        event_id, drift_subject(alert.camera_id, alert.sensor_id, alert.model_name, alert.model_version),
+        alert.camera_id, alert.sensor_id, alert.model_name, alert.model_version, alert.state or "raised",
+        alert.windows, _ms(alert.window_start), _ms(alert.window_end), event_ms, [s.feature for s in top],
+        [s.metric for s in top], [s.score for s in top], [s.threshold for s in top],
+    )
+
+
 def monitoring_rows(event: events_pb2.MonitoringEvent) -> Rows:
-    """A monitoring_events row for every event, plus its row in camera_health or drift_scores."""
+    """A monitoring_events row for every event, plus its row in camera_health or drift_alerts. A drift alert's
+    scores are not drift_scores rows: those come from the windows (drift_window_rows), which hold every score,
+    the alert's among them."""
     env = event.envelope
     event_id = _uuid(env.event_id, "envelope.event_id")
     kind = event.WhichOneof("detail")
@@ -150,11 +208,9 @@ def monitoring_rows(event: events_pb2.MonitoringEvent) -> Rows:
             _ms(detail.last_frame_time) if detail.HasField("last_frame_time") else None,
         )]
     elif kind == "drift_alert":
-        subject = detail.model_name
-        rows[DRIFT.name] = [(
-            event_id, detail.model_name, detail.feature, detail.metric, detail.camera_id, detail.score,
-            detail.threshold, _ms(detail.window_start), _ms(detail.window_end), event_ms,
-        )]
+        alert_row = _drift_alert_row(event_id, event_ms, detail)
+        subject = alert_row[1]
+        rows[DRIFT_ALERTS.name] = [alert_row]
     elif kind == "service_status":
         subject = f"{detail.service}/{detail.component}"
     else:

@@ -52,10 +52,13 @@ class RateWindow:
             return sum(n for _, n in events) / self.window_s
 
 
-def _dedupe_within(rows: Sequence[tuple[Any, ...]], spec: TableSpec) -> dict[str, tuple[Any, ...]]:
-    unique: dict[str, tuple[Any, ...]] = {}
+def _dedupe_within(rows: Sequence[tuple[Any, ...]], spec: TableSpec) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """The batch's rows once each, keyed by (event id, the spec's row key): an event's rows are inserted together,
+    so an event whose id is stored has all its rows stored."""
+    key_indexes = [spec.columns.index(column) for column in spec.row_key]
+    unique: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for row in rows:
-        unique.setdefault(str(row[spec.id_index]), row)
+        unique.setdefault((str(row[spec.id_index]), *(row[i] for i in key_indexes)), row)
     return unique
 
 
@@ -98,10 +101,8 @@ class EventSink:
     def _write_table(self, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
         unique = _dedupe_within(rows, spec)
         times = [row[spec.time_index] for row in unique.values()]
-        already = self.store.stored_event_ids(spec.name, list(unique), (min(times), max(times)))
-        for event_id in already:
-            del unique[event_id]
-        fresh = list(unique.values())
+        already = self.store.stored_event_ids(spec.name, sorted({key[0] for key in unique}), (min(times), max(times)))
+        fresh = [row for key, row in unique.items() if key[0] not in already]
         duplicates = len(rows) - len(fresh)
         if fresh:
             started = time.perf_counter()

@@ -181,10 +181,12 @@ def test_camera_health_timeline_and_cameras_overview(api):
     assert cameras["cam-b"]["state"] == "unknown" and cameras["cam-b"]["fps"] == 0.0
 
 
-def test_drift_scores_and_monitoring_events(api, store):
-    drift = named(api, "drift_scores")
-    assert [(r["feature"], r["metric"], r["score"], r["drifted"]) for r in drift] == [
-        ("input.brightness", "psi", 0.31, True)]
+def test_drift_alerts_and_monitoring_events(api, store):
+    # A drift alert is a monitoring event and an open alert; its score is no drift_scores row (the windows' are).
+    assert named(api, "drift_scores") == []
+    [open_alert] = named(api, "drift_alerts_open")
+    assert (open_alert["subject"], open_alert["top_features"], open_alert["top_scores"]) == (
+        "yolov3-tiny", ["input.brightness"], [0.31])
     kinds = store.query_readonly("SELECT kind, subject FROM monitoring_events ORDER BY event_time")["rows"]
     assert kinds == [["camera_status", "cam-a"], ["camera_status", "cam-a"], ["drift_alert", "yolov3-tiny"],
                      ["model_status", "yolov3-tiny"], ["camera_status", "cam-a"]]
