@@ -200,12 +200,46 @@ async function refreshModels() {
   table.dataset.rows = String(newest.length);
 }
 
+// Drift: the open alerts and the newest window of each subject whatever the chosen window (the queries' own
+// defaults), and per subject the highest score/threshold of each window in the chosen one.
+async function refreshDrift() {
+  const [alerts, latest, scores] = await Promise.all([
+    named("drift_alerts_open", {since: "", until: ""}), named("drift_windows_latest", {since: "", until: ""}),
+    named("drift_scores"),
+  ]);
+  const alertTable = document.getElementById("drift-alerts");
+  alertTable.querySelector("tbody").replaceChildren(...alerts.map(a => tableRow(
+    [a.raised_time.replace("T", " ").slice(0, 19), a.subject, String(a.windows),
+     a.top_features.map((f, i) => `${f} ${a.top_metrics[i]} ${a.top_scores[i].toFixed(3)} / ${a.top_thresholds[i].toFixed(3)}`)
+       .join(", ")],
+    {subject: a.subject})));
+  alertTable.dataset.rows = String(alerts.length);
+  document.getElementById("drift-alerts-caption").textContent =
+    alerts.length ? `${alerts.length} open drift alert(s)` : "no open drift alert";
+  const worst = new Map();
+  for (const r of scores) {
+    const key = `${r.subject}\u0000${r.event_time}`;
+    const ratio = r.threshold > 0 ? r.score / r.threshold : 0;
+    if (!worst.has(key) || worst.get(key).ratio < ratio) worst.set(key, {subject: r.subject, time: r.event_time, ratio});
+  }
+  draw("drift-scores", pivot([...worst.values()], "time", "subject", "ratio"), {unit: "score / threshold"});
+  const subjects = document.getElementById("drift-subjects");
+  subjects.querySelector("tbody").replaceChildren(...latest.map(w => {
+    const row = tableRow([w.subject, w.window_end.replace("T", " ").slice(0, 19), String(w.count), w.status,
+                          w.alert_state, w.drifted_features.join(", ")], {subject: w.subject});
+    row.cells[4].className = `drift-${w.alert_state}`;
+    return row;
+  }));
+  subjects.dataset.rows = String(latest.length);
+}
+
 async function refreshAll() {
   const error = document.getElementById("error");
   try {
     nextWindow();
     await refreshCameras();
-    await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies(), refreshModels()]);
+    await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies(), refreshModels(),
+                      refreshDrift()]);
     error.textContent = "";
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
