@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from libs.common.envelope import new_envelope
-from libs.common.topics import INFERENCE_SENSORS, MODELS, MONITORING
+from libs.common.topics import DRIFT_WINDOWS, INFERENCE_SENSORS, MODELS, MONITORING
 from protos import events_pb2
 from tests.integration.conftest import QUERY_API_TOKEN, query, query_api_headers, wait_for
 from tests.integration.kafka_tools import produce
@@ -37,23 +37,39 @@ def named(stack, name: str, **parameters) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def reported(stack):
-    """A drift alert, a model status and an undecodable monitoring event sent through Kafka, and stored."""
+    """A drift window (sent twice, as a window closed again after a restart), an open drift alert, a model status
+    and an undecodable monitoring event sent through Kafka, and stored."""
     marker = uuid.uuid4().hex[:8]
+    camera = f"drift-{marker}"
+    window = events_pb2.DriftWindow(
+        envelope=new_envelope(f"camera/{camera}", "drift"), subject=f"camera/{camera}|yolov3-tiny|1",
+        camera_id=camera, model=events_pb2.ModelRef(name="yolov3-tiny", version="1"), count=120, status="scored",
+        alert_state="alert", summary=b"{}",
+        scores=[events_pb2.DriftScore(feature=f"input.brightness.{marker}", metric="psi", score=0.4, threshold=0.2,
+                                      drifted=True, window_count=120, reference_count=1200),
+                events_pb2.DriftScore(feature="input.contrast", metric="ks", score=0.05, threshold=0.2, drifted=False,
+                                      p_value=0.7, window_count=120, reference_count=1200)])
+    window.window_start.FromNanoseconds(window.envelope.event_time.ToNanoseconds() - 60 * 10**9)
+    window.window_end.CopyFrom(window.envelope.event_time)
     drift = events_pb2.MonitoringEvent(
-        envelope=new_envelope("model/yolov3-tiny", "test"),
-        drift_alert=events_pb2.DriftAlert(model_name="yolov3-tiny", feature=f"input.brightness.{marker}", metric="psi",
-                                          score=0.4, threshold=0.2))
+        envelope=new_envelope(f"camera/{camera}", "drift"),
+        drift_alert=events_pb2.DriftAlert(
+            model_name="yolov3-tiny", model_version="1", camera_id=camera, state="raised", windows=3,
+            feature=f"input.brightness.{marker}", metric="psi", score=0.4, threshold=0.2,
+            top_features=[window.scores[0]]))
     status = events_pb2.MonitoringEvent(
         envelope=new_envelope("model/yolov3-tiny", "test"),
         model_status=events_pb2.ModelStatus(model=events_pb2.ModelRef(name="yolov3-tiny", version="1"), state="ready"))
-    produce(stack.config.kafka_bootstrap, MONITORING, [(b"yolov3-tiny", drift.SerializeToString()),
+    produce(stack.config.kafka_bootstrap, DRIFT_WINDOWS, [(window.subject.encode(), window.SerializeToString())] * 2)
+    produce(stack.config.kafka_bootstrap, MONITORING, [(camera.encode(), drift.SerializeToString()),
                                                        (b"yolov3-tiny", status.SerializeToString())])
     # Into vigil.monitoring, not vigil.inference: other tests read every inference event from the beginning.
     produce(stack.config.kafka_bootstrap, MONITORING,
             [(marker.encode(), b"\xff\xfe not a protobuf " + marker.encode())])
-    wait_for(lambda: query(stack, "SELECT count() AS n FROM drift_scores "
-                                  f"WHERE feature = 'input.brightness.{marker}'")[0]["n"],
+    wait_for(lambda: query(stack, f"SELECT count() AS n FROM drift_alerts WHERE camera_id = '{camera}'")[0]["n"],
              60, what="the drift alert stored")
+    wait_for(lambda: query(stack, f"SELECT count() AS n FROM drift_scores WHERE camera_id = '{camera}'")[0]["n"],
+             60, what="the drift window's scores stored")
     # The sink dead-letters the bad event into vigil.dlq, then reads it back from there as a dead letter.
     wait_for(lambda: query(stack, f"SELECT count() AS n FROM dead_letters WHERE message_key = '{marker}' "
                                   "AND origin_topic = 'vigil.monitoring' AND reason = 'malformed_event' "
@@ -62,8 +78,6 @@ def reported(stack):
 
 
 def test_monitoring_events_and_dead_letters_from_kafka_are_stored(stack, reported):
-    drift = [r for r in named(stack, "drift_scores") if r["feature"].endswith(reported)]
-    assert [(r["metric"], r["score"], r["drifted"]) for r in drift] == [("psi", 0.4, True)]
     kinds = {r["kind"] for r in query(stack, "SELECT DISTINCT kind FROM monitoring_events")}
     assert {"drift_alert", "model_status"} <= kinds
     # The ingest service reports its camera's status on vigil.monitoring: the camera's health timeline.
@@ -72,6 +86,27 @@ def test_monitoring_events_and_dead_letters_from_kafka_are_stored(stack, reporte
     assert health[-1]["state"] in {"online", "connecting"}
     rate = named(stack, "dead_letter_rate")
     assert any(r["origin_topic"] == "vigil.monitoring" and r["reason"] == "malformed_event" for r in rate)
+
+
+def test_drift_windows_and_alerts_from_kafka_through_the_named_queries(stack, reported):
+    camera = f"drift-{reported}"
+    subject = f"camera/{camera}|yolov3-tiny|1"
+    # The window was delivered twice: its two scores are stored once.
+    scores = named(stack, "drift_scores", camera_id=camera)
+    assert [(r["subject"], r["feature"], r["metric"], r["score"], r["drifted"], r["p_value"]) for r in scores] == [
+        (subject, "input.brightness." + reported, "psi", 0.4, True, None),
+        (subject, "input.contrast", "ks", 0.05, False, 0.7)]
+    assert {(r["window_status"], r["alert_state"], r["window_count"], r["reference_count"]) for r in scores} == {
+        ("scored", "alert", 120, 1200)}
+    [latest] = named(stack, "drift_windows_latest", camera_id=camera)
+    assert (latest["subject"], latest["status"], latest["alert_state"], latest["count"], latest["drifted_features"]) \
+        == (subject, "scored", "alert", 120, ["input.brightness." + reported])
+    [open_alert] = named(stack, "drift_alerts_open", camera_id=camera)
+    assert (open_alert["subject"], open_alert["model_version"], open_alert["windows"], open_alert["top_features"]) \
+        == (subject, "1", 3, ["input.brightness." + reported])
+    # The drift service of the stack scores the stack's own camera too: its windows are there, scored or not.
+    wait_for(lambda: named(stack, "drift_windows_latest", camera_id=stack.config.camera_id), 180,
+             what="the drift service's windows of the stack's camera")
 
 
 def test_named_queries_through_the_cli(stack):
@@ -170,13 +205,20 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
                                    timeout=30_000)
             page.wait_for_selector(f"#sensor-anomalies tr[data-sensor='{sensor}']", timeout=30_000)
             page.wait_for_selector(f"#model-versions tr[data-model='{model}']", timeout=30_000)
+            drift_subject = f"camera/drift-{reported}|yolov3-tiny|1"
+            page.wait_for_selector(f"#drift-subjects tr[data-subject='{drift_subject}']", timeout=30_000)
+            page.wait_for_selector(f"#drift-alerts tr[data-subject='{drift_subject}']", timeout=30_000)
+            page.wait_for_function("Number(document.getElementById('drift-scores').dataset.points) > 0",
+                                   timeout=30_000)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
             anomaly_row = page.inner_text(f"#sensor-anomalies tr[data-sensor='{sensor}']")
             model_row = page.inner_text(f"#model-versions tr[data-model='{model}']")
             primaries = page.inner_text("#primary-models")
+            drift_window_row = page.inner_text(f"#drift-subjects tr[data-subject='{drift_subject}']")
+            drift_alert_row = page.inner_text(f"#drift-alerts tr[data-subject='{drift_subject}']")
             error = page.inner_text("#error")
             points = {chart: int(page.get_attribute(f"#{chart}", "data-points"))
-                      for chart in ("throughput", "latency", "classes", "dead-letters")}
+                      for chart in ("throughput", "latency", "classes", "dead-letters", "drift-scores")}
             camera_row = page.inner_text(f"#cameras tr[data-camera='{stack.config.camera_id}']")
             boxes = int(page.get_attribute("#live", "data-boxes"))
             drawn = page.evaluate("document.querySelectorAll('.uplot canvas').length")
@@ -184,11 +226,13 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
             browser.close()
     assert error == ""
     assert all(n > 0 for n in points.values()), points
-    assert drawn >= 4, "each chart is drawn by uPlot on a canvas"
+    assert drawn >= 5, "each chart is drawn by uPlot on a canvas"
     assert boxes > 0
     assert "online" in camera_row or "connecting" in camera_row
     assert "48.5 °C" in anomaly_row and "12.5 / 4.2" in anomaly_row, anomaly_row
     assert "primary" in model_row and "promote, cli/dashboard-test" in model_row, model_row
     assert f"{model} 3 (int8)" in primaries, primaries
+    assert "scored" in drift_window_row and "alert" in drift_window_row, drift_window_row
+    assert f"input.brightness.{reported} psi 0.400 / 0.200" in drift_alert_row, drift_alert_row
     assert requests_elsewhere == [], "the dashboard loads nothing from elsewhere"
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
