@@ -403,3 +403,37 @@ MIGRATIONS += [
         {_events_engine("subject, event_time, event_id", 400)}
     """),
 ]
+
+# Drift alerts a store holds from before drift_alerts (in monitoring_events only, their detail as the JSON of the
+# DriftAlert: field names as in the proto, defaults left out), as the sink now writes them (rows.py: subject as
+# drift_subject builds it; an alert naming one feature and no list has that feature as its list).
+_DRIFT_ALERTS_FROM_MONITORING = """
+    INSERT INTO drift_alerts (event_id, subject, camera_id, sensor_id, model_name, model_version, state, windows,
+                              window_start, window_end, event_time, top_features, top_metrics, top_scores,
+                              top_thresholds)
+    SELECT event_id,
+           arrayStringConcat(arrayFilter(part -> part != '', [
+               multiIf(sensor_id != '', concat('sensor/', sensor_id), camera_id != '', concat('camera/', camera_id), ''),
+               model_name, model_version]), '|'),
+           camera_id, sensor_id, model_name, model_version, if(state = '', 'raised', state), windows,
+           parseDateTime64BestEffortOrZero(JSONExtractString(detail, 'window_start'), 3, 'UTC'),
+           parseDateTime64BestEffortOrZero(JSONExtractString(detail, 'window_end'), 3, 'UTC'),
+           event_time,
+           if(empty(top) AND feature != '', [feature], arrayMap(x -> JSONExtractString(x, 'feature'), top)),
+           if(empty(top) AND feature != '', [JSONExtractString(detail, 'metric')],
+              arrayMap(x -> JSONExtractString(x, 'metric'), top)),
+           if(empty(top) AND feature != '', [JSONExtractFloat(detail, 'score')],
+              arrayMap(x -> JSONExtractFloat(x, 'score'), top)),
+           if(empty(top) AND feature != '', [JSONExtractFloat(detail, 'threshold')],
+              arrayMap(x -> JSONExtractFloat(x, 'threshold'), top))
+    FROM (SELECT event_id, event_time, detail, JSONExtractString(detail, 'camera_id') AS camera_id,
+                 JSONExtractString(detail, 'sensor_id') AS sensor_id, JSONExtractString(detail, 'model_name') AS model_name,
+                 JSONExtractString(detail, 'model_version') AS model_version, JSONExtractString(detail, 'state') AS state,
+                 JSONExtractUInt(detail, 'windows') AS windows, JSONExtractString(detail, 'feature') AS feature,
+                 JSONExtractArrayRaw(detail, 'top_features') AS top
+          FROM monitoring_events WHERE kind = 'drift_alert' LIMIT 1 BY event_id)
+"""
+
+MIGRATIONS += [
+    (31, "drift_alerts_backfill", _DRIFT_ALERTS_FROM_MONITORING),
+]

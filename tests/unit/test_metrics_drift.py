@@ -184,3 +184,30 @@ def test_open_alerts_are_the_raised_ones_not_cleared_since(store, stored):
     before_clear = named(store, "drift_alerts_open", camera_id="dock",
                          until=(T0 + timedelta(minutes=6)).isoformat())
     assert [r["subject"] for r in before_clear] == ["camera/dock|yolov3-tiny|3"]
+
+
+def test_alerts_stored_before_drift_alerts_existed_are_backfilled_from_monitoring_events(store, stored):
+    from services.metrics.migrations import MIGRATIONS
+    [(_, _, backfill)] = [m for m in MIGRATIONS if m[1] == "drift_alerts_backfill"]
+    columns = "subject, camera_id, sensor_id, model_name, model_version, state, windows, window_start, window_end, " \
+              "event_time, top_features, top_metrics, top_scores, top_thresholds"
+    ordered = f"SELECT toString(event_id), {columns} FROM drift_alerts ORDER BY event_time, subject"
+    as_sunk = store.query_readonly(ordered)["rows"]
+    # An alert of an older producer (one feature, no list, no version), in monitoring_events only: an older sink's.
+    legacy = monitoring_rows(events_pb2.MonitoringEvent(
+        envelope=events_pb2.Envelope(event_id=str(uuid.uuid4()), event_time=timestamp_from_ns(ns(T0))),
+        drift_alert=events_pb2.DriftAlert(model_name="yolov3-tiny", camera_id="gate", feature="input.mean_luma",
+                                          metric="psi", score=0.3, threshold=0.2)))
+    EventSink(store).write({"monitoring_events": legacy["monitoring_events"]})
+    with store.writing() as client:
+        client.command("TRUNCATE TABLE drift_alerts")
+        client.command(backfill)
+    backfilled = store.query_readonly(ordered)["rows"]
+    # The sink's rows again, exactly, and the older alert as the sink would write it now.
+    assert [r for r in backfilled if r[1] != "camera/gate|yolov3-tiny"] == as_sunk
+    [gate] = [r for r in backfilled if r[1] == "camera/gate|yolov3-tiny"]
+    assert gate[6:8] == ["raised", 0] and gate[11:] == [["input.mean_luma"], ["psi"], [0.3], [0.2]]
+    assert legacy["drift_alerts"][0][1] == "camera/gate|yolov3-tiny"
+    with store.writing() as client:  # the other tests' alerts as they were
+        client.command("DELETE FROM drift_alerts WHERE camera_id = 'gate'")
+    assert store.query_readonly(ordered)["rows"] == as_sunk
