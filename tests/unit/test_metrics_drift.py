@@ -211,3 +211,20 @@ def test_alerts_stored_before_drift_alerts_existed_are_backfilled_from_monitorin
     with store.writing() as client:  # the other tests' alerts as they were
         client.command("DELETE FROM drift_alerts WHERE camera_id = 'gate'")
     assert store.query_readonly(ordered)["rows"] == as_sunk
+
+
+def test_the_sink_reads_drift_windows_and_rejects_one_without_a_subject(store):
+    from libs.common.kafka import Rejected
+    from libs.common.topics import DRIFT_WINDOWS
+    from services.metrics.kafka_adapter import SINK_TOPICS, MetricsBatchHandler
+    from tests.unit.test_metrics_protobuf_ingest import KafkaMessage
+    assert DRIFT_WINDOWS in SINK_TOPICS
+    handler = MetricsBatchHandler(EventSink(store), "vigil.dlq")
+    good = window("camera/handler", 30, camera="handler", scores=(("input.mean_luma", 0.1, False),))
+    nameless = window("", 30, camera="handler")
+    outcomes = handler([KafkaMessage(DRIFT_WINDOWS, good.SerializeToString()),
+                        KafkaMessage(DRIFT_WINDOWS, nameless.SerializeToString())])
+    assert outcomes[0] == []
+    assert isinstance(outcomes[1], Rejected) and "subject is empty" in outcomes[1].detail, outcomes[1]
+    assert store.query_readonly("SELECT (SELECT count() FROM drift_windows WHERE camera_id = 'handler'), "
+                                "(SELECT count() FROM drift_scores WHERE camera_id = 'handler')")["rows"] == [[1, 1]]
