@@ -24,8 +24,9 @@ from clickhouse_connect.driver.client import Client
 
 from libs.common.logs import get_logger
 from protos import events_pb2
-from services.metrics.rows import INFERENCE_COLUMNS
+from services.metrics.rows import INFERENCE, INFERENCE_COLUMNS
 from services.metrics.store import INSERT_SETTINGS, MetricsStore
+from services.metrics.view_repair import repair_replayed
 
 log = get_logger(__name__)
 
@@ -157,6 +158,7 @@ class _StagingSql:
     count_stored: str
     move_all: str
     move_not_stored: str
+    batch_ids: str
 
     @classmethod
     def of(cls, staging: str) -> "_StagingSql":
@@ -165,7 +167,8 @@ class _StagingSql:
                    count_stored=f"SELECT uniqExact(event_id) FROM ({stored_ids})",
                    move_all=_MOVE.format(staging=staging, and_not_stored=""),
                    move_not_stored=_MOVE.format(staging=staging,
-                                                and_not_stored=f"AND toUUID(envelope_event_id) NOT IN ({stored_ids})"))
+                                                and_not_stored=f"AND toUUID(envelope_event_id) NOT IN ({stored_ids})"),
+                   batch_ids=f"event_id IN (SELECT toUUIDOrZero(envelope_event_id) FROM {staging})")
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,9 @@ class ProtobufInferenceIngest:
                             client.command(sql.move_not_stored, parameters=window)
                         else:
                             client.command(sql.move_all)
+                    if stored:
+                        # A replay: an interrupted insert may have left these events in inference_events only.
+                        repair_replayed(client, INFERENCE.name, sql.batch_ids, staged.window)
             finally:
                 client.command(f"TRUNCATE TABLE {staged.staging}")
         return ProtobufWrite(fresh, batch.count - len(staged.invalid) - fresh, staged.invalid)

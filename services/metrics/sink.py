@@ -17,6 +17,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.metrics.protobuf_ingest import FramedBatch, ProtobufInferenceIngest, ProtobufWrite, StagedBatch
 from services.metrics.rows import INFERENCE, TABLES, TableSpec
 from services.metrics.store import MetricsStore
+from services.metrics.view_repair import repair_replayed
 
 ROWS_STORED = Counter("vigil_metrics_rows_stored_total", "Rows inserted", ["table"])
 DUPLICATES = Counter("vigil_metrics_duplicates_total", "Events skipped because their id was stored", ["table"])
@@ -110,6 +111,11 @@ class EventSink:
             INSERT_SECONDS.labels(spec.name).observe(time.perf_counter() - started)
             BATCH_ROWS.labels(spec.name).observe(len(fresh))
             ROWS_STORED.labels(spec.name).inc(len(fresh))
+        if already:
+            # A replay: an interrupted insert may have left these events in the table but not in its views.
+            with self.store.writing() as client:
+                repair_replayed(client, spec.name, "event_id IN {ids:Array(UUID)}", (min(times), max(times)),
+                                {"ids": sorted({key[0] for key in unique})})
         ROWS_PER_SECOND.labels(spec.name).set(self.rates.add(spec.name, len(fresh)))
         DUPLICATES.labels(spec.name).inc(duplicates)
         return len(fresh), duplicates

@@ -2,6 +2,7 @@
 embedded ClickHouse engine), nothing else, on free ports in a temporary directory, always stopped."""
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 import uuid
@@ -13,7 +14,7 @@ from bench.metrics_sink import InferenceEventFactory, produce_events
 from cli.stack.local import LocalStack, StackPorts
 from cli.stack.supervisor import Supervisor
 from libs.common.topics import INFERENCE
-from tests.integration.conftest import query, wait_for
+from tests.integration.conftest import QUERY_API_TOKEN, query, wait_for
 from tests.integration.kafka_tools import end_offsets
 
 pytestmark = pytest.mark.integration
@@ -24,9 +25,13 @@ def _progress(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def sink_stack(tmp_path_factory):
+def sink_stack(tmp_path_factory, monkeypatch_module):
+    # The query API behind a token, as in the shared stack: query() sends the one in this process's environment.
+    token = secrets.token_urlsafe(16)
+    monkeypatch_module.setenv(QUERY_API_TOKEN, token)
     stack = LocalStack(state=tmp_path_factory.mktemp("vigil-metrics-recovery"), ports=StackPorts.free(), extra_env={
-        "metrics": {"VIGIL_METRICS_BATCH_MAX_EVENTS": "50000", "VIGIL_METRICS_LIVE_FRAMES": "false"}})
+        "metrics": {"VIGIL_METRICS_BATCH_MAX_EVENTS": "50000", "VIGIL_METRICS_LIVE_FRAMES": "false",
+                    QUERY_API_TOKEN: token}})
     specs = {spec.name: spec for spec in stack.specs()}
     supervisor = Supervisor(stack.paths, [specs["kafka"], specs["metrics"]])
     try:
@@ -36,6 +41,12 @@ def sink_stack(tmp_path_factory):
         if supervisor.running_pid("metrics"):
             _progress(f"--- last lines of metrics.log ---\n{supervisor.log_tail('metrics', 10)}")
         supervisor.down(progress=_progress)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 def committed_everything(stack) -> bool:
