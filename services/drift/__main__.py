@@ -63,7 +63,9 @@ def main() -> None:
     configure_logging(SERVICE, settings.log_level)
     if object_store.secret_key is None:
         raise SystemExit("drift keeps its reference profiles in the object store: set VIGIL_S3_SECRET_KEY")
-    health = Health()
+    # Not ready until the state is restored (the check is replaced once the app exists): with no check at all,
+    # /readyz answered 200 while the worker was still loading references and joining its group.
+    health = Health(readiness={"state_restored": lambda: (False, "starting")})
     ops = OpsServer(settings.ops_host, settings.ops_port, health).start()
     log.info("starting", ops=f"http://{settings.ops_host}:{ops.port}")
     data_dir = settings.data_dir or Path(tempfile.mkdtemp(prefix="vigil-drift-"))

@@ -105,6 +105,9 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
     sources = app.topic(*SOURCE_TOPICS, schema=RAW)
     announcements = app.topic(DRIFT_REFERENCES, schema=RAW)
     topics: dict[str, faust.TopicT] = {}
+    # When the agent last took a batch (or the state was restored): monotonic seconds.
+    last_read = [time.monotonic()]
+    idle_after_s = max(5.0, settings.grace_s)
 
     def restore_once() -> None:
         if drift._ready[0]:
@@ -113,8 +116,19 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
         for _subject, data in state.items():
             processor.restore(base64.b64decode(data))
             count += 1
-        drift._ready[0] = True
+        last_read[0] = time.monotonic()
         log.info("drift state restored", subjects=count)
+        drift._ready[0] = True
+
+    def clock() -> float:
+        """How far the clock may close windows. While events flow, no further than the newest event read: after a
+        restart the rest of a restored window's events are still in the backlog, and the wall clock would close
+        it short, its backlog then dropped as late (a SIGKILL mid-window lost half the window so). When nothing
+        has come for a while (every subject silent), the wall clock."""
+        now = time.time()
+        if time.monotonic() - last_read[0] >= idle_after_s:
+            return now
+        return min(now, processor.newest_event_time or 0.0)
 
     async def publish(output: ProcessorOutput, dead: list[Outbound] = ()) -> None:
         loop = asyncio.get_running_loop()
@@ -142,6 +156,7 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
                 if rejected is not None:
                     dead.append(dead_letter(event, rejected, kafka.dlq_topic))
             await publish(processor.take_output(), dead)
+            last_read[0] = time.monotonic()
             heartbeat.beat()
 
     @app.agent(announcements, name="drift-references")
@@ -168,7 +183,7 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
         if not app.tables.recovery.completed.is_set():
             return
         restore_once()
-        await publish(processor.take_output(time.time(), close_idle=True))
+        await publish(processor.take_output(clock(), close_idle=True))
         heartbeat.beat()
 
     # In place of the app's own handler, which only tells the consumer (faust sets it as the agents are made).

@@ -89,6 +89,8 @@ class DriftProcessor:
         # subject -> {"topic:partition": last offset applied}
         self.applied: dict[DriftKey, dict[str, int]] = {}
         self.touched: set[DriftKey] = set()
+        # The newest event time read (seconds), replays included: how far the input has been read.
+        self.newest_event_time: float | None = None
 
     # --- input --------------------------------------------------------------------------------------------
     def handle(self, message: SourceMessage) -> Rejected | None:
@@ -148,6 +150,7 @@ class DriftProcessor:
         return "not_a_source"
 
     def _window(self, key: DriftKey, message: SourceMessage, event_time: float):
+        self.newest_event_time = max(self.newest_event_time or event_time, event_time)
         applied = self.applied.setdefault(key, {})
         position = f"{message.topic}:{message.partition}"
         if message.offset <= applied.get(position, -1):
