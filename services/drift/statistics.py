@@ -39,7 +39,7 @@ PSI_EPSILON = 1e-4
 
 # MMD: each side subsampled to at most this many vectors, so the kernel matrix (and the permutations over it) stay
 # cheap at window close; the permutation count bounds the smallest p-value at 1/(permutations+1).
-MMD_MAX_SAMPLES = 200
+MMD_MAX_SAMPLES = 100
 MMD_PERMUTATIONS = 200
 MMD_SEED = 20261128
 
@@ -101,17 +101,27 @@ def _sample(values) -> np.ndarray:
     return array
 
 
+def ks_statistic(reference: np.ndarray, current: np.ndarray) -> float:
+    """The largest gap between the two empirical CDFs (as scipy's ks_2samp computes it)."""
+    ref, cur = np.sort(reference), np.sort(current)
+    pooled = np.concatenate([ref, cur])
+    gaps = np.searchsorted(ref, pooled, side="right") / ref.size - np.searchsorted(cur, pooled, side="right") / cur.size
+    return float(np.max(np.abs(gaps)))
+
+
 def ks_test(reference, current, alpha: float = ALPHA) -> DriftResult:
     """Two-sample KS: score is the largest gap between the two empirical CDFs, threshold its critical value.
-    The asymptotic (Smirnov) distribution is used for both the p-value and the critical value, so that
-    `score > threshold` and `p_value < alpha` agree exactly."""
+    Smirnov's limiting distribution gives both the p-value and the critical value, so that `score > threshold`
+    and `p_value < alpha` agree exactly. (scipy's "asymp" method evaluates the finite-n Kolmogorov distribution,
+    and its inverse for a critical value: 17 ms a feature, most of a window's close in the benchmark; this is
+    microseconds, within 0.02 of scipy's p-value from a hundred observations a side.)"""
     ref, cur = _sample(reference), _sample(current)
-    result = stats.ks_2samp(ref, cur, method="asymp")
-    m, n = sorted((float(ref.size), float(cur.size)), reverse=True)
-    effective = max(1.0, float(np.round(m * n / (m + n))))
-    critical = float(stats.kstwo.isf(alpha, effective))
-    statistic = float(result.statistic)
-    return DriftResult("ks", statistic, critical, statistic > critical, float(result.pvalue),
+    m, n = float(ref.size), float(cur.size)
+    scale = math.sqrt(m * n / (m + n))
+    statistic = ks_statistic(ref, cur)
+    p_value = float(stats.kstwobign.sf(statistic * scale))
+    critical = float(stats.kstwobign.isf(alpha)) / scale
+    return DriftResult("ks", statistic, critical, statistic > critical, p_value,
                        reference_size=ref.size, current_size=cur.size)
 
 
