@@ -60,3 +60,26 @@ def raw_throughput(model_dir: Path, frames: list, seconds: float, precision_hint
         queue.wait_all()
     return {"fps": completed[0] / (time.perf_counter() - started), "precision": detector.inference_precision,
             "requests": len(queue), "cpu_ms_per_frame": (time.process_time() - cpu_started) * 1000 / completed[0]}
+
+
+def produce(bootstrap: str, topic: str, messages, **config) -> int:
+    """Produces (key, value) pairs as fast as the client takes them (waiting when its queue is full); returns
+    how many, once every one is delivered."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                         "queue.buffering.max.messages": 500_000, "enable.idempotence": True, "acks": "all",
+                         **config})
+    sent = 0
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        sent += 1
+    remaining = producer.flush(120)
+    if remaining:
+        raise RuntimeError(f"{remaining} events not delivered")
+    return sent

@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine_description, process_cpu_s, say
+from bench.common import machine_description, process_cpu_s, produce, say
 from protos import events_pb2
+from tests.drift_injections import DRIFTS, injected
 
 LABELS = ("person", "car", "bicycle", "person", "dog")
 CAMERAS = 8
@@ -101,8 +102,6 @@ def _events_read(ops_port: int) -> float:
 
 
 def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[str, float]:
-    from confluent_kafka import Producer
-
     from cli.stack.local import LocalStack, StackPorts
     from cli.stack.supervisor import Supervisor
     from libs.common.topics import CATALOG, INFERENCE, ensure_topics
@@ -118,16 +117,7 @@ def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[st
     try:
         infra.up(progress=say)
         ensure_topics({"bootstrap.servers": stack.config.kafka_bootstrap}, 1, CATALOG)
-        producer = Producer({"bootstrap.servers": stack.config.kafka_bootstrap, "linger.ms": 50,
-                             "batch.num.messages": 10000, "compression.type": "lz4"})
-        for key, value in events:
-            while True:
-                try:
-                    producer.produce(INFERENCE, key=key, value=value)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        producer.flush(120)
+        produce(stack.config.kafka_bootstrap, INFERENCE, events)
         kafka_pid = infra.running_pid("kafka")
         kafka_cpu = process_cpu_s(kafka_pid)
         started = time.perf_counter()
@@ -161,37 +151,6 @@ def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[st
 
 # --- part 2: injected drifts through the real stack ----------------------------------------------------------
 
-def _dusk(frame):
-    return (frame * 0.3).astype(np.uint8)
-
-
-def _defocus(frame):
-    import cv2
-    return cv2.GaussianBlur(frame, (0, 0), 3)
-
-
-def _knocked(frame):
-    import cv2
-    h, w = frame.shape[:2]
-    return cv2.warpAffine(frame, np.float32([[1, 0, 0.2 * w], [0, 1, 0]]), (w, h), borderMode=cv2.BORDER_REPLICATE)
-
-
-def _covered(frame):
-    covered = frame.copy()
-    covered[:, frame.shape[1] // 2:] = 0
-    return covered
-
-
-def _rotated(frame):
-    import cv2
-    h, w = frame.shape[:2]
-    return cv2.warpAffine(frame, cv2.getRotationMatrix2D((w / 2, h / 2), 10, 1.0), (w, h),
-                          borderMode=cv2.BORDER_REPLICATE)
-
-
-DRIFTS = {"dusk": _dusk, "defocus": _defocus, "knocked": _knocked, "covered": _covered, "rotated": _rotated}
-
-
 def write_clips(footage: Path, out: Path, normal_s: float) -> dict[str, tuple[Path, float]]:
     """The control clip, and per drift a clip of `normal_s` seconds of the footage (looped as needed) followed by
     the drifted footage; with the second at which the drift starts."""
@@ -209,19 +168,19 @@ def write_clips(footage: Path, out: Path, normal_s: float) -> dict[str, tuple[Pa
     h, w = frames[0].shape[:2]
     normal_frames = int(normal_s * fps)
     clips = {}
-    for name, transform in {"control": None, **DRIFTS}.items():
+    for name in ("control", *DRIFTS):
         path = out / f"{name}.avi"
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-        if transform is None:
+        if name == "control":
             for frame in frames:
                 writer.write(frame)
         else:
             for i in range(normal_frames):
                 writer.write(frames[i % len(frames)])
             for i in range(len(frames) * 3):  # long enough to be alerted, then it loops back to normal
-                writer.write(transform(frames[(normal_frames + i) % len(frames)]))
+                writer.write(injected(name, frames[(normal_frames + i) % len(frames)]))
         writer.release()
-        clips[name] = (path, normal_frames / fps if transform is not None else float("inf"))
+        clips[name] = (path, normal_frames / fps if name != "control" else float("inf"))
     return clips
 
 

@@ -34,7 +34,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import machine_description, process_cpu_s, say
+from bench.common import machine_description, process_cpu_s, produce, say
 from protos import events_pb2
 
 # 36 bytes, the length of a UUID's text: replaced in the serialized templates by each event's own ids.
@@ -83,25 +83,7 @@ class InferenceEventFactory:
 
 
 def produce_events(bootstrap: str, topic: str, factory: InferenceEventFactory, indexes) -> int:
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
-                         "compression.type": "lz4", "queue.buffering.max.messages": 500_000,
-                         "enable.idempotence": True, "acks": "all"})
-    sent = 0
-    for index in indexes:
-        key, value = factory.message(index)
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        sent += 1
-    remaining = producer.flush(120)
-    if remaining:
-        raise RuntimeError(f"{remaining} events not delivered")
-    return sent
+    return produce(bootstrap, topic, (factory.message(index) for index in indexes), **{"compression.type": "lz4"})
 
 
 def raw_insert_speed(factory: InferenceEventFactory, events: int, batch: int) -> float:

@@ -13,6 +13,7 @@ from services.drift.features import InferenceOutput, record_image_statistics, re
 from services.drift.monitor import DriftMonitor, DriftPolicy
 from services.drift.windows import DriftKey
 from services.inference.detectors.yolo import YoloDetector
+from tests.drift_injections import injected
 
 WINDOW_S = 20.0  # windows shortened, as the harness may: 100 frames each at 5 fps
 FPS = 5.0
@@ -31,23 +32,6 @@ def image_statistics(bgr: np.ndarray) -> dict[str, float]:
             "sharpness": float(cv2.Laplacian(gray, cv2.CV_64F).var()),
             "saturation": float(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 1].mean()),
             "underexposed": float((gray < 16).mean()), "overexposed": float((gray > 240).mean())}
-
-
-def injected(name: str, frame: np.ndarray) -> np.ndarray:
-    h, w = frame.shape[:2]
-    if name == "dusk":
-        return (frame * 0.3).astype(np.uint8)
-    if name == "defocus":
-        return cv2.GaussianBlur(frame, (0, 0), 3)
-    if name == "knocked":
-        return cv2.warpAffine(frame, np.float32([[1, 0, 0.2 * w], [0, 1, 0]]), (w, h))
-    if name == "covered":
-        covered = frame.copy()
-        covered[:, w // 2:] = 0
-        return covered
-    if name == "rotated":
-        return cv2.warpAffine(frame, cv2.getRotationMatrix2D((w / 2, h / 2), 10, 1.0), (w, h))
-    return frame
 
 
 VARIANTS = ("normal", "dusk", "defocus", "knocked", "covered", "rotated")
