@@ -153,7 +153,7 @@ def read_partitions(consumer: Consumer, topic: str, starts: dict[int, int], stop
             continue
         if msg.offset() >= stops[partition] or (stop_after_ms is not None and msg.timestamp()[1] > stop_after_ms):
             pending.discard(partition)
-            consumer.incremental_unassign([TopicPartition(topic, partition)])
+            consumer.pause([TopicPartition(topic, partition)])  # the rest of it is past what was asked
             continue
         read += 1
         if msg.offset() + 1 >= stops[partition]:
@@ -299,6 +299,21 @@ def reference_row(announcement: events_pb2.DriftReference, profile) -> dict:
                            for name, (metric, threshold) in sorted(profile.thresholds.items())}}
 
 
+def print_references(rows: list[dict]) -> None:
+    for row in rows:
+        print(f"{row['subject']}")
+        print(f"  source {row['source']}, set by {row['set_by']} at {row['set_at']}")
+        print(f"  range {row['range_start']} to {row['range_end']}, {row['windows']} windows"
+              + (f", {row['events']} events" if row["events"] is not None else ""))
+        print(f"  profile {row['object']}")
+        if row["features"] is not None:
+            print(f"  {'feature':<34} {'metric':<14} threshold")
+            for feature in row["features"]:
+                learnt = row["thresholds"].get(feature)
+                print(f"  {feature:<34} {learnt['metric'] if learnt else '-':<14} "
+                      f"{format(learnt['threshold'], '.4g') if learnt else 'statistic default'}")
+
+
 def cmd_reference_show(stack, args: argparse.Namespace) -> int:
     announced = references_table(_kafka(stack, args).client_config(), "vigil-cli").snapshot()
     chosen = [announced[s] for s in sorted(announced) if _matches(s, args.subject)]
@@ -320,18 +335,7 @@ def cmd_reference_show(stack, args: argparse.Namespace) -> int:
         return 0
     if not rows:
         _progress(f"vigil: no reference announced on {DRIFT_REFERENCES} yet")
-    for row in rows:
-        print(f"{row['subject']}")
-        print(f"  source {row['source']}, set by {row['set_by']} at {row['set_at']}")
-        print(f"  range {row['range_start']} to {row['range_end']}, {row['windows']} windows"
-              + (f", {row['events']} events" if row["events"] is not None else ""))
-        print(f"  profile {row['object']}")
-        if row["features"] is not None:
-            print(f"  {'feature':<34} {'metric':<14} threshold")
-            for feature in row["features"]:
-                learnt = row["thresholds"].get(feature)
-                print(f"  {feature:<34} {learnt['metric'] if learnt else '-':<14} "
-                      f"{format(learnt['threshold'], '.4g') if learnt else 'statistic default'}")
+    print_references(rows)
     return 0
 
 
@@ -377,6 +381,15 @@ def status_rows(windows: list[events_pb2.DriftWindow], alerts: list[events_pb2.D
     return rows
 
 
+def print_status(rows: list[dict]) -> None:
+    print(f"{'subject':<40} {'window (UTC)':<32} {'status':<18} {'events':>7}  {'alert':<9} drifting features")
+    for r in rows:
+        window = f"{r['window_start']}..{r['window_end'][11:]}"
+        drifting = ", ".join(f"{d['feature']} {d['metric']} {d['score']:.3g}/{d['threshold']:.3g}"
+                             for d in r["drifting"][:3]) or "-"
+        print(f"{r['subject']:<40} {window:<32} {r['status']:<18} {r['count']:>7}  {r['alert_state']:<9} {drifting}")
+
+
 def cmd_status(stack, args: argparse.Namespace) -> int:
     kafka = _kafka(stack, args)
     windows = []
@@ -402,12 +415,7 @@ def cmd_status(stack, args: argparse.Namespace) -> int:
         _progress(f"vigil: no drift window on {DRIFT_WINDOWS} yet (the first closes a window's length after "
                   "events arrive)")
         return 0
-    print(f"{'subject':<40} {'window (UTC)':<32} {'status':<18} {'events':>7}  {'alert':<9} drifting features")
-    for r in rows:
-        window = f"{r['window_start'][5:]}..{r['window_end'][11:]}"
-        drifting = ", ".join(f"{d['feature']} {d['metric']} {d['score']:.3g}/{d['threshold']:.3g}"
-                             for d in r["drifting"][:3]) or "-"
-        print(f"{r['subject']:<40} {window:<32} {r['status']:<18} {r['count']:>7}  {r['alert_state']:<9} {drifting}")
+    print_status(rows)
     return 0
 
 
