@@ -29,6 +29,9 @@ PROFILE_FORMAT = 1
 # window has a dozen chances to cross one), from Student's t since a reference has only a few windows.
 # Below this many reference windows, there is no spread to speak of: the statistics' own thresholds apply.
 CALIBRATION_MIN_WINDOWS = 3
+# Each window is scored against the merge of the others, so the work grows with the square of their number: a
+# reference set by hand from a day of 60 s windows (1,440) calibrates on this many, spread evenly over the range.
+CALIBRATION_MAX_WINDOWS = 30
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ def calibrated_thresholds(windows: list[ClosedWindow], policy: ComparisonPolicy 
     metric, the upper prediction bound of those n scores for one more: mean + t * sd * sqrt(1 + 1/n)."""
     if len(windows) < CALIBRATION_MIN_WINDOWS:
         return {}
+    if len(windows) > CALIBRATION_MAX_WINDOWS:
+        spread = np.linspace(0, len(windows) - 1, CALIBRATION_MAX_WINDOWS).round().astype(int)
+        windows = [windows[i] for i in spread]
     whole = merge_summaries([w.summary for w in windows], numeric_capacity, embedding_capacity)
     scores: dict[tuple[str, str], list[float]] = {}
     for i, window in enumerate(windows):
