@@ -13,7 +13,8 @@ that replay is when it makes the views whole (repair), under the writer's lock, 
   minute the view missed rows of counts fewer; such a minute is deleted from the rollup and computed again from
   the source (quantile states cannot be topped up, only recomputed). A SIGKILL between that delete and the insert
   leaves the minute empty in the rollup: the batch is not committed, so it is replayed and the minute found short
-  again.
+  again. A SIGKILL during the delete leaves its mutation to be resumed by the engine later: the next repair kills
+  it before it compares.
 
 A batch without stored ids (all but replays) costs nothing here."""
 from __future__ import annotations
@@ -102,6 +103,21 @@ _MINUTES = ("event_time >= toDateTime({first:UInt32}, 'UTC') AND event_time < to
             "AND toUInt32(toStartOfMinute(event_time)) IN {minutes:Array(UInt32)}")
 
 
+def _kill_interrupted_deletes(client: Client, tables: list[str]) -> None:
+    """A repair's DELETE is a mutation, written to disk before it is applied: a SIGKILL during it leaves one that
+    the engine resumes after the restart, in the background, whenever. Applied after this repair compared the
+    counts (still whole), it would empty the minute for good. The sink's own mutations run to their end before
+    the statement returns, so one not done here was interrupted: it is killed (the parts it reached keep its
+    deletes, which the comparison below then finds short)."""
+    params = {"tables": tables}
+    pending = client.query("SELECT table, mutation_id FROM system.mutations WHERE database = currentDatabase() "
+                           "AND table IN {tables:Array(String)} AND NOT is_done", parameters=params).result_rows
+    if pending:
+        log.warning("interrupted view repairs killed", mutations=[f"{table}/{mutation}" for table, mutation in pending])
+        client.command("KILL MUTATION WHERE database = currentDatabase() AND table IN {tables:Array(String)} SYNC",
+                       parameters=params)
+
+
 def repair_views(client: Client, source: str, ids: str, window: tuple[int, int],
                  parameters: dict[str, Any] | None = None) -> Repaired:
     """Makes `source`'s views whole for the events `ids` selects (an SQL condition on event_id, with `parameters`)
@@ -127,6 +143,7 @@ def repair_views(client: Client, source: str, ids: str, window: tuple[int, int],
         parameters=params).result_rows]
     if not minutes:
         return repaired
+    _kill_interrupted_deletes(client, [rollup.table for rollup in views.rollups])
     for rollup in views.rollups:
         span = {"first": min(minutes), "last": max(minutes), "minutes": minutes}
         short = [row[0] for row in client.query(

@@ -129,6 +129,28 @@ def test_a_rollup_minute_emptied_by_an_interrupted_repair_is_recomputed_at_the_n
     assert counts(store, "emptied") == expected(events)
 
 
+def test_a_delete_an_interrupted_repair_left_pending_never_applies_after_the_replay(store):
+    sink = EventSink(store)
+    events = batch("pending", 40)
+    sink.write_inference_protobuf(protobuf(events))
+    with store.writing() as client:
+        # The repair's delete was written, then the sink died: the engine resumes it after the restart, in the
+        # background (held back here until the replay is done).
+        client.command("SYSTEM STOP MERGES inference_minute")
+        client.command("DELETE FROM inference_minute WHERE camera_id = 'pending' SETTINGS lightweight_deletes_sync = 0")
+    try:
+        sink.write_inference_protobuf(protobuf(events[:1]))
+    finally:
+        with store.writing() as client:
+            client.command("SYSTEM START MERGES inference_minute")
+    with store.writing() as client:
+        deadline = time.monotonic() + 30
+        while client.command("SELECT count() FROM system.mutations WHERE database = currentDatabase() "
+                             "AND table = 'inference_minute' AND NOT is_done") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert counts(store, "pending") == expected(events)
+
+
 def test_dead_letter_minutes_are_repaired_on_the_python_path(store):
     sink = EventSink(store)
     now_ms = int(time.time() * 1000)
