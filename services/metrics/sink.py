@@ -3,7 +3,9 @@
 Delivery from Kafka is at least once, so a batch may hold events already stored (a replay after a crash, a
 rebalance). Before inserting, the sink asks the store which of the batch's ids it holds and drops those; the
 tables are ReplacingMergeTrees keyed by the id as the second line of defence. A table's rows are one
-column-oriented insert; materialized views in the engine derive detections and the per-minute rollups from it."""
+column-oriented insert; materialized views in the engine derive detections and the per-minute rollups from it.
+A batch holding stored ids (a replay) then has those views made whole (services/metrics/view_repair.py): an
+insert interrupted between its table and its views is always replayed, since offsets commit after the insert."""
 from __future__ import annotations
 
 import collections
