@@ -17,15 +17,14 @@ from libs.common.kafka import DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_TOPIC, DLQ_REASON
 from libs.common.topics import DLQ, FRAMES, INFERENCE
 from protos import events_pb2
 from tests.integration.conftest import query, wait_for
-from tests.integration.kafka_tools import end_offsets, produce, read_range
+from tests.integration.kafka_tools import decodable, end_offsets, produce, read_range
 
 pytestmark = pytest.mark.integration
 
 
 def inference_results(stack) -> list[events_pb2.InferenceResult]:
     bootstrap = stack.config.kafka_bootstrap
-    return [events_pb2.InferenceResult.FromString(m.value())
-            for m in read_range(bootstrap, INFERENCE, None, end_offsets(bootstrap, INFERENCE))]
+    return decodable(events_pb2.InferenceResult, read_range(bootstrap, INFERENCE, None, end_offsets(bootstrap, INFERENCE)))
 
 
 def test_a_camera_frame_becomes_an_inference_event_and_a_row_with_the_persons_in_the_footage(stack):
@@ -36,8 +35,7 @@ def test_a_camera_frame_becomes_an_inference_event_and_a_row_with_the_persons_in
     row = rows[0]
 
     bootstrap = stack.config.kafka_bootstrap
-    frames = [events_pb2.Frame.FromString(m.value())
-              for m in read_range(bootstrap, FRAMES, None, end_offsets(bootstrap, FRAMES))]
+    frames = decodable(events_pb2.Frame, read_range(bootstrap, FRAMES, None, end_offsets(bootstrap, FRAMES)))
     frame = next(f for f in frames if f.envelope.event_id == row["frame_event_id"])
     assert frame.camera_id == stack.config.camera_id
     assert (frame.width, frame.height) == (768, 576)
@@ -148,8 +146,8 @@ def test_sigkill_of_inference_mid_stream_loses_no_frame_and_the_store_keeps_each
         time.sleep(3)
         stack.supervisor.stop("ingest", progress=lambda *_: None)  # a finite stream from here on
         frames_end = end_offsets(bootstrap, FRAMES)
-        frames = [events_pb2.Frame.FromString(m.value()) for m in read_range(bootstrap, FRAMES, None, frames_end)
-                  if m.key() == stack.config.camera_id.encode()]
+        frames = decodable(events_pb2.Frame, [m for m in read_range(bootstrap, FRAMES, None, frames_end)
+                                              if m.key() == stack.config.camera_id.encode()])
         frame_ids = {f.envelope.event_id for f in frames}
 
         def every_frame_has_a_result():
