@@ -356,7 +356,7 @@ class MonitoringEvent(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_status: _Optional[_Union[CameraStatus, _Mapping]] = ..., drift_alert: _Optional[_Union[DriftAlert, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ..., service_status: _Optional[_Union[ServiceStatus, _Mapping]] = ...) -> None: ...
 
 class AnnotationTask(_message.Message):
-    __slots__ = ("envelope", "task_id", "camera_id", "frame_event_id", "frame", "reason", "proposals", "priority", "model")
+    __slots__ = ("envelope", "task_id", "camera_id", "frame_event_id", "frame", "reason", "proposals", "priority", "model", "state", "width", "height", "captured_at", "labels_wanted", "leases", "submission_ids", "schema_version", "reason_detail", "faces_blurred", "revision")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +366,17 @@ class AnnotationTask(_message.Message):
     PROPOSALS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_AT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_WANTED_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FACES_BLURRED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     task_id: str
     camera_id: str
@@ -375,21 +386,72 @@ class AnnotationTask(_message.Message):
     proposals: _containers.RepeatedCompositeFieldContainer[Detection]
     priority: float
     model: ModelRef
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame: _Optional[_Union[ObjectRef, _Mapping]] = ..., reason: _Optional[str] = ..., proposals: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., priority: _Optional[float] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    state: str
+    width: int
+    height: int
+    captured_at: _timestamp_pb2.Timestamp
+    labels_wanted: int
+    leases: _containers.RepeatedCompositeFieldContainer[AnnotationLease]
+    submission_ids: _containers.RepeatedScalarFieldContainer[str]
+    schema_version: str
+    reason_detail: str
+    faces_blurred: bool
+    revision: int
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame: _Optional[_Union[ObjectRef, _Mapping]] = ..., reason: _Optional[str] = ..., proposals: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., priority: _Optional[float] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., state: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels_wanted: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[AnnotationLease, _Mapping]]] = ..., submission_ids: _Optional[_Iterable[str]] = ..., schema_version: _Optional[str] = ..., reason_detail: _Optional[str] = ..., faces_blurred: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class AnnotationLease(_message.Message):
+    __slots__ = ("annotator", "lease_id", "expires_at")
+    ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    annotator: str
+    lease_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, annotator: _Optional[str] = ..., lease_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AnnotationLabel(_message.Message):
-    __slots__ = ("envelope", "task_id", "annotator", "labels", "rejected")
+    __slots__ = ("envelope", "task_id", "annotator", "labels", "rejected", "label_id", "kind", "verdict", "status", "camera_id", "frame", "width", "height", "captured_at", "schema_version", "reviewer", "model", "frame_event_id", "reason", "agreement")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_AT_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVIEWER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FRAME_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     task_id: str
     annotator: str
     labels: _containers.RepeatedCompositeFieldContainer[Detection]
     rejected: bool
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., annotator: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., rejected: _Optional[bool] = ...) -> None: ...
+    label_id: str
+    kind: str
+    verdict: str
+    status: str
+    camera_id: str
+    frame: ObjectRef
+    width: int
+    height: int
+    captured_at: _timestamp_pb2.Timestamp
+    schema_version: str
+    reviewer: str
+    model: ModelRef
+    frame_event_id: str
+    reason: str
+    agreement: float
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., annotator: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., rejected: _Optional[bool] = ..., label_id: _Optional[str] = ..., kind: _Optional[str] = ..., verdict: _Optional[str] = ..., status: _Optional[str] = ..., camera_id: _Optional[str] = ..., frame: _Optional[_Union[ObjectRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_version: _Optional[str] = ..., reviewer: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., frame_event_id: _Optional[str] = ..., reason: _Optional[str] = ..., agreement: _Optional[float] = ...) -> None: ...
 
 class DatasetVersion(_message.Message):
     __slots__ = ("envelope", "dataset", "version", "manifest", "item_count", "parent_versions")

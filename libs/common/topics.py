@@ -27,7 +27,7 @@ MODELS = "vigil.models"
 INFERENCE_SHADOW = "vigil.inference.shadow"
 INFERENCE_SENSORS = "vigil.inference.sensors"
 ANNOTATION_TASKS = "vigil.annotation.tasks"
-ANNOTATION_LABELS = "vigil.annotation.labels"
+ANNOTATION_LABELS = "vigil.annotations"
 DATASETS = "vigil.datasets"
 DRIFT_WINDOWS = "vigil.drift.windows"
 DRIFT_REFERENCES = "vigil.drift.references"
@@ -79,11 +79,11 @@ CATALOG: tuple[TopicSpec, ...] = (
     # Sensor anomaly results (SensorAnomalyResult), keyed by sensor id like vigil.sensors; a topic of their own,
     # since readers of vigil.inference expect InferenceResult.
     TopicSpec(INFERENCE_SENSORS, 3, 7 * DAY_MS, events_pb2.SensorAnomalyResult),
-    # Frames queued for a human look (AnnotationTask), keyed by camera id so one camera's tasks keep their order.
-    # A month: the annotation service keeps its own durable queue; this is its feed and audit trail.
-    TopicSpec(ANNOTATION_TASKS, 3, 30 * DAY_MS, events_pb2.AnnotationTask),
-    # Reviewers' answers (AnnotationLabel), keyed by task id. Kept forever: labels are what datasets are built
-    # from, and every answer (a relabel too) stays for lineage and audit.
+    # The annotation queue (AnnotationTask), keyed by task id and compacted: the latest state of every task,
+    # forever (a task is small; its image is in the annotation bucket). Replicas and restarts rebuild from it.
+    TopicSpec(ANNOTATION_TASKS, 3, -1, events_pb2.AnnotationTask, COMPACTED),
+    # People's answers and reviewers' decisions (AnnotationLabel), keyed by task id. Kept forever: labels are
+    # what datasets are built from, and every answer (a relabel too) stays for lineage and audit.
     TopicSpec(ANNOTATION_LABELS, 3, -1, events_pb2.AnnotationLabel),
     # Every published dataset version (DatasetVersion), keyed by dataset name, kept forever and not compacted:
     # each version stays announced, so a model's lineage can always be followed back. One partition, one order.
