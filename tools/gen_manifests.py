@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from libs.common.service_declaration import OPS_CONTAINER_PORT, ServiceDeclaration
-from services.catalog import SERVICES
+from services.catalog import SERVICES, service as catalog_service
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -47,6 +47,10 @@ def _container(service: ServiceDeclaration) -> dict:
         env.append(_env(service.env_var(port.setting), str(port.container_port)))
     for setting in service.pod_name_settings:
         env.append({"name": service.env_var(setting), "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    for peer in service.peer_addresses:
+        peer_port = next(p for p in catalog_service(peer.service).ports if p.name == peer.port)
+        env.append(_env(service.env_var(peer.setting),
+                        f"{catalog_service(peer.service).kubernetes_name}:{peer_port.container_port}"))
     for secret in service.secret_settings:
         env.append({"name": service.env_var(secret.setting),
                     "valueFrom": {"secretKeyRef": {"name": secret.secret, "key": secret.key}}})

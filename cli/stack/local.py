@@ -139,8 +139,10 @@ def install_stack(cache: Path) -> None:
     # The models the inference service starts with: it loads them from the cache and never builds them.
     from tools.darknet_converter import ensure_default_model
     from tools.sensor_anomaly_training import ensure_sensor_anomaly_model
+    from tools.extra_models import ensure_face_model
     ensure_default_model(cache)
     ensure_sensor_anomaly_model(cache)
+    ensure_face_model(cache)  # annotation blurs faces with it before people see a frame
 
 
 def service_ready(port: int) -> bool:
@@ -188,6 +190,13 @@ class LocalStack:
             own[service.env_var(service.data_volume.setting)] = str(self.paths.data(Path(service.data_volume.path).name))
         for setting in service.pod_name_settings:
             own[service.env_var(setting)] = "local-1"
+        for peer in service.peer_addresses:
+            own[service.env_var(peer.setting)] = f"127.0.0.1:{getattr(ports, peer.port)}"
+        if service.name == "inference":
+            # The face model annotation asks inference for (built into the cache by install_stack).
+            from tools.extra_models import FACE_MODEL_NAME, face_model_dir
+            own["VIGIL_INFERENCE_EXTRA_MODEL_DIRS"] = json.dumps([str(face_model_dir(self.paths.cache))])
+            own["VIGIL_INFERENCE_PRELOAD_MODELS"] = json.dumps([FACE_MODEL_NAME])
         ops_port = getattr(ports, service.ops_port_name)
         return ComponentSpec(
             service.name, python_module_argv(service.module), lambda: service_ready(ops_port),

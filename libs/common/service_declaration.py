@@ -62,6 +62,16 @@ class SecretSetting:
 
 
 @dataclass(frozen=True)
+class PeerAddress:
+    """A setting that takes another service's address as host:port (e.g. annotation's inference_grpc): the local
+    stack gives it 127.0.0.1 and the stack's port named `port`, the manifests the peer's Kubernetes Service."""
+
+    setting: str
+    service: str
+    port: str
+
+
+@dataclass(frozen=True)
 class Resources:
     cpu: str
     memory: str
@@ -81,6 +91,7 @@ class ServiceDeclaration:
     data_volume: DataVolume | None = None
     scratch_dirs: tuple[ScratchDir, ...] = ()
     secret_settings: tuple[SecretSetting, ...] = ()
+    peer_addresses: tuple[PeerAddress, ...] = ()
     # Local stack: extra time the first start may take (e.g. converting a model on a fresh machine), and the
     # order services start in (lower first: readers of a topic before its writers, so nothing waits at start).
     start_timeout_s: float = 60.0

@@ -74,13 +74,15 @@ def main() -> None:
     model_dir = built(settings.model_dir or default_detector_dir(), "default detector")
     loader = detector_loader(settings.device, settings.precision_hint, settings.score_threshold, settings.embeddings)
     detector = loader(model_dir)
-    repository = PinnedRepository(DirectoryRepository(settings.model_repository, loader, also=(model_dir,)), loader)
+    repository = PinnedRepository(DirectoryRepository(settings.model_repository, loader,
+                                                      also=(model_dir, *settings.extra_model_dirs)), loader)
     announcer = DeliveringProducer(producer_config(kafka, client_id="inference-model-status"))
     runtime.on_stop("model status producer", lambda: announcer.flush(settings.shutdown_timeout_s / 4))
     server = ModelServer(detector, repository, settings.max_input_bytes, settings.camera_models,
                          on_status=model_status_announcer(announcer), canary_model=settings.canary_model,
                          canary_share=settings.canary_share, shadow_model=settings.shadow_model)
-    extra_models = {*settings.camera_models.values(), settings.canary_model, settings.shadow_model}
+    extra_models = {*settings.camera_models.values(), settings.canary_model, settings.shadow_model,
+                    *settings.preload_models}
     for name in sorted(extra_models - {detector.name, None}):
         server.load(name)  # a camera's model that cannot load stops the start: better than serving it wrongly
     grpc_server, grpc_port = start_grpc_server(server, settings.grpc_host, settings.grpc_port, settings.grpc_workers,

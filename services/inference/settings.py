@@ -54,6 +54,11 @@ class InferenceSettings(ServiceSettings):
     shadow_model: str | None = Field(None, description="Model (by name, from the model repository, loaded at "
                                      "start) that also sees every frame; its results go to "
                                      "vigil.inference.shadow with shadow=true.")
+    extra_model_dirs: list[Path] = Field([], description="JSON list of single model dirs served beside the model "
+                                         "repository's (a model of the same name in the repository wins).")
+    preload_models: list[str] = Field([], description="JSON list of models (by name, from the model repository) "
+                                      "loaded at start and served over gRPC, e.g. [\"centerface\"] for the "
+                                      "annotation service's face blurring.")
     consume: bool = Field(True, description="Consume vigil.frames (off: serve gRPC only).")
     follow_registry: bool | None = Field(None, description="Follow vigil.models and hot-swap in each version "
                                          "of a served model promoted (or rolled back to) in the model registry; "
