@@ -1,0 +1,158 @@
+"""Exports read by readers nobody here wrote: pycocotools loads the COCO file (counts and boxes match), and Label
+Studio's task JSON (as its docs give it) goes out and comes back as the same tasks."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from pycocotools.coco import COCO
+
+from protos import events_pb2
+from services.annotation.exports import (
+    LabelStudioImportError, from_label_studio, label_studio_config, latest_accepted, to_coco, to_label_studio)
+from services.annotation.schemas import default_schema
+
+SCHEMA = default_schema(["person", "bicycle", "car"], site_classes=["forklift"], version="2")
+
+
+def det(label: str, x1, y1, x2, y2, score: float = 0.0) -> events_pb2.Detection:
+    return events_pb2.Detection(label=label, score=score, box=events_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2))
+
+
+def task(task_id: str, proposals=(), width=640, height=480) -> events_pb2.AnnotationTask:
+    t = events_pb2.AnnotationTask(
+        task_id=task_id, camera_id="lobby", frame_event_id=f"frame-{task_id}", reason="uncertain",
+        reason_detail="top score 0.41 in the band [0.25, 0.60]", proposals=list(proposals),
+        model=events_pb2.ModelRef(name="yolov3-tiny", version="1"), state="open", width=width, height=height,
+        labels_wanted=1, schema_version="2",
+        frame=events_pb2.ObjectRef(bucket="vigil-annotation", key=f"images/{task_id}.jpg", sha256="ab" * 32))
+    t.captured_at.FromSeconds(1_800_000_000)
+    return t
+
+
+def label(task_id: str, status: str, boxes=(), verdict="labelled", kind="submission",
+          label_id: str | None = None) -> events_pb2.AnnotationLabel:
+    source = task(task_id)
+    return events_pb2.AnnotationLabel(
+        task_id=task_id, annotator="ana", labels=list(boxes), label_id=label_id or f"{task_id}-{status}-{len(boxes)}",
+        kind=kind, verdict=verdict, status=status, rejected=verdict != "labelled", camera_id="lobby",
+        frame=source.frame, width=640, height=480, captured_at=source.captured_at, schema_version="2",
+        model=source.model, frame_event_id=source.frame_event_id, reason="uncertain")
+
+
+LABELS = [
+    label("t1", "submitted", [det("person", 10, 20, 50, 120)]),
+    label("t1", "accepted", [det("person", 10, 20, 50, 120)]),
+    # A reviewer's later decision on t1 replaces the first acceptance: two boxes, one of a site class.
+    label("t1", "accepted", [det("person", 12, 20, 52, 121.5), det("forklift", 300, 200, 620, 470)], kind="review"),
+    label("t2", "accepted", [], verdict="nothing_to_label"),
+    label("t3", "rejected", [], verdict="unusable"),
+    label("t4", "submitted", [det("car", 0, 0, 100, 100)]),
+]
+
+
+def test_the_latest_accepted_label_of_each_task_is_kept():
+    kept = latest_accepted(LABELS)
+    assert sorted(kept) == ["t1", "t2"]
+    assert len(kept["t1"].labels) == 2 and kept["t1"].kind == "review"
+
+
+def test_pycocotools_loads_the_coco_export_with_its_counts_and_boxes(tmp_path):
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(to_coco(LABELS, SCHEMA)))
+    coco = COCO(str(path))
+    assert len(coco.getImgIds()) == 2          # t1 and the negative t2; not the rejected t3 nor the pending t4
+    assert len(coco.getAnnIds()) == 2
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["person", "bicycle", "car", "forklift"]
+    by_task = {image["vigil_task_id"]: image for image in coco.loadImgs(coco.getImgIds())}
+    first, negative = by_task["t1"], by_task["t2"]
+    assert (first["file_name"], first["width"], first["height"]) == ("images/t1.jpg", 640, 480)
+    assert coco.getAnnIds(imgIds=[negative["id"]]) == []
+    boxes = {coco.loadCats(a["category_id"])[0]["name"]: a for a in coco.loadAnns(coco.getAnnIds(imgIds=[first["id"]]))}
+    assert boxes["person"]["bbox"] == pytest.approx([12, 20, 40, 101.5])
+    assert boxes["person"]["area"] == pytest.approx(40 * 101.5)
+    assert boxes["forklift"]["bbox"] == pytest.approx([300, 200, 320, 270])
+    assert all(a["iscrowd"] == 0 for a in boxes.values())
+    assert coco.getImgIds(catIds=coco.getCatIds(catNms=["forklift"])) == [first["id"]]
+
+
+def test_a_class_the_schema_lacks_is_exported_not_dropped():
+    older = [label("t9", "accepted", [det("trolley", 0, 0, 10, 10)])]
+    exported = to_coco(older, SCHEMA)
+    assert exported["categories"][-1] == {"id": 5, "name": "trolley", "supercategory": "unlisted"}
+    assert exported["annotations"][0]["category_id"] == 5
+
+
+def test_label_studio_tasks_carry_proposals_as_predictions_in_percent_and_accepted_labels_as_annotations():
+    tasks = [task("t1", [det("person", 64, 48, 128, 96, score=0.41)]), task("t2"), task("t4")]
+    exported = to_label_studio(tasks, LABELS)
+    first = exported[0]
+    assert first["data"]["image"] == "s3://vigil-annotation/images/t1.jpg"
+    (prediction,) = first["predictions"]
+    assert (prediction["model_version"], prediction["score"]) == ("yolov3-tiny@1", pytest.approx(0.41))
+    (region,) = prediction["result"]
+    assert (region["type"], region["from_name"], region["to_name"]) == ("rectanglelabels", "label", "image")
+    assert (region["original_width"], region["original_height"]) == (640, 480)
+    assert region["value"] == {"x": 10.0, "y": 10.0, "width": 10.0, "height": 10.0, "rotation": 0,
+                               "rectanglelabels": ["person"]}
+    assert region["score"] == pytest.approx(0.41)
+    assert [r["value"]["rectanglelabels"] for r in first["annotations"][0]["result"]] == [["person"], ["forklift"]]
+    assert exported[1]["annotations"][0]["result"] == []    # nothing to label: an empty answer
+    assert "annotations" not in exported[2] and "predictions" not in exported[1]
+    assert '<Label value="forklift"/>' in label_studio_config(SCHEMA)
+
+
+def test_label_studio_round_trip_gives_back_the_same_tasks():
+    tasks = [task("t1", [det("person", 64.5, 48, 128, 96.25, score=0.41), det("car", 0, 0, 640, 480, score=0.3)]),
+             task("t2")]
+    back = from_label_studio(json.loads(json.dumps(to_label_studio(tasks))))
+    assert [b.task.task_id for b in back] == ["t1", "t2"]
+    for original, imported in zip(tasks, back):
+        assert imported.image_url is None
+        assert imported.task.frame == original.frame
+        assert (imported.task.width, imported.task.height) == (640, 480)
+        assert (imported.task.camera_id, imported.task.frame_event_id) == ("lobby", original.frame_event_id)
+        assert imported.task.captured_at == original.captured_at
+        assert imported.task.reason == "imported"
+        assert len(imported.task.proposals) == len(original.proposals)
+        for a, b in zip(original.proposals, imported.task.proposals):
+            assert a.label == b.label and b.score == pytest.approx(a.score)
+            assert [b.box.x1, b.box.y1, b.box.x2, b.box.y2] == pytest.approx([a.box.x1, a.box.y1, a.box.x2, a.box.y2],
+                                                                             abs=1e-3)
+    assert back[0].task.model == tasks[0].model
+
+
+def test_a_foreign_label_studio_task_imports_with_its_url_and_a_stable_id():
+    # The shape of Label Studio's documented pre-annotation example: an http image, a per-region size.
+    foreign = [{"data": {"image": "https://example.com/opensource/label-studio/1.jpg"},
+                "predictions": [{"model_version": "model 1", "result": [{
+                    "from_name": "tag", "id": "t5sp3TyXPo", "source": "$image", "to_name": "img",
+                    "type": "rectanglelabels", "original_width": 1000, "original_height": 500,
+                    "value": {"height": 20, "rectanglelabels": ["Moonwalker"], "rotation": 0, "width": 39.6,
+                              "x": 13.2, "y": 34.7}}]}]}]
+    (first,) = from_label_studio(foreign)
+    (again,) = from_label_studio(foreign)
+    assert first.task.task_id == again.task.task_id
+    assert first.image_url == "https://example.com/opensource/label-studio/1.jpg"
+    assert not first.task.HasField("frame")
+    (proposal,) = first.task.proposals
+    assert proposal.label == "Moonwalker"
+    assert [proposal.box.x1, proposal.box.y1, proposal.box.x2, proposal.box.y2] == pytest.approx(
+        [132, 173.5, 528, 273.5])
+    assert first.task.model.name == "model 1"
+
+
+@pytest.mark.parametrize("item, problem", [
+    ({"data": {}}, "names no image"),
+    ({"data": {"image": "s3://b/k.jpg"}}, "size is unknown"),
+    ({"data": {"image": "s3://b/k.jpg", "width": 10, "height": 10}, "predictions": [{"result": [
+        {"type": "rectanglelabels", "value": {"x": 1, "y": 1, "width": 1, "height": 1, "rotation": 30,
+                                              "rectanglelabels": ["a"]}}]}]}, "rotated"),
+    ({"data": {"image": "s3://b/k.jpg", "width": 10, "height": 10}, "predictions": [{"result": [
+        {"type": "rectanglelabels", "value": {"x": "1", "y": 1, "width": 1, "height": 1,
+                                              "rectanglelabels": ["a"]}}]}]}, "x is not a number"),
+    ({"data": {"image": "s3://bucket-only", "width": 10, "height": 10}}, "not an s3://bucket/key"),
+])
+def test_a_task_that_cannot_be_imported_is_named_with_why(item, problem):
+    with pytest.raises(LabelStudioImportError, match=f"task 1: .*{problem}"):
+        from_label_studio([{"data": {"image": "s3://b/ok.jpg", "width": 5, "height": 5}}, item])
