@@ -78,20 +78,22 @@ class Frame(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_id: _Optional[str] = ..., sequence: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., encoding: _Optional[str] = ..., data: _Optional[bytes] = ..., ref: _Optional[_Union[ObjectRef, _Mapping]] = ..., capture_time_from_stream: _Optional[bool] = ..., image_stats: _Optional[_Union[ImageStats, _Mapping]] = ...) -> None: ...
 
 class ImageStats(_message.Message):
-    __slots__ = ("mean_luma", "contrast", "sharpness", "saturation", "underexposed_share", "overexposed_share")
+    __slots__ = ("mean_luma", "contrast", "sharpness", "saturation", "underexposed_share", "overexposed_share", "edge_orientation")
     MEAN_LUMA_FIELD_NUMBER: _ClassVar[int]
     CONTRAST_FIELD_NUMBER: _ClassVar[int]
     SHARPNESS_FIELD_NUMBER: _ClassVar[int]
     SATURATION_FIELD_NUMBER: _ClassVar[int]
     UNDEREXPOSED_SHARE_FIELD_NUMBER: _ClassVar[int]
     OVEREXPOSED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    EDGE_ORIENTATION_FIELD_NUMBER: _ClassVar[int]
     mean_luma: float
     contrast: float
     sharpness: float
     saturation: float
     underexposed_share: float
     overexposed_share: float
-    def __init__(self, mean_luma: _Optional[float] = ..., contrast: _Optional[float] = ..., sharpness: _Optional[float] = ..., saturation: _Optional[float] = ..., underexposed_share: _Optional[float] = ..., overexposed_share: _Optional[float] = ...) -> None: ...
+    edge_orientation: float
+    def __init__(self, mean_luma: _Optional[float] = ..., contrast: _Optional[float] = ..., sharpness: _Optional[float] = ..., saturation: _Optional[float] = ..., underexposed_share: _Optional[float] = ..., overexposed_share: _Optional[float] = ..., edge_orientation: _Optional[float] = ...) -> None: ...
 
 class SensorReading(_message.Message):
     __slots__ = ("envelope", "sensor_id", "quantity", "value", "unit", "labels")
