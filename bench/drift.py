@@ -11,9 +11,13 @@
             six file cameras at 5 fps: a control that plays the clip, looped, and five that play it once and then
             a drifted copy: brightness down to 30% (dusk), Gaussian blur sigma 3 (defocus), the view shifted by 20%
             (a knocked camera), half the frame covered, a 10 degree rotation. Windows are shortened (--window-s,
-            10 s). Reported: for each drift, the windows from its start to the first DriftAlert raised for the
-            camera (its input, or its outputs under the model), and the control's false alarms over its windows
-            (at least 60). Targets: every drift within 3 windows, no alarm on the control.
+            10 s), and each camera's reference spans the looped footage (8 windows of 10 s for its 80 s). The
+            drift's start is the event time of the first drifted frame on vigil.frames (each frame matched to the
+            clip frame with the same image statistics). Reported: for each drift and subject (the camera's input,
+            its outputs under the model), the windows from that start to the end of the window that raised the
+            DriftAlert, the alert's top features, and which features drifted in the first windows wholly after
+            the start; the control's drifting windows and false alarms over its windows (at least 60). Targets:
+            every drift within 3 windows, no alarm on the control.
 
 Results go to bench/results/drift.json with the date and the machine."""
 from __future__ import annotations
@@ -26,19 +30,23 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from confluent_kafka import Consumer, TopicPartition
 
-from bench.common import machine_description, process_cpu_s, produce, say
+from bench.common import machine_description, process_cpu_s, produce, sample_frames, say
 from protos import events_pb2
 from tests.drift_injections import DRIFTS, injected
 
@@ -151,20 +159,29 @@ def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[st
 
 # --- part 2: injected drifts through the real stack ----------------------------------------------------------
 
-def write_clips(footage: Path, out: Path, normal_s: float) -> dict[str, tuple[Path, float]]:
-    """The control clip, and per drift a clip of `normal_s` seconds of the footage (looped as needed) followed by
-    the drifted footage; with the second at which the drift starts."""
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    fps: float
+    frames: int  # frames of the footage in the clip's first pass
+    normal_frames: int  # the drifted copy starts at this frame (the control never drifts)
+
+
+def footage_frames(footage: Path) -> tuple[list[np.ndarray], float]:
+    """Every frame of the footage, and its frame rate."""
     import cv2
 
     capture = cv2.VideoCapture(str(footage))
     fps = capture.get(cv2.CAP_PROP_FPS) or 10.0
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
     capture.release()
+    return sample_frames(footage, 1_000_000), fps
+
+
+def write_clips(frames: list[np.ndarray], fps: float, out: Path, normal_s: float) -> dict[str, Clip]:
+    """The control clip, and per drift a clip of `normal_s` seconds of the footage (looped as needed) followed by
+    the drifted footage, three times the footage's length (long enough to be alerted; then it loops back)."""
+    import cv2
+
     h, w = frames[0].shape[:2]
     normal_frames = int(normal_s * fps)
     clips = {}
@@ -174,76 +191,201 @@ def write_clips(footage: Path, out: Path, normal_s: float) -> dict[str, tuple[Pa
         if name == "control":
             for frame in frames:
                 writer.write(frame)
+            clips[name] = Clip(path, fps, len(frames), len(frames))
         else:
             for i in range(normal_frames):
                 writer.write(frames[i % len(frames)])
-            for i in range(len(frames) * 3):  # long enough to be alerted, then it loops back to normal
+            for i in range(len(frames) * 3):
                 writer.write(injected(name, frames[(normal_frames + i) % len(frames)]))
+            clips[name] = Clip(path, fps, normal_frames + len(frames) * 3, normal_frames)
         writer.release()
-        clips[name] = (path, normal_frames / fps if name != "control" else float("inf"))
     return clips
 
 
-def drift_delays(window_s: float, reference_windows: int, control_windows: int, sample_fps: float) -> dict:
+def clip_statistics(clip: Clip, last: int) -> np.ndarray:
+    """Ingest's image statistics of the clip's frames 0..last as ingest decodes them (the same file, the same
+    decoder): the fingerprints the frames on vigil.frames are matched against."""
+    from services.ingest.image_stats import image_stats
+
+    return np.array([_stats_vector(image_stats(frame)) for frame in sample_frames(clip.path, last + 1)])
+
+
+def _stats_vector(stats: events_pb2.ImageStats) -> list[float]:
+    return [getattr(stats, name) for name in events_pb2.ImageStats.DESCRIPTOR.fields_by_name]
+
+
+class FrameLog:
+    """Of every frame on vigil.frames from now on: camera, event time (s), sequence and image statistics (the
+    pixels are dropped as they arrive; six cameras at 5 fps for a quarter of an hour are 30,000 frames)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from libs.common.topics import FRAMES
+        from tests.integration.kafka_tools import end_offsets
+
+        self.frames: list[tuple[str, float, int, list[float]]] = []
+        self._stop = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                                   "enable.auto.commit": False})
+        self._consumer.assign([TopicPartition(FRAMES, p, o) for p, o in end_offsets(bootstrap, FRAMES).items()])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            try:
+                frame = events_pb2.Frame.FromString(msg.value() or b"")
+            except Exception:  # noqa: BLE001 (another producer's bytes on a shared topic)
+                continue
+            self.frames.append((frame.camera_id, frame.envelope.event_time.ToNanoseconds() / 1e9, frame.sequence,
+                                _stats_vector(frame.image_stats)))
+        self._consumer.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def of(self, camera: str) -> list[tuple[float, int, list[float]]]:
+        return sorted((t, seq, stats) for cam, t, seq, stats in list(self.frames) if cam == camera)
+
+
+def first_drifted_frame(frames: list[tuple[float, int, list[float]]], expected: np.ndarray,
+                        normal_frames: int) -> dict | None:
+    """The first frame on vigil.frames that shows the drifted footage: each frame is matched to the clip frame
+    whose statistics are nearest (ingest decodes the same file, so the right one is at distance ~0); the first
+    matched at or past `normal_frames` is the drift's start, and its event time is what the delays count from."""
+    if not frames:
+        return None
+    scale = expected.std(axis=0) + 1e-9
+    reference = expected / scale
+    for event_time, sequence, stats in frames:
+        distances = np.linalg.norm(reference - np.asarray(stats) / scale, axis=1)
+        index = int(np.argmin(distances))
+        if index >= normal_frames:
+            return {"event_time": event_time, "sequence": sequence, "clip_frame": index,
+                    "match_distance": round(float(distances[index]), 4),
+                    "after_first_frame_s": round(event_time - frames[0][0], 2)}
+    return None
+
+
+def _seconds(timestamp) -> float:
+    return timestamp.seconds + timestamp.nanos / 1e9
+
+
+def subject_report(alerts: list[events_pb2.DriftAlert], windows: list[events_pb2.DriftWindow], start: float,
+                   window_s: float, drifting_windows: int = 3) -> dict:
+    """One subject of a drifted camera (its input, or its outputs under the model): the delay from the first
+    drifted frame's event time to the end of the window that raised the alert (in windows, and as the count of
+    windows from the one the drift started in, that one being 1); the raising alert's top features; and per
+    feature, in how many of the first `drifting_windows` windows lying wholly after the start it drifted."""
+    raised = sorted((a for a in alerts if a.state == "raised" and _seconds(a.window_end) > start),
+                    key=lambda a: _seconds(a.window_end))
+    after = sorted((w for w in windows if w.status == "scored" and _seconds(w.window_start) >= start),
+                   key=lambda w: _seconds(w.window_start))[:drifting_windows]
+    drifting: dict[str, int] = {}
+    for window in after:
+        for score in window.scores:
+            if score.drifted:
+                drifting[score.feature] = drifting.get(score.feature, 0) + 1
+    report = {"alert_after_windows": None, "alert_window": None, "top_features": [],
+              "drifting_features": dict(sorted(drifting.items(), key=lambda kv: (-kv[1], kv[0]))),
+              "windows_read": len(after)}
+    if raised:
+        first = raised[0]
+        report["alert_after_windows"] = round((_seconds(first.window_end) - start) / window_s, 2)
+        report["alert_window"] = int(round((_seconds(first.window_end) - start // window_s * window_s) / window_s))
+        report["top_features"] = [{"feature": f.feature, "metric": f.metric, "score": round(f.score, 3),
+                                   "threshold": round(f.threshold, 3)} for f in first.top_features]
+    return report
+
+
+def drift_delays(window_s: float, reference_windows: int | None, control_windows: int, sample_fps: float) -> dict:
     from cli.stack.camera import fetch_footage
     from cli.stack.local import LocalStack, StackPorts
     from libs.common.cache_dir import default_cache_dir
     from libs.common.topics import DRIFT_WINDOWS, MONITORING
     from tests.integration.kafka_tools import TopicRecorder
 
+    frames, fps = footage_frames(fetch_footage(default_cache_dir()))
+    footage_s = len(frames) / fps
+    if reference_windows is None:
+        # The reference must span the looped footage: one of 5 windows of 10 s leaves 30 s of the 80 s clip out,
+        # and the control then reads those seconds as drift (or, thresholds learnt on too little, misses drifts).
+        reference_windows = max(5, math.ceil(footage_s / window_s))
     state = Path(tempfile.mkdtemp(prefix="vigil-bench-drift-stack-"))
     clips_dir = state / "clips"
     clips_dir.mkdir()
     # The drift starts after the reference and two scored windows.
     normal_s = (reference_windows + 2) * window_s
-    clips = write_clips(fetch_footage(default_cache_dir()), clips_dir, normal_s)
+    clips = write_clips(frames, fps, clips_dir, normal_s)
+    del frames
+    expected = {name: clip_statistics(clip, clip.normal_frames + int(2 * clip.fps))
+                for name, clip in clips.items() if name != "control"}
     stack = LocalStack(state=state / "stack", ports=StackPorts.free(), extra_env={"drift": {
         "VIGIL_DRIFT_WINDOW_S": str(window_s), "VIGIL_DRIFT_REFERENCE_WINDOWS": str(reference_windows),
         "VIGIL_DRIFT_GRACE_S": str(min(5.0, window_s / 2))}})
     stack.install()
+    frame_log = None
     try:
         stack.up(progress=say)
         stack.unregister_camera(stack.config.camera_id)  # the demo camera: not part of the measurement
+        frame_log = FrameLog(stack.config.kafka_bootstrap)
         with TopicRecorder(stack.config.kafka_bootstrap, MONITORING) as monitoring, \
                 TopicRecorder(stack.config.kafka_bootstrap, DRIFT_WINDOWS) as windows:
-            added = {}
-            for name, (path, _drift_at) in clips.items():
-                stack.register_camera(f"bench-{name}", str(path), sample_fps, loop=True)
-                added[name] = time.time()
-            say(f"      6 cameras added; control runs for {control_windows} windows of {window_s:.0f} s "
-                f"({control_windows * window_s / 60:.0f} min) after its reference")
-            deadline = time.time() + (reference_windows + control_windows + 2) * window_s + 60
+            for name, clip in clips.items():
+                stack.register_camera(f"bench-{name}", str(clip.path), sample_fps, loop=True)
+            say(f"      6 cameras added; reference {reference_windows} windows of {window_s:.0f} s, then the control "
+                f"runs for {control_windows} windows ({control_windows * window_s / 60:.0f} min)")
+            deadline = time.time() + (reference_windows + control_windows + 2) * window_s + 120
             while time.time() < deadline:
                 time.sleep(5)
                 scored = sum(1 for _, w in _decoded(windows, events_pb2.DriftWindow)
                              if w.camera_id == "bench-control" and w.status == "scored" and not w.model.name)
                 if scored >= control_windows:
                     break
-            results = {}
-            alerts = [(m.envelope.event_id, m.drift_alert) for _, m in _decoded(monitoring, events_pb2.MonitoringEvent)
+            alerts = [m.drift_alert for _, m in _decoded(monitoring, events_pb2.MonitoringEvent)
                       if m.WhichOneof("detail") == "drift_alert"]
             all_windows = [w for _, w in _decoded(windows, events_pb2.DriftWindow)]
-            for name, (_path, drift_at) in clips.items():
-                camera = f"bench-{name}"
-                raised = sorted(a.window_end.seconds + a.window_end.nanos / 1e9 for _, a in alerts
-                                if a.camera_id == camera and a.state == "raised")
-                mine = [w for w in all_windows if w.camera_id == camera]
-                if name == "control":
-                    input_windows = [w for w in mine if not w.model.name and w.status == "scored"]
-                    results[name] = {"windows_scored": len(input_windows),
-                                     "windows_drifting": sum(1 for w in input_windows if w.alert_state != "ok"),
-                                     "false_alarms": len(raised)}
-                    continue
-                start = added[name] + drift_at
-                first = next((t for t in raised if t > start), None)
-                results[name] = {"drift_start_s": round(drift_at, 1),
-                                 "alert_after_windows": None if first is None else round((first - start) / window_s, 2),
-                                 "features": sorted({a.feature for _, a in alerts
-                                                     if a.camera_id == camera and a.state == "raised"})}
-            return results
+        frame_log.close()
+        return {"reference_windows": reference_windows,
+                "cameras": {name: camera_report(name, clip, alerts, all_windows, frame_log,
+                                                expected.get(name), window_s)
+                            for name, clip in clips.items()}}
     finally:
+        if frame_log is not None:
+            frame_log.close()
         stack.supervisor.down(progress=say)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def camera_report(name: str, clip: Clip, alerts: list, windows: list, frame_log: FrameLog,
+                  expected: np.ndarray | None, window_s: float) -> dict:
+    camera = f"bench-{name}"
+    mine = [w for w in windows if w.camera_id == camera]
+    my_alerts = [a for a in alerts if a.camera_id == camera]
+    inputs = [w for w in mine if not w.model.name]
+    outputs = [w for w in mine if w.model.name]
+    if name == "control":
+        scored_in = [w for w in inputs if w.status == "scored"]
+        scored_out = [w for w in outputs if w.status == "scored"]
+        return {"windows_scored": len(scored_in), "windows_drifting": sum(w.alert_state != "ok" for w in scored_in),
+                "output_windows_scored": len(scored_out),
+                "output_windows_drifting": sum(w.alert_state != "ok" for w in scored_out),
+                "false_alarms": sum(a.state == "raised" for a in my_alerts)}
+    first = first_drifted_frame(frame_log.of(camera), expected, clip.normal_frames)
+    if first is None:
+        return {"drift_start": None, "alert_after_windows": None}
+    start = first.pop("event_time")
+    report = {"drift_start": datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds"),
+              "first_drifted_frame": first}
+    report["input"] = subject_report([a for a in my_alerts if not a.model_name], inputs, start, window_s)
+    report["outputs"] = subject_report([a for a in my_alerts if a.model_name], outputs, start, window_s)
+    delays = [r["alert_after_windows"] for r in (report["input"], report["outputs"])
+              if r["alert_after_windows"] is not None]
+    report["alert_after_windows"] = min(delays) if delays else None
+    return report
 
 
 def _decoded(recorder, kind):
@@ -263,36 +405,45 @@ def main() -> int:
                         help="drift windows of the speed part (the service's default: a window's close is paid once "
                              "per camera and window, so shorter windows cost more per event)")
     parser.add_argument("--window-s", type=float, default=10.0, help="drift windows of the drifts part, shortened")
-    parser.add_argument("--reference-windows", type=int, default=5)
+    parser.add_argument("--reference-windows", type=int, default=None,
+                        help="windows in each camera's reference (default: enough to span the looped footage)")
     parser.add_argument("--control-windows", type=int, default=60)
     parser.add_argument("--sample-fps", type=float, default=5.0)
-    parser.add_argument("--skip-drifts", action="store_true", help="only the speed part")
+    part = parser.add_mutually_exclusive_group()
+    part.add_argument("--skip-drifts", action="store_true", help="only the speed part")
+    part.add_argument("--skip-speed", action="store_true",
+                      help="only the drifts part (the speed figures already in --out are kept)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/drift.json"))
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
-    say(f"[1/2] speed: {args.events} inference events through the DriftProcessor alone, then the service ...")
-    events = inference_events(args.events, start_s=time.time() - args.events / CAMERAS / EVENTS_PER_S_PER_CAMERA)
-    core = [core_speed(events, args.speed_window_s) for _ in range(2)]
-    say(f"      processor alone: {statistics.median(core):,.0f} events per CPU-second")
-    service = service_speed(events, args.speed_window_s)
-    say(f"      service: {service['events_per_s']:,.0f} events/s ({service['events_per_s_after_start']:,.0f} after its "
-        f"{service['startup_s']:.1f}s start), {service['events_per_cpu_s']:,.0f} events per CPU-second "
-        f"({service['cpu_us_per_event']:.1f} us/event; Kafka {service['kafka_cpu_us_per_event']:.1f})")
-    result = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine_description(),
-        "load_average_1m": {"before": round(load_before, 1)},
-        "speed": {"window_s": args.speed_window_s, "processor_alone_events_per_cpu_s": round(statistics.median(core)),
-                  **{k: round(v, 2) for k, v in service.items()},
-                  "service_to_processor_ratio": round(service["events_per_cpu_s"] / statistics.median(core), 3),
-                  "target_events_per_cpu_s": 20_000},
-    }
-    if not args.skip_drifts:
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine_description(),
+              "load_average_1m": {"before": round(load_before, 1)}}
+    if args.skip_speed:
+        result["speed"] = previous.get("speed")
+        result["speed_date"] = previous.get("speed_date", previous.get("date"))
+    else:
+        say(f"[1/2] speed: {args.events} inference events through the DriftProcessor alone, then the service ...")
+        events = inference_events(args.events, start_s=time.time() - args.events / CAMERAS / EVENTS_PER_S_PER_CAMERA)
+        core = [core_speed(events, args.speed_window_s) for _ in range(2)]
+        say(f"      processor alone: {statistics.median(core):,.0f} events per CPU-second")
+        service = service_speed(events, args.speed_window_s)
+        say(f"      service: {service['events_per_s']:,.0f} events/s ({service['events_per_s_after_start']:,.0f} after "
+            f"its {service['startup_s']:.1f}s start), {service['events_per_cpu_s']:,.0f} events per CPU-second "
+            f"({service['cpu_us_per_event']:.1f} us/event; Kafka {service['kafka_cpu_us_per_event']:.1f})")
+        result["speed"] = {"window_s": args.speed_window_s,
+                           "processor_alone_events_per_cpu_s": round(statistics.median(core)),
+                           **{k: round(v, 2) for k, v in service.items()},
+                           "service_to_processor_ratio": round(service["events_per_cpu_s"] / statistics.median(core), 3),
+                           "target_events_per_cpu_s": 20_000}
+    if args.skip_drifts:
+        result["drifts"] = previous.get("drifts")
+    else:
         say(f"[2/2] injected drifts through the real stack, windows of {args.window_s:.0f} s ...")
-        result["drifts"] = {"window_s": args.window_s, "reference_windows": args.reference_windows,
-                            "sample_fps": args.sample_fps,
-                            "cameras": drift_delays(args.window_s, args.reference_windows, args.control_windows,
-                                                    args.sample_fps),
+        found = drift_delays(args.window_s, args.reference_windows, args.control_windows, args.sample_fps)
+        result["drifts"] = {"window_s": args.window_s, "reference_windows": found["reference_windows"],
+                            "sample_fps": args.sample_fps, "cameras": found["cameras"],
                             "target": "every drift alerted within 3 windows; no alert on the control"}
     result["load_average_1m"]["after"] = round(os.getloadavg()[0], 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
