@@ -7,48 +7,12 @@ import json
 import pytest
 from pycocotools.coco import COCO
 
-from protos import events_pb2
 from services.annotation.exports import (
     LabelStudioImportError, from_label_studio, label_studio_config, latest_accepted, to_coco, to_label_studio)
 from services.annotation.schemas import default_schema
+from tests.annotation_events import LABELS, det, label, task
 
 SCHEMA = default_schema(["person", "bicycle", "car"], site_classes=["forklift"], version="2")
-
-
-def det(label: str, x1, y1, x2, y2, score: float = 0.0) -> events_pb2.Detection:
-    return events_pb2.Detection(label=label, score=score, box=events_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2))
-
-
-def task(task_id: str, proposals=(), width=640, height=480) -> events_pb2.AnnotationTask:
-    t = events_pb2.AnnotationTask(
-        task_id=task_id, camera_id="lobby", frame_event_id=f"frame-{task_id}", reason="uncertain",
-        reason_detail="top score 0.41 in the band [0.25, 0.60]", proposals=list(proposals),
-        model=events_pb2.ModelRef(name="yolov3-tiny", version="1"), state="open", width=width, height=height,
-        labels_wanted=1, schema_version="2",
-        frame=events_pb2.ObjectRef(bucket="vigil-annotation", key=f"images/{task_id}.jpg", sha256="ab" * 32))
-    t.captured_at.FromSeconds(1_800_000_000)
-    return t
-
-
-def label(task_id: str, status: str, boxes=(), verdict="labelled", kind="submission",
-          label_id: str | None = None) -> events_pb2.AnnotationLabel:
-    source = task(task_id)
-    return events_pb2.AnnotationLabel(
-        task_id=task_id, annotator="ana", labels=list(boxes), label_id=label_id or f"{task_id}-{status}-{len(boxes)}",
-        kind=kind, verdict=verdict, status=status, rejected=verdict != "labelled", camera_id="lobby",
-        frame=source.frame, width=640, height=480, captured_at=source.captured_at, schema_version="2",
-        model=source.model, frame_event_id=source.frame_event_id, reason="uncertain")
-
-
-LABELS = [
-    label("t1", "submitted", [det("person", 10, 20, 50, 120)]),
-    label("t1", "accepted", [det("person", 10, 20, 50, 120)]),
-    # A reviewer's later decision on t1 replaces the first acceptance: two boxes, one of a site class.
-    label("t1", "accepted", [det("person", 12, 20, 52, 121.5), det("forklift", 300, 200, 620, 470)], kind="review"),
-    label("t2", "accepted", [], verdict="nothing_to_label"),
-    label("t3", "rejected", [], verdict="unusable"),
-    label("t4", "submitted", [det("car", 0, 0, 100, 100)]),
-]
 
 
 def test_the_latest_accepted_label_of_each_task_is_kept():
