@@ -437,3 +437,52 @@ _DRIFT_ALERTS_FROM_MONITORING = """
 MIGRATIONS += [
     (31, "drift_alerts_backfill", _DRIFT_ALERTS_FROM_MONITORING),
 ]
+
+MIGRATIONS += [
+    # Annotation (issue #11): the annotations table, made before the contracts, becomes one row per AnnotationLabel
+    # (vigil.annotations): kind is now 'submission' or 'review' (no sink ever wrote the 'task'/'label' rows it was
+    # made for), with the label's status, verdict, reviewer, box count and the agreement of a task labelled twice;
+    # labels is the class of each box. A task's priority is the task's, in annotation_tasks.
+    (32, "annotations_of_labels", """
+        ALTER TABLE annotations
+            ADD COLUMN IF NOT EXISTS label_id String AFTER event_time,
+            ADD COLUMN IF NOT EXISTS status LowCardinality(String) AFTER label_id,
+            ADD COLUMN IF NOT EXISTS verdict LowCardinality(String) AFTER status,
+            ADD COLUMN IF NOT EXISTS reviewer LowCardinality(String) AFTER verdict,
+            ADD COLUMN IF NOT EXISTS model_version LowCardinality(String) AFTER reviewer,
+            ADD COLUMN IF NOT EXISTS box_count UInt16 AFTER model_version,
+            ADD COLUMN IF NOT EXISTS agreement Nullable(Float64) AFTER box_count,
+            ADD COLUMN IF NOT EXISTS schema_version LowCardinality(String) AFTER agreement,
+            DROP COLUMN IF EXISTS priority
+    """),
+    (33, "annotation_tasks", """
+        -- The annotation queue as the compacted vigil.annotation.tasks holds it: every task in its latest state
+        -- (the highest revision), for the queue depth by state. A row per revision is inserted, the engine keeps
+        -- the highest; queries take each task's highest revision themselves (LIMIT 1 BY), merged or not.
+        CREATE TABLE IF NOT EXISTS annotation_tasks (
+            event_id UUID,                    -- uuid5 of (task id, revision): a revision delivered again is one row
+            source_event_id String,           -- the envelope's event id of the AnnotationTask
+            task_id String,
+            revision UInt64,
+            state LowCardinality(String),     -- open, leased, submitted, accepted, rejected
+            camera_id LowCardinality(String),
+            frame_event_id String,
+            model_name LowCardinality(String),
+            model_version LowCardinality(String),
+            reason LowCardinality(String),    -- the selection rule: uncertain, shadow_disagreement, ...
+            priority Float64,
+            labels_wanted UInt8,              -- 2: in the share labelled twice for agreement
+            submissions UInt8,
+            lease_holders Array(LowCardinality(String)),
+            schema_version LowCardinality(String),
+            captured_at DateTime64(3, 'UTC'),
+            event_time DateTime64(3, 'UTC'),  -- the revision's envelope time
+            INDEX event_id_bloom event_id TYPE bloom_filter GRANULARITY 4,
+            INDEX event_time_minmax event_time TYPE minmax GRANULARITY 1
+        )
+        -- Not partitioned (a task's revisions must meet in one part to be replaced) and no TTL: like the
+        -- compacted topic, the table keeps every task's latest state; a task is one small row once merged.
+        ENGINE = ReplacingMergeTree(revision)
+        ORDER BY task_id
+    """),
+]

@@ -125,6 +125,39 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
             WHERE state = 'raised' ORDER BY raised_time DESC, subject""",
         _DRIFT_PARAMETERS, default_window=timedelta(days=400)),
     NamedQuery(
+        "annotation_queue", "The annotation queue: tasks per camera and state (open, leased, submitted, accepted, "
+                            "rejected), each task in its latest state (its highest revision) when that state was "
+                            "reached in the window; default window: ten years, i.e. the whole queue.",
+        f"""SELECT camera_id, state, count() AS tasks, countIf(labels_wanted >= 2) AS double_labelled,
+                   round(avg(priority), 4) AS mean_priority, min(event_time) AS oldest, max(event_time) AS newest
+            FROM (SELECT task_id, camera_id, state, labels_wanted, priority, event_time FROM annotation_tasks
+                  WHERE {_CAMERA} AND {_MODEL} ORDER BY task_id, revision DESC, event_time DESC LIMIT 1 BY task_id)
+            WHERE {_EVENT_WINDOW}
+            GROUP BY camera_id, state ORDER BY camera_id, state""",
+        {"camera_id": ("String", ""), "model_name": ("String", "")}, default_window=timedelta(days=3650)),
+    NamedQuery(
+        "annotation_labels_per_hour", "Labels per hour: annotators' submissions, reviewers' decisions, the tasks "
+                                      "accepted and rejected, and the people at work; default window: a day.",
+        f"""SELECT toStartOfHour(event_time) AS hour, countIf(kind = 'submission') AS submissions,
+                   countIf(kind = 'review') AS reviews, uniqExactIf(task_id, status = 'accepted') AS accepted,
+                   uniqExactIf(task_id, status = 'rejected') AS rejected,
+                   uniqExactIf(annotator, kind = 'submission' AND annotator != '') AS annotators
+            FROM (SELECT * FROM annotations WHERE {_EVENT_WINDOW} AND {_CAMERA} AND {_MODEL} LIMIT 1 BY event_id)
+            GROUP BY hour ORDER BY hour""",
+        {"camera_id": ("String", ""), "model_name": ("String", "")}, default_window=timedelta(days=1)),
+    NamedQuery(
+        "annotation_agreement", "Agreement of the tasks labelled twice (IoU-matched F1 of the two labels, 0..1), "
+                                "per hour in which each task's agreement was first known: tasks, mean and lowest; "
+                                "default window: a week.",
+        f"""SELECT toStartOfHour(known) AS hour, count() AS tasks, round(avg(f1), 4) AS mean_agreement,
+                   round(min(f1), 4) AS min_agreement
+            FROM (SELECT task_id, min(event_time) AS known, argMin(assumeNotNull(agreement), event_time) AS f1
+                  FROM annotations
+                  WHERE {_EVENT_WINDOW} AND agreement IS NOT NULL AND {_CAMERA} AND {_MODEL}
+                  GROUP BY task_id)
+            GROUP BY hour ORDER BY hour""",
+        {"camera_id": ("String", ""), "model_name": ("String", "")}, default_window=timedelta(days=7)),
+    NamedQuery(
         "dead_letter_rate", "Dead letters per minute, origin topic and reason, and per second.",
         f"""SELECT minute, origin_topic, reason, sum(letters) AS letters, round(letters / 60, 4) AS per_second
             FROM dead_letters_minute WHERE {_WINDOW}

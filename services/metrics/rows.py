@@ -65,12 +65,24 @@ SENSOR_ANOMALIES = TableSpec("sensor_anomalies", (
 MODEL_VERSIONS = TableSpec("model_versions", (
     "event_id", "model_name", "model_version", "model_precision", "stage", "artifact", "metadata", "trained_on",
     "event_time"))
+ANNOTATIONS = TableSpec("annotations", (
+    "event_id", "task_id", "kind", "camera_id", "frame_event_id", "model_name", "reason", "annotator", "rejected",
+    "labels", "event_time", "label_id", "status", "verdict", "reviewer", "model_version", "box_count", "agreement",
+    "schema_version"))
+ANNOTATION_TASKS = TableSpec("annotation_tasks", (
+    "event_id", "source_event_id", "task_id", "revision", "state", "camera_id", "frame_event_id", "model_name",
+    "model_version", "reason", "priority", "labels_wanted", "submissions", "lease_holders", "schema_version",
+    "captured_at", "event_time"))
 TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DRIFT_WINDOWS, DRIFT_ALERTS,
-                                       DEAD_LETTERS, SENSOR_ANOMALIES, MODEL_VERSIONS)}
+                                       DEAD_LETTERS, SENSOR_ANOMALIES, MODEL_VERSIONS, ANNOTATIONS,
+                                       ANNOTATION_TASKS)}
 
 # Dead letters carry no envelope of their own (their bytes may be anything): their id is derived from where
 # they sit in the dead-letter topic, so a re-read dead letter gets the same id.
 _DEAD_LETTER_ID_NAMESPACE = uuid.UUID("0b7f2d4e-8a61-4f0c-b7c5-2f8d3e9a1c44")
+# A task's row is one revision of it: its id is derived from (task id, revision), not from the envelope, so a
+# revision published again (a replica that lost a compare-and-swap republishes the winner's) is one row too.
+_TASK_REVISION_ID_NAMESPACE = uuid.UUID("6c1d9a3e-52b4-4e7f-8f0a-d3b2c6e1a975")
 
 Rows = dict[str, list[tuple[Any, ...]]]
 
@@ -134,6 +146,37 @@ def model_version_row(version: events_pb2.ModelVersion) -> tuple[Any, ...]:
         _uuid(version.envelope.event_id, "envelope.event_id"), version.model.name, version.model.version,
         version.model.precision, version.stage, f"s3://{artifact.bucket}/{artifact.key}" if artifact.key else "",
         dict(version.metadata), list(version.trained_on), _ms(version.envelope.event_time),
+    )
+
+
+def annotation_label_row(label: events_pb2.AnnotationLabel) -> tuple[Any, ...]:
+    """One row in the order of ANNOTATIONS' columns: an annotator's submission or a reviewer's decision
+    (vigil.annotations), with the class of each box and, for a task labelled twice, the agreement."""
+    if not label.task_id:
+        raise InvalidEvent("AnnotationLabel.task_id is empty")
+    boxes = label.labels
+    return (
+        _uuid(label.envelope.event_id, "envelope.event_id"), label.task_id, label.kind, label.camera_id,
+        label.frame_event_id, label.model.name, label.reason, label.annotator, label.rejected,
+        [box.label for box in boxes], _ms(label.envelope.event_time), label.label_id, label.status, label.verdict,
+        label.reviewer, label.model.version, len(boxes), label.agreement if label.HasField("agreement") else None,
+        label.schema_version,
+    )
+
+
+def annotation_task_row(task: events_pb2.AnnotationTask) -> tuple[Any, ...]:
+    """One row in the order of ANNOTATION_TASKS' columns: one revision of a task (vigil.annotation.tasks, where
+    the compacted topic keeps each task's latest)."""
+    if not task.task_id:
+        raise InvalidEvent("AnnotationTask.task_id is empty")
+    if not task.state:
+        raise InvalidEvent("AnnotationTask.state is empty")
+    return (
+        uuid.uuid5(_TASK_REVISION_ID_NAMESPACE, f"{task.task_id}/{task.revision}"), task.envelope.event_id,
+        task.task_id, task.revision, task.state, task.camera_id, task.frame_event_id, task.model.name,
+        task.model.version, task.reason, task.priority, min(task.labels_wanted, 255),
+        min(len(task.submission_ids), 255), [lease.annotator for lease in task.leases], task.schema_version,
+        _ms(task.captured_at), _ms(task.envelope.event_time),
     )
 
 
