@@ -17,7 +17,8 @@
   object store (an http(s) URL) is named in ImportedTask.image_url for the importer to fetch and store.
 
 The labelling config these match (`label_studio_config(schema)`): an Image named "image" with value $image and
-RectangleLabels named "label" over it."""
+RectangleLabels named "label" over it. `QueueExports` serves them over the queue (web/api.py's /api/export and
+/api/import)."""
 from __future__ import annotations
 
 import math
@@ -243,7 +244,7 @@ def _imported(item: dict, image_key: str) -> ImportedTask:
         camera_id=str(data.get("camera_id") or ""), frame_event_id=str(data.get("frame_event_id") or ""),
         reason=IMPORTED_REASON, reason_detail=f"imported from Label Studio ({address})",
         proposals=proposals, model=events_pb2.ModelRef(name=model_name, version=model_version),
-        width=width, height=height, state="open", labels_wanted=1,
+        width=width, height=height, state="open",  # labels_wanted left to the queue's double-label share
     )
     if ref is not None:
         if data.get("image_sha256"):
@@ -256,3 +257,55 @@ def _imported(item: dict, image_key: str) -> ImportedTask:
         except ValueError:
             raise LabelStudioImportError(f"captured_at is not an ISO 8601 time: {captured!r}") from None
     return ImportedTask(task=task, image_url=None if ref is not None else address)
+
+
+# --- over the queue ----------------------------------------------------------------------------------------------
+class QueueExports:
+    """What the HTTP API's /api/export and /api/import call (web/api.py's LabelExports), over an AnnotationQueue
+    (`tasks`, `labels`, `create`) and a schema provider (`current()`). Imported images must already be in the
+    annotation bucket (s3://<bucket>/...) unless `fetch_image(url) -> bytes` is given: a server that fetches any
+    URL an admin names is a choice to make deliberately, not a default."""
+
+    def __init__(self, queue, schemas, bucket: str, fetch_image: Callable[[str], bytes] | None = None,
+                 max_tasks: int = 1_000_000) -> None:
+        self.queue, self.schemas, self.bucket = queue, schemas, bucket
+        self.fetch_image = fetch_image
+        self.max_tasks = max_tasks
+
+    def _schema(self) -> LabelSchema | None:
+        return self.schemas.current() if self.schemas is not None else None
+
+    def _accepted_labels(self, tasks: Iterable[events_pb2.AnnotationTask]) -> list[events_pb2.AnnotationLabel]:
+        return [label for task in tasks if task.state == "accepted" for label in self.queue.labels(task.task_id)]
+
+    def coco(self) -> dict:
+        labels = self._accepted_labels(self.queue.tasks(state="accepted", limit=self.max_tasks))
+        schema = self._schema() or LabelSchema(
+            version="unpublished", classes=tuple(sorted({d.label for l in labels for d in l.labels})) or ("object",))
+        return to_coco(labels, schema)
+
+    def label_studio(self) -> list[dict]:
+        tasks = [t for t in self.queue.tasks(limit=self.max_tasks) if t.width and t.height]
+        return to_label_studio(tasks, self._accepted_labels(tasks))
+
+    def import_label_studio(self, items: list[dict]) -> dict:
+        """Creates a task per Label Studio task (none when any is refused: LabelStudioImportError names it)."""
+        imported = from_label_studio(items)
+        for position, item in enumerate(imported):
+            if item.image_url is not None and self.fetch_image is None:
+                raise LabelStudioImportError(f"task {position}: {item.image_url} is not in the annotation bucket "
+                                             f"(s3://{self.bucket}/...): this server does not fetch images")
+            if item.image_url is None and item.task.frame.bucket != self.bucket:
+                raise LabelStudioImportError(f"task {position}: s3://{item.task.frame.bucket}/"
+                                             f"{item.task.frame.key} is not in the annotation bucket {self.bucket}")
+        schema = self._schema()
+        created = existing = 0
+        for item in imported:
+            if schema is not None:
+                item.task.schema_version = schema.version
+            image = self.fetch_image(item.image_url) if item.image_url is not None else None
+            if self.queue.create(item.task, image):
+                created += 1
+            else:
+                existing += 1
+        return {"created": created, "existing": existing, "task_ids": [i.task.task_id for i in imported]}

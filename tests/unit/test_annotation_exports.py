@@ -8,7 +8,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from services.annotation.exports import (
-    LabelStudioImportError, from_label_studio, label_studio_config, latest_accepted, to_coco, to_label_studio)
+    LabelStudioImportError, QueueExports, from_label_studio, label_studio_config, latest_accepted, to_coco,
+    to_label_studio)
 from services.annotation.schemas import default_schema
 from tests.annotation_events import LABELS, det, label, task
 
@@ -120,3 +121,63 @@ def test_a_foreign_label_studio_task_imports_with_its_url_and_a_stable_id():
 def test_a_task_that_cannot_be_imported_is_named_with_why(item, problem):
     with pytest.raises(LabelStudioImportError, match=f"task 1: .*{problem}"):
         from_label_studio([{"data": {"image": "s3://b/ok.jpg", "width": 5, "height": 5}}, item])
+
+
+class Queue:
+    """The part of AnnotationQueue the exports use, over a dict."""
+
+    def __init__(self, tasks=(), labels=()):
+        self.held = {t.task_id: t for t in tasks}
+        self.label_events = list(labels)
+        self.images: dict[str, bytes | None] = {}
+
+    def tasks(self, state=None, limit=100):
+        return [t for t in self.held.values() if state is None or t.state == state][:limit]
+
+    def labels(self, task_id):
+        return [l for l in self.label_events if l.task_id == task_id]
+
+    def create(self, task, image=None):
+        if task.task_id in self.held:
+            return False
+        self.held[task.task_id], self.images[task.task_id] = task, image
+        return True
+
+
+class Schemas:
+    def current(self):
+        return SCHEMA
+
+
+def test_queue_exports_serve_the_api_export_from_the_queues_tasks_and_labels():
+    queue = Queue([task("t1", state="accepted"), task("t2", state="accepted"), task("t4", state="submitted")], LABELS)
+    exports = QueueExports(queue, Schemas(), "vigil-annotation")
+    coco = exports.coco()
+    assert sorted(i["vigil_task_id"] for i in coco["images"]) == ["t1", "t2"] and len(coco["annotations"]) == 2
+    assert [c["name"] for c in coco["categories"]] == list(SCHEMA.classes)
+    studio = exports.label_studio()
+    assert [("annotations" in item) for item in studio] == [True, True, False]
+
+
+def test_queue_exports_import_creates_each_task_once_under_the_current_schema():
+    queue = Queue()
+    exports = QueueExports(queue, Schemas(), "vigil-annotation")
+    items = to_label_studio([task("t1", [det("person", 64, 48, 128, 96, score=0.41)]), task("t2")])
+    assert exports.import_label_studio(items) == {"created": 2, "existing": 0, "task_ids": ["t1", "t2"]}
+    assert exports.import_label_studio(items)["existing"] == 2
+    assert queue.held["t1"].schema_version == SCHEMA.version and queue.images["t1"] is None
+    assert len(queue.held["t1"].proposals) == 1 and queue.held["t1"].labels_wanted == 0  # the queue's share decides
+
+
+def test_queue_exports_import_refuses_images_it_would_have_to_fetch_or_another_buckets():
+    queue = Queue()
+    web = [{"data": {"image": "https://example.com/a.jpg", "width": 10, "height": 10}}]
+    with pytest.raises(LabelStudioImportError, match="task 0: https://example.com/a.jpg is not in the annotation"):
+        QueueExports(queue, Schemas(), "vigil-annotation").import_label_studio(web)
+    with pytest.raises(LabelStudioImportError, match="not in the annotation bucket vigil-annotation"):
+        QueueExports(queue, Schemas(), "vigil-annotation").import_label_studio(
+            [{"data": {"image": "s3://elsewhere/a.jpg", "width": 10, "height": 10}}])
+    assert queue.held == {}
+    fetched = QueueExports(queue, Schemas(), "vigil-annotation", fetch_image=lambda url: b"jpeg of " + url.encode())
+    assert fetched.import_label_studio(web)["created"] == 1
+    assert list(queue.images.values()) == [b"jpeg of https://example.com/a.jpg"]
