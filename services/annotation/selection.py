@@ -10,7 +10,8 @@ Rules, in priority order (the first that applies is recorded on the task):
   drift                the camera is under a raised DriftAlert: results sampled at drift_sample_rate.
   audit                a random audit_share of all results, whatever they hold (an unbiased sample for estimating
                        precision). Drawn for every result: a result drawn that a higher rule selects carries
-                       `audit=True`, so the sample stays whole.
+                       `audit=True` and says "also in the audit sample" in its detail, so the sample stays whole
+                       (and `draw(frame_event_id, "audit") < audit_share` recomputes it).
 Random draws are a hash of the frame_event_id (one salt per rule), so a replayed result decides the same way.
 
 Priority (for the queue): 5 for shadow_disagreement down to 1 for audit, plus a fraction in [0, 1) within the
@@ -139,8 +140,13 @@ def draw(frame_event_id: str, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def _priority(rule: str, fraction: float) -> float:
-    return float(len(RULES) - RULES.index(rule)) + min(max(fraction, 0.0), 0.999)
+def chosen(rule: str, detail: str, fraction: float, audit: bool, candidate: Candidate) -> Selection:
+    """A selection by `rule`, ranked len(RULES) - its place plus `fraction` (in [0, 1)) within the rule. A result
+    in the audit draw says so in its detail too (the task keeps the detail; the draw can also be recomputed)."""
+    if audit and rule != "audit":
+        detail += "; also in the audit sample"
+    priority = float(len(RULES) - RULES.index(rule)) + min(max(fraction, 0.0), 0.999)
+    return Selection(rule, detail, priority, audit, candidate)
 
 
 def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
@@ -371,8 +377,8 @@ class Selector:
             if low <= p.score <= high and (best is None or abs(p.score - middle) < abs(best.score - middle)):
                 best = p
         if best is not None:
-            return Selection("uncertain", f"{best.label} score {best.score:.2f} in the band [{low:.2f}, {high:.2f}]",
-                             _priority("uncertain", 1.0 - abs(best.score - middle) / half), audit, candidate)
+            return chosen("uncertain", f"{best.label} score {best.score:.2f} in the band [{low:.2f}, {high:.2f}]",
+                          1.0 - abs(best.score - middle) / half, audit, candidate)
         seen = len(camera.labels)
         if seen >= policy.rare_class_min_seen:
             rarest, share = None, 1.0
@@ -382,17 +388,17 @@ class Selector:
                     if s < share:
                         rarest, share = p.label, s
             if rarest is not None and share < policy.rare_class_share:
-                return Selection("rare_class", f"{rarest} is {share:.1%} of the camera's last {seen:,} detections "
-                                 f"(below {policy.rare_class_share:.0%})",
-                                 _priority("rare_class", 1.0 - share / policy.rare_class_share), audit, candidate)
+                return chosen("rare_class", f"{rarest} is {share:.1%} of the camera's last {seen:,} detections "
+                              f"(below {policy.rare_class_share:.0%})",
+                              1.0 - share / policy.rare_class_share, audit, candidate)
         if camera.drift and self.under_drift(candidate.camera_id, now) \
                 and draw(candidate.frame_event_id, "drift") < policy.drift_sample_rate:
             alerts = ", ".join(sorted(key or "input" for key in camera.drift))
-            return Selection("drift", f"camera under a drift alert ({alerts}), "
-                             f"sampled at {policy.drift_sample_rate:.0%}", _priority("drift", 0.5), audit, candidate)
+            return chosen("drift", f"camera under a drift alert ({alerts}), sampled at {policy.drift_sample_rate:.0%}",
+                          0.5, audit, candidate)
         if audit:
-            return Selection("audit", f"random audit sample ({policy.audit_share:.1%} of all results)",
-                             _priority("audit", 0.5), True, candidate)
+            return chosen("audit", f"random audit sample ({policy.audit_share:.1%} of all results)", 0.5, True,
+                          candidate)
         return None
 
     def _shadow_rule(self, primary: Candidate, shadow: Candidate, audit: bool | None = None) -> Selection | None:
@@ -402,10 +408,10 @@ class Selector:
         if audit is None:
             audit = draw(primary.frame_event_id, "audit") < self.policy.audit_share
         shown = "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
-        return Selection("shadow_disagreement",
-                         f"{primary.model_name} {primary.model_version} and shadow {shadow.model_name} "
-                         f"{shadow.model_version} disagree: {shown}",
-                         _priority("shadow_disagreement", len(found) / max(compared, 1)), audit, primary)
+        return chosen("shadow_disagreement",
+                      f"{primary.model_name} {primary.model_version} and shadow {shadow.model_name} "
+                      f"{shadow.model_version} disagree: {shown}",
+                      len(found) / max(compared, 1), audit, primary)
 
     def _count_labels(self, candidate: Candidate, camera: CameraState) -> None:
         window = self.policy.rare_class_window

@@ -147,6 +147,7 @@ def test_the_audit_draws_its_share_of_all_results_and_marks_those_a_higher_rule_
     uncertain = [selector.consider(result(f"u-{n}", ("person", 0.4)), T0) for n in range(20_000)]
     assert {s.rule for s in uncertain} == {"uncertain"}
     assert 0.008 < sum(s.audit for s in uncertain) / 20_000 < 0.012
+    assert all(s.detail.endswith("; also in the audit sample") == s.audit for s in uncertain)
 
 
 # --- priority order -----------------------------------------------------------------------------------------------
