@@ -17,7 +17,7 @@
   object store (an http(s) URL) is named in ImportedTask.image_url for the importer to fetch and store.
 
 The labelling config these match (`label_studio_config(schema)`): an Image named "image" with value $image and
-RectangleLabels named "label" over it. `QueueExports` serves them over the queue (web/api.py's /api/export and
+RectangleLabels named "label" over it. `Exports` serves them over the queue (web/api.py's /api/export and
 /api/import)."""
 from __future__ import annotations
 
@@ -260,15 +260,17 @@ def _imported(item: dict, image_key: str) -> ImportedTask:
 
 
 # --- over the queue ----------------------------------------------------------------------------------------------
-class QueueExports:
+class Exports:
     """What the HTTP API's /api/export and /api/import call (web/api.py's LabelExports), over an AnnotationQueue
     (`tasks`, `labels`, `create`) and a schema provider (`current()`). Imported images must already be in the
     annotation bucket (s3://<bucket>/...) unless `fetch_image(url) -> bytes` is given: a server that fetches any
     URL an admin names is a choice to make deliberately, not a default."""
 
-    def __init__(self, queue, schemas, bucket: str, fetch_image: Callable[[str], bytes] | None = None,
+    def __init__(self, queue, schemas, bucket: str | None = None, fetch_image: Callable[[str], bytes] | None = None,
                  max_tasks: int = 1_000_000) -> None:
-        self.queue, self.schemas, self.bucket = queue, schemas, bucket
+        self.queue, self.schemas = queue, schemas
+        # The annotation bucket: as given, else the queue's task store's.
+        self.bucket = bucket or getattr(getattr(queue, "store", None), "bucket", None)
         self.fetch_image = fetch_image
         self.max_tasks = max_tasks
 
@@ -295,7 +297,7 @@ class QueueExports:
             if item.image_url is not None and self.fetch_image is None:
                 raise LabelStudioImportError(f"task {position}: {item.image_url} is not in the annotation bucket "
                                              f"(s3://{self.bucket}/...): this server does not fetch images")
-            if item.image_url is None and item.task.frame.bucket != self.bucket:
+            if item.image_url is None and self.bucket is not None and item.task.frame.bucket != self.bucket:
                 raise LabelStudioImportError(f"task {position}: s3://{item.task.frame.bucket}/"
                                              f"{item.task.frame.key} is not in the annotation bucket {self.bucket}")
         schema = self._schema()

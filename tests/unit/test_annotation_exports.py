@@ -8,7 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from services.annotation.exports import (
-    LabelStudioImportError, QueueExports, from_label_studio, label_studio_config, latest_accepted, to_coco,
+    LabelStudioImportError, Exports, from_label_studio, label_studio_config, latest_accepted, to_coco,
     to_label_studio)
 from services.annotation.schemas import default_schema
 from tests.annotation_events import LABELS, det, label, task
@@ -151,7 +151,7 @@ class Schemas:
 
 def test_queue_exports_serve_the_api_export_from_the_queues_tasks_and_labels():
     queue = Queue([task("t1", state="accepted"), task("t2", state="accepted"), task("t4", state="submitted")], LABELS)
-    exports = QueueExports(queue, Schemas(), "vigil-annotation")
+    exports = Exports(queue, Schemas(), "vigil-annotation")
     coco = exports.coco()
     assert sorted(i["vigil_task_id"] for i in coco["images"]) == ["t1", "t2"] and len(coco["annotations"]) == 2
     assert [c["name"] for c in coco["categories"]] == list(SCHEMA.classes)
@@ -161,7 +161,7 @@ def test_queue_exports_serve_the_api_export_from_the_queues_tasks_and_labels():
 
 def test_queue_exports_import_creates_each_task_once_under_the_current_schema():
     queue = Queue()
-    exports = QueueExports(queue, Schemas(), "vigil-annotation")
+    exports = Exports(queue, Schemas(), "vigil-annotation")
     items = to_label_studio([task("t1", [det("person", 64, 48, 128, 96, score=0.41)]), task("t2")])
     assert exports.import_label_studio(items) == {"created": 2, "existing": 0, "task_ids": ["t1", "t2"]}
     assert exports.import_label_studio(items)["existing"] == 2
@@ -173,11 +173,18 @@ def test_queue_exports_import_refuses_images_it_would_have_to_fetch_or_another_b
     queue = Queue()
     web = [{"data": {"image": "https://example.com/a.jpg", "width": 10, "height": 10}}]
     with pytest.raises(LabelStudioImportError, match="task 0: https://example.com/a.jpg is not in the annotation"):
-        QueueExports(queue, Schemas(), "vigil-annotation").import_label_studio(web)
+        Exports(queue, Schemas(), "vigil-annotation").import_label_studio(web)
     with pytest.raises(LabelStudioImportError, match="not in the annotation bucket vigil-annotation"):
-        QueueExports(queue, Schemas(), "vigil-annotation").import_label_studio(
+        Exports(queue, Schemas(), "vigil-annotation").import_label_studio(
             [{"data": {"image": "s3://elsewhere/a.jpg", "width": 10, "height": 10}}])
     assert queue.held == {}
-    fetched = QueueExports(queue, Schemas(), "vigil-annotation", fetch_image=lambda url: b"jpeg of " + url.encode())
+    fetched = Exports(queue, Schemas(), "vigil-annotation", fetch_image=lambda url: b"jpeg of " + url.encode())
     assert fetched.import_label_studio(web)["created"] == 1
     assert list(queue.images.values()) == [b"jpeg of https://example.com/a.jpg"]
+
+
+def test_the_annotation_bucket_defaults_to_the_queues_task_store():
+    queue = Queue()
+    queue.store = type("Store", (), {"bucket": "site-annotation"})()
+    assert Exports(queue, Schemas()).bucket == "site-annotation"
+    assert Exports(queue, Schemas(), "given").bucket == "given"
