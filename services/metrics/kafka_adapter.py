@@ -66,8 +66,8 @@ def _model_version(event: events_pb2.ModelVersion, _msg: Message, rows: Rows) ->
     rows.setdefault(MODEL_VERSIONS.name, []).append(model_version_row(event))
 
 
-def _annotation_task(event: events_pb2.AnnotationTask, _msg: Message, rows: Rows) -> None:
-    rows.setdefault(ANNOTATION_TASKS_TABLE.name, []).append(annotation_task_row(event))
+def _annotation_task(event: events_pb2.AnnotationTask, msg: Message, rows: Rows) -> None:
+    rows.setdefault(ANNOTATION_TASKS_TABLE.name, []).append(annotation_task_row(event, msg.timestamp()[1]))
 
 
 def _annotation_label(event: events_pb2.AnnotationLabel, _msg: Message, rows: Rows) -> None:

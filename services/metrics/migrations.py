@@ -476,7 +476,8 @@ MIGRATIONS += [
             lease_holders Array(LowCardinality(String)),
             schema_version LowCardinality(String),
             captured_at DateTime64(3, 'UTC'),
-            event_time DateTime64(3, 'UTC'),  -- the revision's envelope time
+            created_time DateTime64(3, 'UTC'),  -- the task's envelope time (kept by every revision)
+            event_time DateTime64(3, 'UTC'),  -- when the revision was published (its Kafka timestamp)
             INDEX event_id_bloom event_id TYPE bloom_filter GRANULARITY 4,
             INDEX event_time_minmax event_time TYPE minmax GRANULARITY 1
         )

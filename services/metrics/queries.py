@@ -126,11 +126,14 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
         _DRIFT_PARAMETERS, default_window=timedelta(days=400)),
     NamedQuery(
         "annotation_queue", "The annotation queue: tasks per camera and state (open, leased, submitted, accepted, "
-                            "rejected), each task in its latest state (its highest revision) when that state was "
-                            "reached in the window; default window: ten years, i.e. the whole queue.",
+                            "rejected), each task in its latest state (its highest revision), if it reached that "
+                            "state in the window, with the oldest task's creation and the last change; default "
+                            "window: ten years, i.e. the whole queue.",
         f"""SELECT camera_id, state, count() AS tasks, countIf(labels_wanted >= 2) AS double_labelled,
-                   round(avg(priority), 4) AS mean_priority, min(event_time) AS oldest, max(event_time) AS newest
-            FROM (SELECT task_id, camera_id, state, labels_wanted, priority, event_time FROM annotation_tasks
+                   round(avg(priority), 4) AS mean_priority, min(created_time) AS oldest_created,
+                   max(event_time) AS last_change
+            FROM (SELECT task_id, camera_id, state, labels_wanted, priority, created_time, event_time
+                  FROM annotation_tasks
                   WHERE {_CAMERA} AND {_MODEL} ORDER BY task_id, revision DESC, event_time DESC LIMIT 1 BY task_id)
             WHERE {_EVENT_WINDOW}
             GROUP BY camera_id, state ORDER BY camera_id, state""",

@@ -39,11 +39,17 @@ def box(label: str, x1: float = 10) -> events_pb2.Detection:
     return events_pb2.Detection(label=label, score=1.0, box=events_pb2.Box(x1=x1, y1=10, x2=x1 + 40, y2=90))
 
 
-def task(task_id: str, state: str, revision: int, minute: float, camera: str = "lobby", wanted: int = 1,
+def ms(minute: float) -> int:
+    return int((T0 + timedelta(minutes=minute)).timestamp() * 1000)
+
+
+def task(task_id: str, state: str, revision: int, camera: str = "lobby", wanted: int = 1,
          holders: tuple[str, ...] = (), submissions: int = 0, priority: float = 0.5,
          event_id: str | None = None) -> events_pb2.AnnotationTask:
+    """A revision of a task as the annotation service publishes it: every revision carries the envelope the task
+    was created with (its id derived from the task id, at minute 0)."""
     return events_pb2.AnnotationTask(
-        envelope=envelope(minute, event_id), task_id=task_id, camera_id=camera, frame_event_id=str(uuid.uuid4()),
+        envelope=envelope(0, event_id or str(uuid.uuid5(uuid.NAMESPACE_URL, task_id))), task_id=task_id, camera_id=camera, frame_event_id=str(uuid.uuid4()),
         reason="uncertain", priority=priority, model=MODEL, state=state, width=768, height=576,
         captured_at=timestamp_from_ns(ns(T0)), labels_wanted=wanted,
         leases=[events_pb2.AnnotationLease(annotator=a, lease_id=str(uuid.uuid4())) for a in holders],
@@ -85,31 +91,36 @@ def test_a_label_of_a_task_labelled_once_has_no_agreement_and_nothing_to_label_h
 
 
 def test_a_task_revision_is_identified_by_task_and_revision_not_by_its_envelope():
-    first = annotation_task_row(task("t-1", "leased", 2, 1, holders=("ann",)))
-    # The same revision published again by a replica that lost the compare-and-swap: another envelope.
-    again = annotation_task_row(task("t-1", "leased", 2, 1.5, holders=("ann",)))
-    # A publisher that keeps the task's envelope across revisions: another revision is another row.
-    same_envelope = annotation_task_row(task("t-1", "submitted", 3, 2, event_id=task("t-1", "open", 1, 0)
-                                             .envelope.event_id))
-    assert first[0] == again[0] != same_envelope[0]
+    first = annotation_task_row(task("t-1", "leased", 2, holders=("ann",)), ms(1))
+    # The same revision published again (a replica that lost the compare-and-swap), even under another envelope.
+    again = annotation_task_row(task("t-1", "leased", 2, holders=("ann",), event_id=str(uuid.uuid4())), ms(1.5))
+    # The next revision keeps the task's envelope: it is another row all the same.
+    following = annotation_task_row(task("t-1", "submitted", 3), ms(2))
+    assert first[0] == again[0] != following[0]
+    assert first[1] == following[1] == str(uuid.uuid5(uuid.NAMESPACE_URL, "t-1"))
     assert first[2:6] == ("t-1", 2, "leased", "lobby") and first[13] == ["ann"]
+    # Created at minute 0, this revision published at minute 1.
+    assert first[-2:] == (ms(0), ms(1))
 
 
 def test_events_without_a_task_id_or_a_state_are_invalid():
     with pytest.raises(InvalidEvent, match="task_id is empty"):
         annotation_label_row(label("", 0))
     with pytest.raises(InvalidEvent, match="task_id is empty"):
-        annotation_task_row(task("", "open", 1, 0))
+        annotation_task_row(task("", "open", 1), ms(0))
     with pytest.raises(InvalidEvent, match="state is empty"):
-        annotation_task_row(task("t-1", "", 1, 0))
+        annotation_task_row(task("t-1", "", 1), ms(0))
 
 
 def handle(store, *messages: KafkaMessage) -> list:
     return MetricsBatchHandler(EventSink(store), "vigil.dlq")(list(messages))
 
 
-def tasks_message(event: events_pb2.AnnotationTask) -> KafkaMessage:
-    return KafkaMessage(ANNOTATION_TASKS, event.SerializeToString(), key=event.task_id.encode())
+def tasks_message(event: events_pb2.AnnotationTask, minute: float) -> KafkaMessage:
+    """The revision as published at `minute` (its Kafka timestamp)."""
+    message = KafkaMessage(ANNOTATION_TASKS, event.SerializeToString(), key=event.task_id.encode())
+    message._timestamp = ms(minute)
+    return message
 
 
 def labels_message(event: events_pb2.AnnotationLabel) -> KafkaMessage:
@@ -122,18 +133,18 @@ def stored(store):
     at 0.9 in the second hour; c (twice) disagreed at 0.5, then a reviewer accepted it; d open, e leased by ann;
     dock: f open. Every message is delivered twice, the second time in a later batch."""
     a, b, c = "task-a", "task-b", "task-c"
-    tasks = [task(a, "open", 1, 0), task(a, "leased", 2, 1, holders=("ann",)),
-             task(a, "submitted", 3, 5, submissions=1), task(a, "accepted", 4, 5.1, submissions=1),
-             task(b, "open", 1, 0, wanted=2), task(b, "accepted", 5, 70, wanted=2, submissions=2),
-             task(c, "open", 1, 0, wanted=2), task(c, "submitted", 5, 75, wanted=2, submissions=2),
-             task(c, "accepted", 6, 130, wanted=2, submissions=2),
-             task("task-d", "open", 1, 2, priority=0.9), task("task-e", "leased", 2, 3, holders=("ann",)),
-             task("task-f", "open", 1, 4, camera="dock")]
+    tasks = [(task(a, "open", 1), 0), (task(a, "leased", 2, holders=("ann",)), 1),
+             (task(a, "submitted", 3, submissions=1), 5), (task(a, "accepted", 4, submissions=1), 5.1),
+             (task(b, "open", 1, wanted=2), 0), (task(b, "accepted", 5, wanted=2, submissions=2), 70),
+             (task(c, "open", 1, wanted=2), 0), (task(c, "submitted", 5, wanted=2, submissions=2), 75),
+             (task(c, "accepted", 6, wanted=2, submissions=2), 130),
+             (task("task-d", "open", 1, priority=0.9), 2), (task("task-e", "leased", 2, holders=("ann",)), 3),
+             (task("task-f", "open", 1, camera="dock"), 4)]
     labels = [label(a, 5, status="accepted", annotator="ann"),
               label(b, 65, annotator="ann"), label(b, 70, annotator="bob", status="accepted", agreement=0.9),
               label(c, 70, annotator="ann"), label(c, 75, annotator="bob", agreement=0.5, classes=("car",)),
               label(c, 130, kind="review", status="accepted", reviewer="rita", annotator="bob", agreement=0.5)]
-    messages = [tasks_message(t) for t in tasks] + [labels_message(l) for l in labels]
+    messages = [tasks_message(t, minute) for t, minute in tasks] + [labels_message(l) for l in labels]
     assert handle(store, *messages, *messages) == [[]] * (2 * len(messages))
     assert handle(store, *messages) == [[]] * len(messages)
     return tasks, labels
@@ -155,10 +166,9 @@ def test_each_label_and_each_task_revision_is_stored_once_however_often_delivere
         "SELECT (SELECT count() FROM annotations), (SELECT uniqExact(event_id) FROM annotations), "
         "(SELECT count() FROM annotation_tasks), (SELECT uniqExact(task_id, revision) FROM annotation_tasks)")
     assert counts["rows"] == [[len(labels), len(labels), len(tasks), len(tasks)]]
-    # A revision republished under another envelope, at the same time as stored (a replay of the topic), is the
-    # same row; the latest state of each task stays what it was.
-    republished = task("task-a", "accepted", 4, 5.1, submissions=1)
-    assert handle(store, tasks_message(republished)) == [[]]
+    # A revision republished under another envelope, at the time stored (the topic read again), is the same row.
+    republished = task("task-a", "accepted", 4, submissions=1, event_id=str(uuid.uuid4()))
+    assert handle(store, tasks_message(republished, 5.1)) == [[]]
     assert store.query_readonly("SELECT count() FROM annotation_tasks WHERE task_id = 'task-a'")["rows"] == [[4]]
 
 
@@ -168,6 +178,9 @@ def test_the_queue_is_each_tasks_latest_state_per_camera(store, stored):
         ("dock", "open"): 1, ("lobby", "accepted"): 3, ("lobby", "leased"): 1, ("lobby", "open"): 1}
     assert queue[("lobby", "accepted")]["double_labelled"] == 2
     assert queue[("lobby", "open")]["mean_priority"] == 0.9
+    # Created at minute 0 (the envelope every revision keeps); c, the last accepted, at minute 130.
+    assert queue[("lobby", "accepted")]["oldest_created"].replace(tzinfo=timezone.utc) == T0
+    assert queue[("lobby", "accepted")]["last_change"].replace(tzinfo=timezone.utc) == T0 + timedelta(minutes=130)
     assert [r["state"] for r in named(store, "annotation_queue", since="", until="", camera_id="dock")] == ["open"]
     # In the window: the tasks whose latest state was reached in it (accepted in the third hour: c).
     third_hour = named(store, "annotation_queue", since=(T0 + timedelta(hours=2)).isoformat())
@@ -175,9 +188,9 @@ def test_the_queue_is_each_tasks_latest_state_per_camera(store, stored):
 
 
 def test_the_queue_keeps_the_highest_revision_whatever_order_it_arrives_in(store, stored):
-    late = task("task-g", "accepted", 3, 20, camera="gate")
-    early = task("task-g", "leased", 2, 10, camera="gate", holders=("ann",))
-    assert handle(store, tasks_message(late), tasks_message(early)) == [[], []]
+    late = task("task-g", "accepted", 3, camera="gate")
+    early = task("task-g", "leased", 2, camera="gate", holders=("ann",))
+    assert handle(store, tasks_message(late, 20), tasks_message(early, 10)) == [[], []]
     assert [(r["state"], r["tasks"]) for r in named(store, "annotation_queue", since="", until="",
                                                       camera_id="gate")] == [("accepted", 1)]
 
@@ -198,7 +211,7 @@ def test_agreement_is_per_double_labelled_task_counted_once_when_first_known(sto
 
 
 def test_bad_annotation_events_are_rejected_and_tombstones_skipped(store):
-    outcomes = handle(store, labels_message(label("", 0)), tasks_message(task("task-z", "", 1, 0)),
+    outcomes = handle(store, labels_message(label("", 0)), tasks_message(task("task-z", "", 1), 0),
                       KafkaMessage(ANNOTATION_TASKS, None, key=b"task-a"),
                       KafkaMessage(ANNOTATION_LABELS, b"\xff\xfe not a protobuf"))
     assert [o.reason if isinstance(o, Rejected) else o for o in outcomes] == [
