@@ -195,6 +195,24 @@ def test_a_replayed_stream_decides_the_same_way():
     assert {s[0] for s in first if s} >= {"uncertain", "drift", "audit"}
 
 
+def test_draws_are_a_pure_function_of_the_frame_id_in_every_process():
+    # Not Python's hash() (salted per process): a restarted service must draw the same for a replayed result.
+    assert draw("frame-1", "audit") == pytest.approx(0.37999741901109135)
+    assert draw("frame-1", "drift") == pytest.approx(0.29061227390365735)
+
+
+def test_a_candidate_is_made_from_an_inference_result():
+    from protos import events_pb2
+
+    message = events_pb2.InferenceResult(camera_id="cam-9", frame_event_id="f-9", width=640, height=480,
+                                         model=events_pb2.ModelRef(name="yolov3-tiny", version="3"))
+    message.envelope.event_time.FromNanoseconds(1_800_000_000_250_000_000)
+    message.detections.add(label="person", score=0.5, box=events_pb2.Box(x1=1, y1=2, x2=30, y2=40))
+    candidate = Candidate.from_result(events_pb2.InferenceResult.FromString(message.SerializeToString()))
+    assert candidate == Candidate("cam-9", "f-9", 1_800_000_000.25, "yolov3-tiny", "3", 640, 480,
+                                  (Proposal("person", 0.5, (1.0, 2.0, 30.0, 40.0)),))
+
+
 # --- budgets ------------------------------------------------------------------------------------------------------
 
 def offer(selector: Selector, candidate: Candidate, image: int | bytes, now: float) -> bool:
