@@ -15,9 +15,12 @@ HASH_BITS = 64
 def perceptual_hash(jpeg: bytes) -> imagehash.ImageHash:
     """pHash (8x8 DCT signs, 64 bits) of the JPEG decoded by libjpeg at a quarter of its size in grey: pHash
     shrinks to 32x32 anyway, and the reduced decode (IDCT scaling) costs a fraction of a full one."""
-    gray = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_4)
+    data = np.frombuffer(jpeg, dtype=np.uint8)
+    gray = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_4)
     if gray is None:
         raise ValueError(f"not a decodable image ({len(jpeg)} bytes)")
+    if min(gray.shape) < 32:  # a small image: every pixel it has, rather than fewer than pHash's 32x32
+        gray = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)
     return imagehash.phash(Image.fromarray(gray))
 
 

@@ -297,6 +297,13 @@ def test_the_same_scene_reencoded_is_a_near_duplicate_and_a_different_scene_is_n
         perceptual_hash(b"not a jpeg")
 
 
+def test_small_frames_reencoded_match_and_different_small_frames_do_not():
+    rng = np.random.default_rng(5)
+    small = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(2)]
+    assert perceptual_hash(jpeg(small[0], 95)) - perceptual_hash(jpeg(small[0], 60)) <= 4
+    assert perceptual_hash(jpeg(small[0])) - perceptual_hash(jpeg(small[1])) > 16
+
+
 def test_a_near_duplicate_of_a_selected_frame_is_refused_and_quiets_the_camera_for_a_while():
     selector = Selector(POLICY)
     assert offer(selector, result("n-1", ("person", 0.4)), scene(5, quality=90), T0)
