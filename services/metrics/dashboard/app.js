@@ -49,22 +49,27 @@ function draw(id, {xs, series}, options = {}) {
   const names = [...series.keys()];
   const data = [xs, ...names.map(n => series.get(n))];
   const signature = names.join("\u0000");
+  // The x axis spans the chosen window, or the span a chart asks for (options.span: {since, until}).
+  const span = options.span || window_;
   const existing = charts[id];
   if (existing && existing.signature === signature) {
+    existing.span = span;
     existing.plot.setData(data);
   } else {
     if (existing) existing.plot.destroy();
-    const plot = new uPlot({
+    const chart = {signature, span};
+    chart.plot = new uPlot({
       width: Math.max(element.clientWidth, 480), height: 220,
       series: [{}, ...names.map((n, i) => ({label: String(n), stroke: COLOURS[i % COLOURS.length], width: 2,
                                              points: {show: xs.length < 30}, spanGaps: false,
                                              ...(options.bars ? {paths: uPlot.paths.bars({size: [0.6, 40]}),
                                                                  fill: COLOURS[i % COLOURS.length] + "55"} : {})}))],
       // The x axis spans the whole window, so that one minute of data is a point in it, not the whole chart.
-      scales: {x: {time: true, range: () => [window_.since.getTime() / 1000, window_.until.getTime() / 1000]}},
+      scales: {x: {time: true, range: () => [chart.span.since.getTime() / 1000, chart.span.until.getTime() / 1000]},
+               ...(options.yRange ? {y: {range: () => options.yRange}} : {})},
       axes: [{}, {label: options.unit || ""}],
     }, data, element);
-    charts[id] = {plot, signature};
+    charts[id] = chart;
   }
   element.dataset.points = String(names.reduce((n, name) => n + series.get(name).filter(v => v !== null).length, 0));
   element.dataset.series = String(names.length);
@@ -233,13 +238,47 @@ async function refreshDrift() {
   subjects.dataset.rows = String(latest.length);
 }
 
+// Annotation: the whole queue by camera and state whatever the chosen window (the query's own default), labels
+// per hour over the last day and the agreement of double-labelled tasks over the last week.
+const ANNOTATION_STATES = ["open", "leased", "submitted", "accepted", "rejected"];
+
+async function refreshAnnotation() {
+  const day = {since: new Date(window_.until.getTime() - 86400000), until: window_.until};
+  const week = {since: new Date(window_.until.getTime() - 7 * 86400000), until: window_.until};
+  const iso = span => ({since: span.since.toISOString(), until: span.until.toISOString()});
+  const [queue, labels, agreement] = await Promise.all([
+    named("annotation_queue", {since: "", until: ""}), named("annotation_labels_per_hour", iso(day)),
+    named("annotation_agreement", iso(week)),
+  ]);
+  const cameras = new Map();
+  for (const r of queue) {
+    if (!cameras.has(r.camera_id)) cameras.set(r.camera_id, {});
+    cameras.get(r.camera_id)[r.state] = r.tasks;
+  }
+  const table = document.getElementById("annotation-queue");
+  table.querySelector("tbody").replaceChildren(...[...cameras].map(([camera, states]) => tableRow(
+    [camera, ...ANNOTATION_STATES.map(state => String(states[state] || 0))], {camera})));
+  table.dataset.rows = String(cameras.size);
+  const waiting = queue.filter(r => ["open", "leased", "submitted"].includes(r.state)).reduce((n, r) => n + r.tasks, 0);
+  const total = queue.reduce((n, r) => n + r.tasks, 0);
+  const caption = document.getElementById("annotation-queue-caption");
+  caption.textContent = total ? `${waiting} of ${total} tasks waiting (open, leased or submitted)` : "no annotation task yet";
+  caption.dataset.waiting = String(waiting);
+  const labelRows = labels.flatMap(r => ["submissions", "reviews", "accepted", "rejected"]
+    .map(series => ({hour: r.hour, series, value: r[series]})));
+  draw("annotation-labels", pivot(labelRows, "hour", "series", "value"), {unit: "per hour", span: day});
+  const agreementRows = agreement.flatMap(r => [{hour: r.hour, series: "mean", value: r.mean_agreement},
+                                                {hour: r.hour, series: "lowest", value: r.min_agreement}]);
+  draw("annotation-agreement", pivot(agreementRows, "hour", "series", "value"), {unit: "F1", span: week, yRange: [0, 1]});
+}
+
 async function refreshAll() {
   const error = document.getElementById("error");
   try {
     nextWindow();
     await refreshCameras();
     await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies(), refreshModels(),
-                      refreshDrift()]);
+                      refreshDrift(), refreshAnnotation()]);
     error.textContent = "";
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
