@@ -216,7 +216,7 @@ class AnnotationQueue:
     `kafka`: a client config dict (or KafkaSettings); `schemas`: a LabelSchema for every task, or something
     mapping a task's schema_version to one (`SchemaStore.get`, a callable), or None (verdicts checked only).
     Call `start()` (loads the index from the compacted topic, follows it on a thread) before serving, `close()`
-    at the end; or run `run(stop)` on a supervisor's thread and wait for `loaded`."""
+    at the end; or run `follow(stop)` on a supervisor's thread and `wait_loaded()`."""
 
     def __init__(self, client: Minio, bucket: str, kafka: Any, *, lease_s: float = 300.0,
                  double_label_share: float = 0.1, schemas: Any = None, client_id: str = "vigil-annotation",
@@ -243,23 +243,45 @@ class AnnotationQueue:
 
     # --- running ------------------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> "AnnotationQueue":
-        """Follows the compacted topic on a thread; returns once the index holds the whole topic, and repairs
-        recently written tasks their writer may not have published (on another thread)."""
-        thread = threading.Thread(target=self.follower.run, args=(self._stop,), name="annotation-tasks", daemon=True)
+        """Follows the compacted topic on a thread of its own (see `follow`); returns once the index holds the
+        whole topic. `close()` stops it."""
+        failure: list[BaseException] = []
+
+        def follow() -> None:
+            try:
+                self.follow(self._stop)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        thread = threading.Thread(target=follow, name="annotation-tasks", daemon=True)
         thread.start()
         self._threads.append(thread)
-        if not self.loaded.wait(timeout_s):
-            raise TimeoutError(f"{self.table.topic} not loaded within {timeout_s:.0f}s")
-        if self.reconcile_s > 0:
-            repair = threading.Thread(target=self.reconcile, name="annotation-reconcile", daemon=True)
-            repair.start()
-            self._threads.append(repair)
+        deadline = time.monotonic() + timeout_s
+        while not self.wait_loaded(0.2):
+            if failure:
+                raise RuntimeError(f"following {self.table.topic} failed: {failure[0]}") from failure[0]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.table.topic} not loaded within {timeout_s:.0f}s")
         return self
 
-    def run(self, stop: threading.Event) -> None:
-        """Follows the compacted topic until `stop` (for a supervisor's thread); `loaded` tells when the index is
-        whole."""
+    def follow(self, stop: threading.Event) -> None:
+        """Loads the index from the compacted topic and follows it until `stop` (a supervisor's task); once
+        loaded, repairs the tasks written recently that their writer may not have published (on a thread)."""
+        if self.reconcile_s > 0:
+            threading.Thread(target=self._reconcile_when_loaded, args=(stop,), name="annotation-reconcile",
+                             daemon=True).start()
         self.follower.run(stop)
+
+    def wait_loaded(self, timeout_s: float | None = None) -> bool:
+        """True once the index holds the whole compacted topic (as of the start)."""
+        return self.loaded.wait(timeout_s)
+
+    def _reconcile_when_loaded(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self.loaded.wait(0.5):
+                self.reconcile(stop=stop)
+                return
 
     def ready(self) -> tuple[bool, str]:
         return self.follower.ready()
@@ -279,7 +301,7 @@ class AnnotationQueue:
             elif not change.problem:
                 self.index.remove(change.key)
 
-    def reconcile(self, since_s: float | None = None) -> int:
+    def reconcile(self, since_s: float | None = None, stop: threading.Event | None = None) -> int:
         """Re-reads the tasks written in the last `since_s` seconds and publishes those S3 holds ahead of the
         index once they are older than REPAIR_GRACE_S; returns how many it published."""
         started = self.clock()
@@ -298,7 +320,7 @@ class AnnotationQueue:
                 young.append(task_id)
             elif self._observe(record):
                 repaired += 1
-        if young and not self._stop.wait(REPAIR_GRACE_S):
+        if young and not (stop or self._stop).wait(REPAIR_GRACE_S):
             for task_id in young:
                 record = self.store.read(task_id)
                 if record is not None and self._observe(record):
@@ -444,12 +466,12 @@ class AnnotationQueue:
                 "leasable": waiting, "awaiting_review": len(self.index.awaiting_review()),
                 "labelled_twice": double}
 
-    def tasks(self, state: str | None = None, limit: int = 100) -> list[events_pb2.AnnotationTask]:
-        """Tasks (in their state as of now), highest priority first."""
+    def tasks(self, state: str | None = None, limit: int | None = 100) -> list[events_pb2.AnnotationTask]:
+        """Tasks (in their state as of now), highest priority first; every one with limit None."""
         now = self.clock()
         chosen = [task for task in self.index.all() if state is None or queue.effective_state(task, now) == state]
         chosen.sort(key=lambda task: (-task.priority, task.task_id))
-        return chosen[:max(limit, 0)]
+        return chosen if limit is None else chosen[:max(limit, 0)]
 
     # --- the machinery --------------------------------------------------------------------------------------------
     def _transact(self, task_id: str, kind: str, step: Callable[[TaskRecord], Transition], now: float) -> Transition:
