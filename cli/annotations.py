@@ -235,8 +235,11 @@ def cmd_export(stack, args: argparse.Namespace) -> int:
         said = (f"{len(document['images'])} images, {len(document['annotations'])} boxes, "
                 f"{len(document['categories'])} categories (schema {schema.version})")
     else:
-        tasks = [t for t in read_tasks(kafka).values() if args.state is None or t.state == args.state]
-        tasks.sort(key=lambda t: (_seconds(t.captured_at), t.task_id))
+        chosen = [t for t in read_tasks(kafka).values() if args.state is None or t.state == args.state]
+        # Boxes go out in percent of the image: a task without its size cannot be exported (said, not hidden).
+        tasks = sorted((t for t in chosen if t.width and t.height), key=lambda t: (_seconds(t.captured_at), t.task_id))
+        if len(tasks) < len(chosen):
+            _progress(f"vigil: {len(chosen) - len(tasks)} tasks without an image size left out")
         base = args.image_base.rstrip("/") if args.image_base else None
         document = to_label_studio(tasks, labels, image_url=(lambda ref: f"{base}/{ref.key}") if base else
                                    (lambda ref: f"s3://{ref.bucket}/{ref.key}"))
