@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cli.__main__ import build_parser
-from cli.annotations import export_schema, status_summary, task_rows, write_output
+from cli.annotations import export_schema, print_status, print_tasks, status_summary, task_rows, write_output
 from services.annotation.schemas import LabelSchema
 from tests.annotation_events import CAPTURED_AT, LABELS, det, label, task
 
@@ -98,3 +98,13 @@ def test_export_writes_standard_output_without_out_and_a_whole_file_with_it(tmp_
     write_output({"images": [1]}, out)
     assert json.loads(out.read_text()) == {"images": [1]} and capsys.readouterr().out == ""
     assert [p.name for p in tmp_path.iterdir()] == ["coco.json"]
+
+
+def test_the_tables_print_for_people(capsys):
+    print_status(status_summary(TASKS, LABELS, NOW))
+    print_tasks(task_rows(TASKS, LABELS))
+    out = capsys.readouterr().out
+    assert "queue depth     3 open or leased, oldest captured 2027-01-15T08:00:30Z" in out
+    assert "agreement       none measured yet" in out
+    assert any(line.startswith("t1 ") and "labelled, 2 boxes" in line for line in out.splitlines())
+    assert any(line.startswith("t4 ") and "2/2 in" in line for line in out.splitlines())
