@@ -71,7 +71,7 @@ def to_coco(labels: Iterable[events_pb2.AnnotationLabel], schema: LabelSchema) -
     for image_id, label in enumerate(accepted, start=1):
         images.append({
             "id": image_id, "file_name": label.frame.key, "width": label.width, "height": label.height,
-            "date_captured": _iso(label.captured_at),
+            "date_captured": _iso(label.captured_at) or "",
             "vigil_task_id": label.task_id, "vigil_label_id": label.label_id, "camera_id": label.camera_id,
             "frame_event_id": label.frame_event_id, "verdict": label.verdict, "schema_version": label.schema_version,
         })
