@@ -1,6 +1,7 @@
 """What the review API's tests and benchmark share: a real AnnotationQueue (S3 of SeaweedFS, Kafka) with its
 own compacted tasks topic, tasks with JPEG frames, the API served on a free port, and a small HTTP client that
-keeps cookies."""
+keeps cookies. The module-scoped fixtures `s3` and `bootstrap` start a SeaweedFS and a Kafka broker for a test
+module that imports them."""
 from __future__ import annotations
 
 import contextlib
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from typing import Any, Iterator
 
+import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from minio import Minio
 from PIL import Image, ImageDraw
@@ -25,9 +27,22 @@ from services.annotation.schemas import SchemaStore, default_schema
 from services.annotation.task_store import AnnotationQueue
 from services.annotation.web.api import AnnotationApi, AnnotationWeb
 from services.annotation.web.users import UserStore
+from tests.integration.infrastructure import kafka_broker, object_store
 
 CLASSES = ("person", "car", "bicycle")
 WIDTH, HEIGHT = 640, 360
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with object_store(tmp_path_factory.mktemp("objectstore")) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bootstrap(tmp_path_factory):
+    with kafka_broker(tmp_path_factory.mktemp("kafka")) as address:
+        yield address
 
 
 def frame_jpeg(seed: int, width: int = WIDTH, height: int = HEIGHT) -> bytes:

@@ -8,24 +8,12 @@ import pytest
 
 from libs.common.topics import ANNOTATION_LABELS
 from protos import events_pb2
-from tests.integration.annotation_web import ApiClient, annotation_web, frame_jpeg, new_task
+from tests.integration.annotation_web import (ApiClient, annotation_web, bootstrap, frame_jpeg,  # noqa: F401 (fixtures)
+                                              new_task, s3)
 from tests.integration.conftest import wait_for
-from tests.integration.infrastructure import kafka_broker, object_store
 from tests.integration.kafka_tools import decodable, end_offsets, read_range
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with object_store(tmp_path_factory.mktemp("objectstore")) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def bootstrap(tmp_path_factory):
-    with kafka_broker(tmp_path_factory.mktemp("kafka")) as address:
-        yield address
 
 
 def labels_on_topic(bootstrap: str, label_id: str) -> list[events_pb2.AnnotationLabel]:
@@ -39,11 +27,12 @@ def test_nothing_is_served_or_written_without_signing_in_and_a_browser_write_nee
         token = stack.users.add("ana", "annotator")
         anonymous = ApiClient(stack.url)
         for method, path in (("GET", "/api/tasks/next"), ("POST", "/api/tasks/next"), ("GET", "/api/stats"),
-                             ("POST", "/api/tasks/x/submit"), ("GET", "/api/session")):
+                             ("POST", "/api/tasks/x/submit"), ("GET", "/api/review/disagreements")):
             assert anonymous.call(method, path, {} if method == "POST" else None).status == 401, path
         assert anonymous.sign_in("ana", token + "x").status == 401
         assert anonymous.sign_in("bob", token).status == 401, "a token signs in only as its own name"
         assert anonymous.call("GET", "/").status == 200, "the UI's page itself is public; its data is not"
+        assert anonymous.call("GET", "/api/session").json()["name"] is None
 
         browser = ApiClient(stack.url)
         signed = browser.sign_in("ana", token)
@@ -59,6 +48,7 @@ def test_nothing_is_served_or_written_without_signing_in_and_a_browser_write_nee
         assert browser.call("GET", "/api/export?format=coco").status == 403
         assert browser.call("DELETE", "/api/session").status == 204
         assert browser.call("GET", "/api/tasks/next").status == 401, "signed out"
+        assert browser.call("GET", "/api/session").json()["name"] is None
 
 
 def test_a_task_is_leased_shown_with_its_image_and_submitted_once_per_lease(s3, bootstrap):

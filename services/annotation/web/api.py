@@ -4,7 +4,8 @@ Signing in
   POST   /api/session  {"name": NAME, "token": TOKEN}     (a token from `vigil annotations users add`)
          → 200 {"name", "role", "roles", "csrf_token", "expires_at"} and a session cookie (HttpOnly,
            SameSite=Strict, a random id held by this process until it expires); 401 for a wrong name or token.
-  GET    /api/session  → the same for the session the cookie names (the UI calls it after a reload); 401 if none.
+  GET    /api/session  → the same for the session the cookie names (the UI calls it after a reload), or for a
+         Bearer token (without csrf_token); {"name": null} when nobody is signed in.
   DELETE /api/session  → 204: signed out.
   A browser session sends its CSRF token as the header `X-CSRF-Token` on every write (POST, DELETE); a write
   without it, or with another, is refused 403. API clients may instead send `Authorization: Bearer <token>` on
@@ -303,7 +304,7 @@ class AnnotationApi:
         e = self._endpoint
         return [
             Route("/api/session", self._sign_in, methods=["POST"]),
-            Route("/api/session", e(self._session, None), methods=["GET"]),
+            Route("/api/session", self._session, methods=["GET"]),
             Route("/api/session", e(self._sign_out, None), methods=["DELETE"]),
             Route("/api/tasks/next", e(self._next, "annotator"), methods=["GET", "POST"]),
             Route("/api/tasks/{task_id}", e(self._task, "annotator"), methods=["GET"]),
@@ -383,7 +384,14 @@ class AnnotationApi:
                             samesite="strict", secure=self.secure_cookie)
         return response
 
-    def _session(self, request: Request, user: User, _body: Any) -> Response:
+    async def _session(self, request: Request) -> Response:
+        """Who the caller is. Answered 200 with "name": null when nobody is signed in (a page asks this first)."""
+        try:
+            user = await run_in_threadpool(self._authenticate, request, None)
+        except HTTPException as refused:
+            if refused.status_code != 401:
+                raise
+            return JSONResponse({"name": None, "why": refused.detail})
         session = self.sessions.get(request.cookies.get(SESSION_COOKIE))
         if session is None:  # a Bearer client: who it is, no CSRF token to hand out
             return JSONResponse({"name": user.name, "role": user.role, "roles": sorted(user.roles)})

@@ -661,5 +661,5 @@ setInterval(() => { if (state.view === "stats") loadStats(); }, 10000);
 
 (async () => {
   const result = await api("GET", "/api/session");
-  if (result.status === 200 && result.data.csrf_token) signedIn(result.data); else signedOut("");
+  if (result.status === 200 && result.data.name && result.data.csrf_token) signedIn(result.data); else signedOut("");
 })();
