@@ -415,14 +415,25 @@ class TaskIndex:
                 for lease in held.leases:
                     self._holders.get(lease.annotator, set()).discard(task.task_id)
             self._tasks[task.task_id] = task
-            for lease in task.leases:
-                self._holders.setdefault(lease.annotator, set()).add(task.task_id)
+            if task.state not in SETTLED:
+                for lease in task.leases:
+                    if not _submitted(task, lease):
+                        self._holders.setdefault(lease.annotator, set()).add(task.task_id)
             if awaiting_review(task):
                 self._review.add(task.task_id)
             else:
                 self._review.discard(task.task_id)
-            self._schedule(task, time.time() if now is None else now)
+            now = time.time() if now is None else now
+            self._schedule(task, now)
+            if len(self._ready) + len(self._waiting) > 2 * len(self._tasks) + 1024:
+                self._rebuild(now)
             return True
+
+    def _rebuild(self, now: float) -> None:
+        """Drops the entries of revisions superseded (other replicas' transitions leave them behind)."""
+        self._ready, self._waiting = [], []
+        for task in self._tasks.values():
+            self._schedule(task, now)
 
     def remove(self, task_id: str) -> None:
         with self._lock:

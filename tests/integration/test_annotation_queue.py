@@ -73,6 +73,7 @@ def place(s3, bootstrap):
     class Place:
         def __init__(self) -> None:
             self.bucket, self.tasks_topic, self.labels_topic, self.clock = bucket, tasks_topic, labels_topic, clock
+            self.bootstrap = bootstrap
 
         def queue(self, lease_s: float = LEASE_S, double_label_share: float = 0.0) -> AnnotationQueue:
             q = AnnotationQueue(s3, bucket, {"bootstrap.servers": bootstrap}, lease_s=lease_s,
@@ -323,3 +324,48 @@ def test_lease_latency_with_a_thousand_tasks_queued(place):
     p50, p95 = took[49], took[94]
     print(f"lease_next with 1000 queued: p50 {p50 * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")
     assert p95 < 0.2
+
+
+def _write_without_publishing(q: AnnotationQueue, transition_of, written_ago_s: float = 60.0):
+    """A transition stored in S3 by a writer that died before publishing it (written `written_ago_s` ago)."""
+    record = q.store.read(transition_of.task_id)
+    transition = transition_of.step(record)
+    q.store.swap(record, transition, q.clock() - written_ago_s)
+    return transition
+
+
+class Step:
+    def __init__(self, task_id: str, step) -> None:
+        self.task_id, self.step = task_id, step
+
+
+def test_a_transition_its_writer_never_published_is_published_by_the_next_replica_to_start(place):
+    first = place.queue()
+    task = new_task(1)
+    first.create(task)
+    now = place.clock()
+    leased = _write_without_publishing(first, Step(task.task_id, lambda r: rules.lease(r.task, "ann", now, LEASE_S)))
+    lease_id = my_lease(leased.task, "ann")
+    submitted = _write_without_publishing(first, Step(task.task_id, lambda r: rules.submit(
+        r.task, r.label_events(), lease_id, "ann", "labelled", CAR, now, SCHEMA)))
+    assert first.get(task.task_id).state == "open" and place.label_events() == []
+
+    second = place.queue()  # starts: re-reads the tasks written lately, finds S3 ahead of the topic
+    wait_for(lambda: first.get(task.task_id).state == "accepted", 30, what="the repair reaching the first replica")
+    assert second.get(task.task_id).revision == submitted.task.revision
+    assert [label.label_id for label in place.label_events()] == [submitted.label.label_id]
+
+
+def test_a_replica_leasing_a_task_s3_holds_ahead_of_kafka_publishes_it_and_leases_another(place):
+    q = place.queue()
+    stale, fresh = new_task(1, priority=0.9), new_task(2, priority=0.1)
+    q.create(stale)
+    q.create(fresh)
+    now = place.clock()
+    _write_without_publishing(q, Step(stale.task_id, lambda r: rules.lease(r.task, "ann", now, LEASE_S)))
+    assert q.get(stale.task_id).state == "open"
+    assert q.lease_next("bob").task_id == fresh.task_id
+    assert q.get(stale.task_id).state == "leased"
+    end = end_offsets(place.bootstrap, place.tasks_topic)
+    published = decodable(events_pb2.AnnotationTask, read_range(place.bootstrap, place.tasks_topic, None, end))
+    assert max(t.revision for t in published if t.task_id == stale.task_id) == 2

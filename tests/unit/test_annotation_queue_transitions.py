@@ -233,3 +233,15 @@ def test_taking_from_ten_thousand_queued_tasks_costs_little():
     elapsed = time.perf_counter() - started
     assert [t.priority for t in taken] == sorted((t.priority for t in taken), reverse=True)
     assert elapsed / 200 < 0.002
+
+
+def test_the_index_drops_superseded_entries_instead_of_growing_with_every_transition():
+    index = TaskIndex()
+    t = task("one")
+    index.put(t, T0)
+    for n in range(5000):  # leases taken and lapsed elsewhere: each revision scheduled once
+        t = queue.lease(t, f"ann{n}", T0 + n * (LEASE_S + 1), LEASE_S).task
+        index.put(t, T0 + n * (LEASE_S + 1))
+    assert len(index._ready) + len(index._waiting) <= 2 * len(index) + 1025
+    assert index.held_by("ann4999", T0 + 4999 * (LEASE_S + 1)).task_id == "one"
+    assert len(t.leases) == 1
