@@ -358,7 +358,7 @@ class MonitoringEvent(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_status: _Optional[_Union[CameraStatus, _Mapping]] = ..., drift_alert: _Optional[_Union[DriftAlert, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ..., service_status: _Optional[_Union[ServiceStatus, _Mapping]] = ...) -> None: ...
 
 class AnnotationTask(_message.Message):
-    __slots__ = ("envelope", "task_id", "camera_id", "frame_event_id", "frame", "reason", "proposals", "priority", "model", "state", "width", "height", "captured_at", "labels_wanted", "leases", "submission_ids", "schema_version", "reason_detail", "faces_blurred", "revision")
+    __slots__ = ("envelope", "task_id", "camera_id", "frame_event_id", "frame", "reason", "proposals", "priority", "model", "state", "width", "height", "captured_at", "labels_wanted", "leases", "submission_ids", "schema_version", "reason_detail", "faces_blurred", "revision", "perceptual_hash")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     CAMERA_ID_FIELD_NUMBER: _ClassVar[int]
@@ -379,6 +379,7 @@ class AnnotationTask(_message.Message):
     REASON_DETAIL_FIELD_NUMBER: _ClassVar[int]
     FACES_BLURRED_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    PERCEPTUAL_HASH_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     task_id: str
     camera_id: str
@@ -399,7 +400,8 @@ class AnnotationTask(_message.Message):
     reason_detail: str
     faces_blurred: bool
     revision: int
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame: _Optional[_Union[ObjectRef, _Mapping]] = ..., reason: _Optional[str] = ..., proposals: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., priority: _Optional[float] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., state: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels_wanted: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[AnnotationLease, _Mapping]]] = ..., submission_ids: _Optional[_Iterable[str]] = ..., schema_version: _Optional[str] = ..., reason_detail: _Optional[str] = ..., faces_blurred: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+    perceptual_hash: int
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., camera_id: _Optional[str] = ..., frame_event_id: _Optional[str] = ..., frame: _Optional[_Union[ObjectRef, _Mapping]] = ..., reason: _Optional[str] = ..., proposals: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., priority: _Optional[float] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., state: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels_wanted: _Optional[int] = ..., leases: _Optional[_Iterable[_Union[AnnotationLease, _Mapping]]] = ..., submission_ids: _Optional[_Iterable[str]] = ..., schema_version: _Optional[str] = ..., reason_detail: _Optional[str] = ..., faces_blurred: _Optional[bool] = ..., revision: _Optional[int] = ..., perceptual_hash: _Optional[int] = ...) -> None: ...
 
 class AnnotationLease(_message.Message):
     __slots__ = ("annotator", "lease_id", "expires_at")

@@ -27,8 +27,8 @@ from libs.common.topics import INFERENCE, INFERENCE_SHADOW
 from protos import events_pb2
 from services.annotation.faces import FacesUnavailable
 from services.annotation.frames import FrameFetcher
-from services.annotation.near_duplicates import perceptual_hash
-from services.annotation.selection import Candidate, Proposal, Selection, Selector
+from services.annotation.near_duplicates import hash_bits, perceptual_hash
+from services.annotation.selection import Candidate, Selection, Selector
 
 log = get_logger(__name__)
 
@@ -50,17 +50,10 @@ def task_id_of(frame_event_id: str, model_name: str) -> str:
     return str(uuid.uuid5(TASK_NAMESPACE, f"{frame_event_id}/{model_name}"))
 
 
-def _seconds(ts) -> float:
-    return ts.seconds + ts.nanos / 1e9
-
-
-def candidate_of(result: events_pb2.InferenceResult) -> Candidate:
-    return Candidate(
-        camera_id=result.camera_id, frame_event_id=result.frame_event_id,
-        event_time=_seconds(result.envelope.event_time), model_name=result.model.name,
-        model_version=result.model.version, width=result.width, height=result.height,
-        proposals=tuple(Proposal(d.label, d.score, (d.box.x1, d.box.y1, d.box.x2, d.box.y2))
-                        for d in result.detections))
+def proposals_of(candidate: Candidate) -> list[events_pb2.Detection]:
+    return [events_pb2.Detection(label=p.label, score=p.score,
+                                 box=events_pb2.Box(x1=p.box[0], y1=p.box[1], x2=p.box[2], y2=p.box[3]))
+            for p in candidate.proposals]
 
 
 @dataclass
@@ -109,7 +102,7 @@ class AnnotationIntake:
             return "not_a_camera"
         if not result.frame_event_id:
             raise Rejected("invalid_event", "an InferenceResult without frame_event_id")
-        candidate = candidate_of(result)
+        candidate = Candidate.from_result(result)
         now = self.clock()
         with self.lock:
             if message.topic() == INFERENCE_SHADOW or result.shadow:
@@ -118,7 +111,8 @@ class AnnotationIntake:
                 selection = self.selector.consider(candidate, now)
         if selection is None:
             return "not_selected"
-        return self._make_task(candidate, selection, result, message.partition())
+        # A shadow's disagreement selects the primary's result (the task is about what the primary model said).
+        return self._make_task(selection.candidate or candidate, selection, result, message.partition())
 
     def _make_task(self, candidate: Candidate, selection: Selection, result: events_pb2.InferenceResult,
                    partition: int) -> str:
@@ -142,7 +136,7 @@ class AnnotationIntake:
                 # Never an unblurred image for people to see: the batch waits for the face model.
                 raise Retryable(f"faces cannot be blurred: {exc}") from exc
             blurred = True
-        task = self._task(candidate, selection, result, frame, blurred)
+        task = self._task(candidate, selection, result, frame, blurred, hash_bits(image_hash))
         created = self.tasks.create(task, jpeg)
         if created:
             log.info("task queued", task_id=task.task_id, camera_id=task.camera_id, rule=selection.rule,
@@ -150,17 +144,18 @@ class AnnotationIntake:
         return "task_created" if created else "task_exists"
 
     def _task(self, candidate: Candidate, selection: Selection, result: events_pb2.InferenceResult,
-              frame: events_pb2.Frame, blurred: bool) -> events_pb2.AnnotationTask:
+              frame: events_pb2.Frame, blurred: bool, image_hash: int) -> events_pb2.AnnotationTask:
         task_id = task_id_of(candidate.frame_event_id, candidate.model_name)
         envelope = new_envelope(f"camera/{candidate.camera_id}", "annotation", event_id=task_id,
                                 trace_id=result.envelope.trace_id or None)
         task = events_pb2.AnnotationTask(
             envelope=envelope, task_id=task_id, camera_id=candidate.camera_id,
             frame_event_id=candidate.frame_event_id, reason=selection.rule, reason_detail=selection.detail,
-            proposals=list(result.detections), priority=selection.priority, model=result.model, state="open",
+            proposals=proposals_of(candidate), priority=selection.priority,
+            model=events_pb2.ModelRef(name=candidate.model_name, version=candidate.model_version), state="open",
             width=frame.width or result.width, height=frame.height or result.height,
             labels_wanted=2 if _in_share(task_id, self.policy.double_label_share) else 1,
-            schema_version=self.schema_version(), faces_blurred=blurred, revision=1)
+            schema_version=self.schema_version(), faces_blurred=blurred, revision=1, perceptual_hash=image_hash)
         task.captured_at.CopyFrom(frame.envelope.event_time)
         return task
 
