@@ -306,7 +306,7 @@ class DatasetStore:
 
     def _commit_on(self, dataset: str, branch: str, items: list[Item], parent: Manifest | None,
                    etag: str | None, message: str, author: str, schema_version: str) -> Manifest:
-        items = [self._with_split(item) for item in items]
+        items = sorted((self._with_split(item) for item in items), key=lambda item: item.item_id)
         schema_version, _ = version_schema(items, schema_version)
         known = {item.blob: item.size for item in parent.items} if parent else {}
         problems = validation_problems(items, schema_version, self.schema, self._blob_size_lookup(items, known))
