@@ -134,6 +134,8 @@ def _submitted(task: events_pb2.AnnotationTask, lease: events_pb2.AnnotationLeas
 
 def live_leases(task: events_pb2.AnnotationTask, now: float) -> list[events_pb2.AnnotationLease]:
     """Leases not expired and not yet used for a submission."""
+    if not task.leases:
+        return []
     return [lease for lease in task.leases if seconds(lease.expires_at) > now and not _submitted(task, lease)]
 
 

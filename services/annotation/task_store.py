@@ -373,7 +373,12 @@ class AnnotationQueue:
                         candidate.task_id, "lease",
                         lambda record: queue.lease(record.task, annotator, now, self.lease_s), now)
                 except NotLeasable:
-                    continue  # another replica took it: the index now holds what S3 says
+                    # Another replica took it (the index now holds what S3 says), or our own write went through
+                    # although the client saw it fail (a PUT retried after a 5xx): then the lease is ours.
+                    held = self.index.held_by(annotator, now)
+                    if held is not None:
+                        return held
+                    continue
                 except Exception:
                     self.index.put_back(candidate, now)
                     raise
@@ -449,22 +454,26 @@ class AnnotationQueue:
         return self._transact(task_id, "review", step, now).label
 
     def stats(self) -> dict:
-        """Tasks per state (as of now: lapsed leases count as back in the queue), per rule, awaiting review."""
+        """Tasks per state (as of now: lapsed leases count as back in the queue), per selection rule; live leases,
+        tasks someone could lease now, tasks awaiting review, tasks labelled twice."""
         now = self.clock()
         by_state = {state: 0 for state in queue.STATES}
         by_reason: dict[str, int] = {}
-        leased = 0
-        double = 0
-        for task in self.index.all():
+        leased = leasable = review = double = 0
+        tasks = self.index.all()
+        for task in tasks:
+            live = len(queue.live_leases(task, now))
             state = queue.effective_state(task, now)
             by_state[state] = by_state.get(state, 0) + 1
-            by_reason[task.reason or "unknown"] = by_reason.get(task.reason or "unknown", 0) + 1
-            leased += len(queue.live_leases(task, now))
-            double += task.labels_wanted >= 2
-        waiting = sum(1 for task in self.index.all() if queue.has_room(task, now))
-        return {"tasks": len(self.index), "by_state": by_state, "by_reason": by_reason, "live_leases": leased,
-                "leasable": waiting, "awaiting_review": len(self.index.awaiting_review()),
-                "labelled_twice": double}
+            reason = task.reason or "unknown"
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+            leased += live
+            wanted = max(task.labels_wanted, 1)
+            leasable += queue.wants_labels(task) and len(task.submission_ids) + live < wanted
+            review += queue.awaiting_review(task)
+            double += wanted >= 2
+        return {"tasks": len(tasks), "by_state": by_state, "by_reason": by_reason, "live_leases": leased,
+                "leasable": leasable, "awaiting_review": review, "labelled_twice": double}
 
     def tasks(self, state: str | None = None, limit: int | None = 100) -> list[events_pb2.AnnotationTask]:
         """Tasks (in their state as of now), highest priority first; every one with limit None."""
