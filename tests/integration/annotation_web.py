@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 from libs.common.objectstore import ensure_bucket
 from libs.common.topics import ensure_topics
 from protos import events_pb2
+from services.annotation.exports import Exports
 from services.annotation.schemas import SchemaStore, default_schema
 from services.annotation.task_store import AnnotationQueue
 from services.annotation.web.api import AnnotationApi, AnnotationWeb
@@ -112,7 +113,7 @@ def annotation_web(client: Minio, bootstrap: str, *, lease_s: float = 300.0, dou
                             reconcile_s=0).start()
     try:
         users = UserStore(client, bucket, reload_s=users_reload_s)
-        web = AnnotationWeb(AnnotationApi(queue, users, schemas), "127.0.0.1", 0).start()
+        web = AnnotationWeb(AnnotationApi(queue, users, schemas, exports=Exports(queue, schemas)), "127.0.0.1", 0).start()
         try:
             yield AnnotationWebStack(client, bootstrap, bucket, queue, users, schemas, web)
         finally:

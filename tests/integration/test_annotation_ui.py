@@ -156,3 +156,39 @@ def test_the_keyboard_alone_signs_in_labels_a_task_and_marks_the_next_one_nothin
         api = ApiClient(stack.url, bearer=token)
         assert api.call("GET", f"/api/tasks/{first.task_id}").json()["state"] == "accepted"
         assert api.call("GET", f"/api/tasks/{second.task_id}").json()["state"] == "accepted"
+
+
+def test_a_reviewer_sees_both_labels_side_by_side_accepts_one_and_reads_the_queue_statistics(s3, bootstrap,
+                                                                                             browser):
+    with annotation_web(s3, bootstrap, double_label_share=1.0) as stack:
+        task = new_task(14)
+        stack.queue.create(task, frame_jpeg(14))
+        for name, boxes in (("ana", [{"label": "person", "x1": 100, "y1": 120, "x2": 160, "y2": 260}]),
+                            ("bob", [{"label": "car", "x1": 300, "y1": 200, "x2": 460, "y2": 300}])):
+            client = ApiClient(stack.url, bearer=stack.users.add(name, "annotator"))
+            leased = client.call("POST", "/api/tasks/next").json()
+            assert client.call("POST", f"/api/tasks/{leased['task_id']}/submit",
+                               {"lease_id": leased["lease_id"], "verdict": "labelled", "boxes": boxes}).status == 200
+        token = stack.users.add("rita", "reviewer")
+        page, problems = open_page(browser, stack.url)
+        page.fill("#name", "rita")
+        page.fill("#token", token)
+        page.press("#token", "Enter")
+        page.click("#review-tab")
+        card = f".disagreement[data-task='{task.task_id}']"
+        page.wait_for_selector(card, timeout=15_000)
+        assert page.eval_on_selector_all(f"{card} canvas", "cs => cs.length") == 2
+        headings = page.inner_text(card)
+        assert "A: ana, labelled, 1 box(es)" in headings and "B: bob, labelled, 1 box(es)" in headings
+        bob_label = next(label for label in stack.queue.labels(task.task_id) if label.annotator == "bob")
+        page.click(f"{card} button[data-label='{bob_label.label_id}']")
+        page.wait_for_selector("#review-empty:not([hidden])", timeout=15_000)
+        assert "Settled: accepted" in page.inner_text("#review-message")
+
+        page.click("nav .tab[data-view='stats']")
+        page.wait_for_selector("#stats tr[data-key='tasks']", timeout=15_000)
+        assert page.inner_text("#stats tr[data-key='tasks'] td:nth-child(2)") == "1"
+        assert problems == []
+        review = stack.queue.labels(task.task_id)[-1]
+        assert (review.kind, review.status, review.reviewer) == ("review", "accepted", "rita")
+        assert boxes_of(review) == [("car", 300, 200, 460, 300)]

@@ -151,3 +151,33 @@ def test_a_reviewer_settles_two_labels_that_disagree_and_a_removed_user_is_signe
         stack.users.remove("rita")
         time.sleep(0.4)
         assert rita.call("GET", "/api/stats").status == 401
+
+
+def test_an_admin_exports_accepted_labels_as_coco_and_label_studio_and_imports_tasks_back(s3, bootstrap):
+    with annotation_web(s3, bootstrap) as stack:
+        labelled, pending = new_task(6, priority=0.9), new_task(7, priority=0.1)
+        stack.queue.create(labelled, frame_jpeg(6))
+        stack.queue.create(pending, frame_jpeg(7))
+        ana = ApiClient(stack.url, bearer=stack.users.add("ana", "annotator"))
+        task = ana.call("POST", "/api/tasks/next").json()
+        assert ana.call("POST", f"/api/tasks/{task['task_id']}/submit", {
+            "lease_id": task["lease_id"], "verdict": "labelled",
+            "boxes": [{"label": "car", "x1": 300, "y1": 200, "x2": 460, "y2": 300}]}).status == 200
+        assert ana.call("GET", "/api/export?format=coco").status == 403
+        assert ana.call("POST", "/api/import", []).status == 403
+
+        admin = ApiClient(stack.url)
+        admin.sign_in("eva", stack.users.add("eva", "admin"))
+        coco = admin.call("GET", "/api/export?format=coco").json()
+        assert len(coco["images"]) == 1 and [a["bbox"] for a in coco["annotations"]] == [[300, 200, 160, 100]]
+        studio = admin.call("GET", "/api/export?format=label-studio").json()
+        assert sorted(item["data"]["vigil_task_id"] for item in studio) == sorted([labelled.task_id, pending.task_id])
+        assert admin.call("GET", "/api/export?format=yolo").status == 400
+
+        again = admin.call("POST", "/api/import", studio)
+        assert again.status == 200 and (again.json()["created"], again.json()["existing"]) == (0, 2)
+        foreign = [{"data": {"image": "https://example.com/a.jpg", "width": 640, "height": 360}}]
+        refused = admin.call("POST", "/api/import", foreign)
+        assert refused.status == 422 and "does not fetch images" in refused.json()["violations"][0]
+        assert admin.call("POST", "/api/import", {"not": "a list"}).status == 422
+        assert admin.call("POST", "/api/import", studio, csrf=False).status == 403
