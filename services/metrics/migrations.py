@@ -476,8 +476,11 @@ MIGRATIONS += [
             lease_holders Array(LowCardinality(String)),
             schema_version LowCardinality(String),
             captured_at DateTime64(3, 'UTC'),
-            created_time DateTime64(3, 'UTC'),  -- the task's envelope time (kept by every revision)
-            event_time DateTime64(3, 'UTC'),  -- when the revision was published (its Kafka timestamp)
+            -- The envelope's time: the annotation service keeps the task's creation envelope in every revision, so
+            -- this is when the task was made, the same in a revision published again (the sink's dedupe looks the
+            -- id up around it).
+            event_time DateTime64(3, 'UTC'),
+            published_time DateTime64(3, 'UTC'),  -- when the revision was first published (its Kafka timestamp)
             INDEX event_id_bloom event_id TYPE bloom_filter GRANULARITY 4,
             INDEX event_time_minmax event_time TYPE minmax GRANULARITY 1
         )

@@ -28,6 +28,8 @@ class NamedQuery:
 
 _WINDOW = "minute >= toStartOfMinute({since:DateTime64(3, 'UTC')}) AND minute < {until:DateTime64(3, 'UTC')}"
 _EVENT_WINDOW = "event_time >= {since:DateTime64(3, 'UTC')} AND event_time < {until:DateTime64(3, 'UTC')}"
+# An annotation task's revision by when it was published (its event time is the task's creation).
+_PUBLISHED_WINDOW = _EVENT_WINDOW.replace("event_time", "published_time")
 _SECONDS = "greatest(1, dateDiff('second', {since:DateTime64(3, 'UTC')}, {until:DateTime64(3, 'UTC')}))"
 _CAMERA = "({camera_id:String} = '' OR camera_id = {camera_id:String})"
 _MODEL = "({model_name:String} = '' OR model_name = {model_name:String})"
@@ -130,12 +132,13 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
                             "state in the window, with the oldest task's creation and the last change; default "
                             "window: ten years, i.e. the whole queue.",
         f"""SELECT camera_id, state, count() AS tasks, countIf(labels_wanted >= 2) AS double_labelled,
-                   round(avg(priority), 4) AS mean_priority, min(created_time) AS oldest_created,
-                   max(event_time) AS last_change
-            FROM (SELECT task_id, camera_id, state, labels_wanted, priority, created_time, event_time
+                   round(avg(priority), 4) AS mean_priority, min(event_time) AS oldest_created,
+                   max(published_time) AS last_change
+            FROM (SELECT task_id, camera_id, state, labels_wanted, priority, event_time, published_time
                   FROM annotation_tasks
-                  WHERE {_CAMERA} AND {_MODEL} ORDER BY task_id, revision DESC, event_time DESC LIMIT 1 BY task_id)
-            WHERE {_EVENT_WINDOW}
+                  WHERE {_CAMERA} AND {_MODEL} ORDER BY task_id, revision DESC, published_time DESC
+                  LIMIT 1 BY task_id)
+            WHERE {_PUBLISHED_WINDOW}
             GROUP BY camera_id, state ORDER BY camera_id, state""",
         {"camera_id": ("String", ""), "model_name": ("String", "")}, default_window=timedelta(days=3650)),
     NamedQuery(

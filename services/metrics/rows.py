@@ -72,7 +72,7 @@ ANNOTATIONS = TableSpec("annotations", (
 ANNOTATION_TASKS = TableSpec("annotation_tasks", (
     "event_id", "source_event_id", "task_id", "revision", "state", "camera_id", "frame_event_id", "model_name",
     "model_version", "reason", "priority", "labels_wanted", "submissions", "lease_holders", "schema_version",
-    "captured_at", "created_time", "event_time"))
+    "captured_at", "event_time", "published_time"))
 TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DRIFT_WINDOWS, DRIFT_ALERTS,
                                        DEAD_LETTERS, SENSOR_ANOMALIES, MODEL_VERSIONS, ANNOTATIONS,
                                        ANNOTATION_TASKS)}
@@ -167,7 +167,8 @@ def annotation_label_row(label: events_pb2.AnnotationLabel) -> tuple[Any, ...]:
 def annotation_task_row(task: events_pb2.AnnotationTask, published_ms: int) -> tuple[Any, ...]:
     """One row in the order of ANNOTATION_TASKS' columns: one revision of a task (vigil.annotation.tasks, where
     the compacted topic keeps each task's latest). A revision carries the envelope the task was created with, so
-    the time of the transition is when it was published: published_ms, the Kafka timestamp."""
+    the time of the transition is when it was published: published_ms, the Kafka timestamp. The envelope's time
+    stays the row's event time: the same for a revision published again, whose row is then found stored."""
     if not task.task_id:
         raise InvalidEvent("AnnotationTask.task_id is empty")
     if not task.state:
