@@ -26,6 +26,7 @@ import json
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -57,6 +58,8 @@ RECONCILE_S = 900.0
 MAX_ATTEMPTS = 32
 # Candidates one lease_next tries (each lost to another replica) before answering "nothing to lease".
 MAX_CANDIDATES = 16
+# Settled tasks whose labels are kept in memory (a few hundred bytes to a few KiB each).
+SETTLED_LABELS_KEPT = 50_000
 
 TRANSITIONS = Counter("vigil_annotation_transitions_total", "Task transitions written, by kind", ["kind"])
 CONFLICTS = Counter("vigil_annotation_cas_conflicts_total", "Task writes lost to another writer (re-read, retried)")
@@ -200,13 +203,25 @@ class TaskPublisher:
 
 
 def _rules_provider(schemas: Any) -> Callable[[str], LabelRules | None]:
+    """The rules a task's submissions are checked against: its own schema version's; the current schema when that
+    version is unknown (or the task names none); no schema at all checks verdicts only."""
     if schemas is None:
         return lambda version: None
     if hasattr(schemas, "violations"):
         return lambda version: schemas  # one schema for every task
-    if hasattr(schemas, "get"):
-        return schemas.get  # schemas.SchemaStore: the version the task was made under
-    return schemas
+    by_version = schemas.get if hasattr(schemas, "get") else schemas  # schemas.SchemaStore, or a callable
+    current = getattr(schemas, "current", None)
+
+    def rules(version: str) -> LabelRules | None:
+        if version:
+            try:
+                return by_version(version)
+            except KeyError:
+                if current is None:
+                    raise
+        return current() if current is not None else None
+
+    return rules
 
 
 class AnnotationQueue:
@@ -240,6 +255,7 @@ class AnnotationQueue:
         self._threads: list[threading.Thread] = []
         self._unpublished: dict[str, tuple[events_pb2.AnnotationTask, list[events_pb2.AnnotationLabel]]] = {}
         self._unpublished_lock = threading.Lock()
+        self._settled_labels: OrderedDict[str, tuple[events_pb2.AnnotationLabel, ...]] = OrderedDict()
 
     # --- running ------------------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> "AnnotationQueue":
@@ -435,11 +451,24 @@ class AnnotationQueue:
         return found
 
     def labels(self, task_id: str) -> list[events_pb2.AnnotationLabel]:
-        """Every label made for the task, in order (submissions, then the review if any)."""
+        """Every label made for the task, in order (submissions, then the review if any). A settled task's labels
+        never change: they are kept (up to SETTLED_LABELS_KEPT tasks), so an export reads each from S3 once."""
+        with self._unpublished_lock:
+            kept = self._settled_labels.get(task_id)
+            if kept is not None:
+                self._settled_labels.move_to_end(task_id)
+                return list(kept)
         record = self.store.read(task_id)
         if record is None:
             raise UnknownTask(task_id)
-        return record.label_events()
+        self._observe(record)
+        labels = record.label_events()
+        if record.task.state in queue.SETTLED:
+            with self._unpublished_lock:
+                self._settled_labels[task_id] = tuple(labels)
+                while len(self._settled_labels) > SETTLED_LABELS_KEPT:
+                    self._settled_labels.popitem(last=False)
+        return labels
 
     def review(self, task_id: str, reviewer: str, decision: str, label_id: str | None = None,
                boxes: list[events_pb2.Detection] | None = None) -> events_pb2.AnnotationLabel:

@@ -298,6 +298,8 @@ def test_double_labelling_accepts_agreeing_labels_and_a_reviewer_settles_a_disag
     assert (review.kind, review.status, review.reviewer, list(review.labels)) == \
         ("review", "accepted", "rita", list(second.labels))
     assert q.disagreements() == [] and q.get(disputed.task_id).state == "accepted"
+    assert [(label.kind, label.status) for label in q.labels(disputed.task_id)] == \
+        [("submission", "submitted"), ("submission", "submitted"), ("review", "accepted")]
     events = place.label_events()
     accepted = Counter(event.task_id for event in events if event.status == "accepted")
     assert accepted == Counter({agreed.task_id: 1, disputed.task_id: 1}), "one accepted label per task"

@@ -245,3 +245,20 @@ def test_the_index_drops_superseded_entries_instead_of_growing_with_every_transi
     assert len(index._ready) + len(index._waiting) <= 2 * len(index) + 1025
     assert index.held_by("ann4999", T0 + 4999 * (LEASE_S + 1)).task_id == "one"
     assert len(t.leases) == 1
+
+
+def test_a_task_is_checked_against_its_schema_version_or_the_current_one_when_unknown():
+    from services.annotation.task_store import _rules_provider
+
+    class Store:
+        def get(self, version):
+            if version != "1":
+                raise KeyError(version)
+            return SCHEMA
+
+        def current(self):
+            return "current"
+
+    rules = _rules_provider(Store())
+    assert rules("1") is SCHEMA and rules("9") == "current" and rules("") == "current"
+    assert _rules_provider(SCHEMA)("anything") is SCHEMA and _rules_provider(None)("1") is None
