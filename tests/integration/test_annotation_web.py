@@ -21,7 +21,8 @@ def labels_on_topic(bootstrap: str, label_id: str) -> list[events_pb2.Annotation
     return [label for label in decodable(events_pb2.AnnotationLabel, messages) if label.label_id == label_id]
 
 
-def test_nothing_is_served_or_written_without_signing_in_and_a_browser_write_needs_its_csrf_token(s3, bootstrap):
+def test_nothing_is_served_or_written_without_signing_in_and_a_browser_write_needs_its_csrf_token(s3, bootstrap,
+                                                                                                  capfd):
     with annotation_web(s3, bootstrap) as stack:
         stack.queue.create(new_task(1), frame_jpeg(1))
         token = stack.users.add("ana", "annotator")
@@ -31,6 +32,7 @@ def test_nothing_is_served_or_written_without_signing_in_and_a_browser_write_nee
             assert anonymous.call(method, path, {} if method == "POST" else None).status == 401, path
         assert anonymous.sign_in("ana", token + "x").status == 401
         assert anonymous.sign_in("bob", token).status == 401, "a token signs in only as its own name"
+        assert anonymous.sign_in(token, token).status == 401, "a token typed as the name"
         assert anonymous.call("GET", "/").status == 200, "the UI's page itself is public; its data is not"
         assert anonymous.call("GET", "/api/session").json()["name"] is None
 
@@ -49,6 +51,9 @@ def test_nothing_is_served_or_written_without_signing_in_and_a_browser_write_nee
         assert browser.call("DELETE", "/api/session").status == 204
         assert browser.call("GET", "/api/tasks/next").status == 401, "signed out"
         assert browser.call("GET", "/api/session").json()["name"] is None
+        logged = capfd.readouterr()
+        assert "annotation sign-in refused" in logged.out + logged.err
+        assert token not in logged.out + logged.err, "no token in the logs"
 
 
 def test_a_task_is_leased_shown_with_its_image_and_submitted_once_per_lease(s3, bootstrap):

@@ -15,7 +15,8 @@ Signing in
 
 Annotating (role annotator)
   GET|POST /api/tasks/next   leases the next open task to the caller (highest priority first; a task the caller
-         already holds comes back again) → 200 TASK, or 204 when nothing is open for them.
+         already holds comes back again) → 200 TASK, or 204 when nothing is open for them. (The UI uses POST, with
+         its CSRF token; GET is for API clients. The SameSite=Strict cookie never rides on another site's request.)
   GET    /api/tasks/{id}     → 200 TASK (with the caller's lease when they hold one), 404.
   GET    /api/tasks/{id}/image   the JPEG (faces blurred unless the camera opted out). Its ETag is the image's
          sha256 and TASK's image_url carries it (?v=SHA256), so a browser keeps it (`Cache-Control: private,
@@ -375,7 +376,9 @@ class AnnotationApi:
             return json_error(400, "send {\"name\": ..., \"token\": ...}")
         user = await run_in_threadpool(self.users.verify, token, name)
         if user is None:
-            log.info("annotation sign-in refused", user=name[:64])
+            # The name is logged only when it is a user's: a token pasted into the name field must not be.
+            known = await run_in_threadpool(self.users.user, name)
+            log.info("annotation sign-in refused", user=known.name if known else "(not a user)")
             return json_error(401, "unknown name or token")
         session_id, session = self.sessions.open(user, token)
         log.info("annotation sign-in", user=user.name, role=user.role)
