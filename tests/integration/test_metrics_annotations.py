@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
-
 import pytest
 
 from libs.common.envelope import new_envelope
@@ -15,7 +13,8 @@ from libs.common.topics import ANNOTATION_LABELS, ANNOTATION_TASKS
 from protos import events_pb2
 from tests.integration.conftest import QUERY_API_TOKEN, query, wait_for
 from tests.integration.kafka_tools import produce
-from tests.integration.test_metrics_sink import ARTIFACTS, CHROMIUM, named
+from tests.integration.chromium import ARTIFACTS, headless_chromium
+from tests.integration.test_metrics_sink import named
 
 pytestmark = pytest.mark.integration
 
@@ -124,28 +123,18 @@ def test_the_annotation_queries_answer_through_the_api(stack, annotated):
 
 
 def test_the_dashboard_shows_the_annotation_queue_labels_and_agreement(stack, annotated):
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: Debian's chromium (tools/install_system_packages.sh)"
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(f"{stack.config.query_api_url}/?token={os.environ[QUERY_API_TOKEN]}")
-            page.wait_for_selector(f"#annotation-queue tr[data-camera='{annotated}']", timeout=30_000)
-            page.wait_for_function("Number(document.getElementById('annotation-labels').dataset.points) > 0 "
-                                   "&& Number(document.getElementById('annotation-agreement').dataset.points) > 0",
-                                   timeout=30_000)
-            page.locator("#annotation-panel").screenshot(path=str(ARTIFACTS / "dashboard-annotation.png"))
-            row = page.locator(f"#annotation-queue tr[data-camera='{annotated}'] td").all_inner_texts()
-            caption = page.inner_text("#annotation-queue-caption")
-            error = page.inner_text("#error")
-            drawn = page.evaluate("document.querySelectorAll('#annotation-panel .uplot canvas').length")
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(f"{stack.config.query_api_url}/?token={os.environ[QUERY_API_TOKEN]}")
+        page.wait_for_selector(f"#annotation-queue tr[data-camera='{annotated}']", timeout=30_000)
+        page.wait_for_function("Number(document.getElementById('annotation-labels').dataset.points) > 0 "
+                               "&& Number(document.getElementById('annotation-agreement').dataset.points) > 0",
+                               timeout=30_000)
+        page.locator("#annotation-panel").screenshot(path=str(ARTIFACTS / "dashboard-annotation.png"))
+        row = page.locator(f"#annotation-queue tr[data-camera='{annotated}'] td").all_inner_texts()
+        caption = page.inner_text("#annotation-queue-caption")
+        error = page.inner_text("#error")
+        drawn = page.evaluate("document.querySelectorAll('#annotation-panel .uplot canvas').length")
     assert error == ""
     # camera, open, leased, submitted, accepted, rejected
     assert row == [annotated, "1", "1", "0", "2", "1"], row

@@ -17,13 +17,11 @@ import pytest
 from libs.common.envelope import new_envelope
 from libs.common.topics import DRIFT_WINDOWS, INFERENCE_SENSORS, MODELS, MONITORING
 from protos import events_pb2
+from tests.integration.chromium import ARTIFACTS, headless_chromium
 from tests.integration.conftest import QUERY_API_TOKEN, query, query_api_headers, wait_for
 from tests.integration.kafka_tools import produce
 
 pytestmark = pytest.mark.integration
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 
 
 def named(stack, name: str, **parameters) -> list[dict]:
@@ -164,10 +162,6 @@ def test_the_query_api_and_the_dashboard_refuse_a_request_without_the_token(stac
 
 
 def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, reported):
-    # Never skipped: `make install` installs Debian's chromium and playwright; a missing one is a failure.
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: Debian's chromium (tools/install_system_packages.sh)"
-    from playwright.sync_api import sync_playwright
-
     wait_for(lambda: query(stack, "SELECT count() AS n FROM inference_events WHERE detection_count > 0 "
                                   "AND event_time > now() - INTERVAL 1 MINUTE")[0]["n"], 120, what="recent detections")
     sensor = f"dashboard-{uuid.uuid4().hex[:8]}"
@@ -182,48 +176,41 @@ def test_dashboard_renders_charts_with_data_and_boxes_on_the_live_frame(stack, r
         model=events_pb2.ModelRef(name=model, version="3", precision="int8"), stage="primary",
         metadata={"action": "promote", "by": "cli/dashboard-test"})
     produce(stack.config.kafka_bootstrap, MODELS, [(model.encode(), promoted.SerializeToString())])
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            requests_elsewhere = []
-            page.on("request", lambda r: None if r.url.startswith(stack.config.query_api_url)
-                    else requests_elsewhere.append(r.url))
-            # As an operator would: the token once in the address, then the cookie it sets carries every request.
-            page.goto(f"{stack.config.query_api_url}/?camera={stack.config.camera_id}"
-                      f"&token={os.environ[QUERY_API_TOKEN]}")
-            assert page.url == f"{stack.config.query_api_url}/?camera={stack.config.camera_id}", "token left the URL"
-            page.wait_for_function("Number(document.body.dataset.refreshed || 0) >= 1", timeout=30_000)
-            # The live view needs a frame of the camera and a result with boxes: wait for both.
-            page.wait_for_function(
-                "document.getElementById('live').dataset.frame === '1' "
-                "&& Number(document.getElementById('live').dataset.boxes) > 0", timeout=30_000)
-            page.wait_for_function("Number(document.getElementById('dead-letters').dataset.points) > 0",
-                                   timeout=30_000)
-            page.wait_for_selector(f"#sensor-anomalies tr[data-sensor='{sensor}']", timeout=30_000)
-            page.wait_for_selector(f"#model-versions tr[data-model='{model}']", timeout=30_000)
-            drift_subject = f"camera/drift-{reported}|yolov3-tiny|1"
-            page.wait_for_selector(f"#drift-subjects tr[data-subject='{drift_subject}']", timeout=30_000)
-            page.wait_for_selector(f"#drift-alerts tr[data-subject='{drift_subject}']", timeout=30_000)
-            page.wait_for_function("Number(document.getElementById('drift-scores').dataset.points) > 0",
-                                   timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-            anomaly_row = page.inner_text(f"#sensor-anomalies tr[data-sensor='{sensor}']")
-            model_row = page.inner_text(f"#model-versions tr[data-model='{model}']")
-            primaries = page.inner_text("#primary-models")
-            drift_window_row = page.inner_text(f"#drift-subjects tr[data-subject='{drift_subject}']")
-            drift_alert_row = page.inner_text(f"#drift-alerts tr[data-subject='{drift_subject}']")
-            error = page.inner_text("#error")
-            points = {chart: int(page.get_attribute(f"#{chart}", "data-points"))
-                      for chart in ("throughput", "latency", "classes", "dead-letters", "drift-scores")}
-            camera_row = page.inner_text(f"#cameras tr[data-camera='{stack.config.camera_id}']")
-            boxes = int(page.get_attribute("#live", "data-boxes"))
-            drawn = page.evaluate("document.querySelectorAll('.uplot canvas').length")
-        finally:
-            browser.close()
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        requests_elsewhere = []
+        page.on("request", lambda r: None if r.url.startswith(stack.config.query_api_url)
+                else requests_elsewhere.append(r.url))
+        # As an operator would: the token once in the address, then the cookie it sets carries every request.
+        page.goto(f"{stack.config.query_api_url}/?camera={stack.config.camera_id}"
+                  f"&token={os.environ[QUERY_API_TOKEN]}")
+        assert page.url == f"{stack.config.query_api_url}/?camera={stack.config.camera_id}", "token left the URL"
+        page.wait_for_function("Number(document.body.dataset.refreshed || 0) >= 1", timeout=30_000)
+        # The live view needs a frame of the camera and a result with boxes: wait for both.
+        page.wait_for_function(
+            "document.getElementById('live').dataset.frame === '1' "
+            "&& Number(document.getElementById('live').dataset.boxes) > 0", timeout=30_000)
+        page.wait_for_function("Number(document.getElementById('dead-letters').dataset.points) > 0",
+                               timeout=30_000)
+        page.wait_for_selector(f"#sensor-anomalies tr[data-sensor='{sensor}']", timeout=30_000)
+        page.wait_for_selector(f"#model-versions tr[data-model='{model}']", timeout=30_000)
+        drift_subject = f"camera/drift-{reported}|yolov3-tiny|1"
+        page.wait_for_selector(f"#drift-subjects tr[data-subject='{drift_subject}']", timeout=30_000)
+        page.wait_for_selector(f"#drift-alerts tr[data-subject='{drift_subject}']", timeout=30_000)
+        page.wait_for_function("Number(document.getElementById('drift-scores').dataset.points) > 0",
+                               timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        anomaly_row = page.inner_text(f"#sensor-anomalies tr[data-sensor='{sensor}']")
+        model_row = page.inner_text(f"#model-versions tr[data-model='{model}']")
+        primaries = page.inner_text("#primary-models")
+        drift_window_row = page.inner_text(f"#drift-subjects tr[data-subject='{drift_subject}']")
+        drift_alert_row = page.inner_text(f"#drift-alerts tr[data-subject='{drift_subject}']")
+        error = page.inner_text("#error")
+        points = {chart: int(page.get_attribute(f"#{chart}", "data-points"))
+                  for chart in ("throughput", "latency", "classes", "dead-letters", "drift-scores")}
+        camera_row = page.inner_text(f"#cameras tr[data-camera='{stack.config.camera_id}']")
+        boxes = int(page.get_attribute("#live", "data-boxes"))
+        drawn = page.evaluate("document.querySelectorAll('.uplot canvas').length")
     assert error == ""
     assert all(n > 0 for n in points.values()), points
     assert drawn >= 5, "each chart is drawn by uPlot on a canvas"
