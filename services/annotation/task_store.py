@@ -18,7 +18,12 @@ A replica that dies between its write to S3 and its publication leaves S3 ahead 
 whoever next reads the task from S3 and finds it ahead of their index for longer than REPAIR_GRACE_S (the writer
 is alive and publishing otherwise): they publish the labels made after the revision they knew, then the task. A
 starting replica also re-reads the tasks written in the last RECONCILE_S (listing the bucket) and repairs those.
-A repair may repeat a label event already delivered (at least once, same label id)."""
+A repair may repeat a label event already delivered (at least once, same label id).
+
+Two writers of one task may publish out of order (rev 2's writer slower than rev 3's): the compacted topic's last
+record of the task is then an older state, which compaction would keep. Every replica's index keeps the highest
+revision anyway; a replica that sees such an older record land after a newer one, and no newer one follow within
+STALE_TAIL_S, publishes the task again from S3, so the topic ends with its latest state for the next start."""
 from __future__ import annotations
 
 import hashlib
@@ -58,6 +63,10 @@ RECONCILE_S = 900.0
 MAX_ATTEMPTS = 32
 # Candidates one lease_next tries (each lost to another replica) before answering "nothing to lease".
 MAX_CANDIDATES = 16
+# How often the upkeep runs (unpublished transitions, stale topic tails), and how long a task's last record on the
+# compacted topic may stay older than the replica's state before it is published again.
+UPKEEP_S = 1.0
+STALE_TAIL_S = 3.0
 # Settled tasks whose labels are kept in memory (a few hundred bytes to a few KiB each).
 SETTLED_LABELS_KEPT = 50_000
 
@@ -255,6 +264,9 @@ class AnnotationQueue:
         self._threads: list[threading.Thread] = []
         self._unpublished: dict[str, tuple[events_pb2.AnnotationTask, list[events_pb2.AnnotationLabel]]] = {}
         self._unpublished_lock = threading.Lock()
+        self._tails_lock = threading.Lock()
+        self._log_revision: dict[str, int] = {}  # task id -> revision of its last record on the compacted topic
+        self._stale_tails: dict[str, float] = {}  # task id -> when to check its last record again (monotonic)
         self._settled_labels: OrderedDict[str, tuple[events_pb2.AnnotationLabel, ...]] = OrderedDict()
 
     # --- running ------------------------------------------------------------------------------------------------
@@ -284,20 +296,31 @@ class AnnotationQueue:
     def follow(self, stop: threading.Event) -> None:
         """Loads the index from the compacted topic and follows it until `stop` (a supervisor's task); once
         loaded, repairs the tasks written recently that their writer may not have published (on a thread)."""
-        if self.reconcile_s > 0:
-            threading.Thread(target=self._reconcile_when_loaded, args=(stop,), name="annotation-reconcile",
-                             daemon=True).start()
-        self.follower.run(stop)
+        upkeep = threading.Thread(target=self._upkeep, args=(stop,), name="annotation-upkeep", daemon=True)
+        upkeep.start()
+        try:
+            self.follower.run(stop)
+        finally:
+            upkeep.join(timeout=5)
 
     def wait_loaded(self, timeout_s: float | None = None) -> bool:
         """True once the index holds the whole compacted topic (as of the start)."""
         return self.loaded.wait(timeout_s)
 
-    def _reconcile_when_loaded(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            if self.loaded.wait(0.5):
-                self.reconcile(stop=stop)
+    def _upkeep(self, stop: threading.Event) -> None:
+        """Once loaded: repairs what writers that died left unpublished (`reconcile`), then every second publishes
+        again what Kafka refused earlier and puts right a topic whose last record of a task is not its latest."""
+        while not self.loaded.wait(0.5):
+            if stop.is_set():
                 return
+        if self.reconcile_s > 0:
+            self.reconcile(stop=stop)
+        while not stop.wait(UPKEEP_S):
+            try:
+                self._retry_unpublished()
+                self._fix_stale_tails()
+            except Exception as exc:  # S3 or Kafka away for a moment: the next round tries again
+                log.warning("annotation queue upkeep failed", error=str(exc))
 
     def ready(self) -> tuple[bool, str]:
         return self.follower.ready()
@@ -312,10 +335,47 @@ class AnnotationQueue:
     def _on_changes(self, changes: list[Change]) -> None:
         now = self.clock()
         for change in changes:
-            if change.value is not None:
-                self.index.put(change.value, now)
-            elif not change.problem:
+            if change.problem:
+                continue  # the key keeps its last good value, already in the index
+            if change.value is None:
                 self.index.remove(change.key)
+                continue
+            task = change.value
+            with self._tails_lock:
+                self._log_revision[change.key] = task.revision
+            if not self.index.put(task, now):
+                known = self.index.get(change.key)
+                if known is not None and known.revision > task.revision:
+                    # An older state landed after a newer one (two writers published out of order): unless the
+                    # newer one follows, compaction would keep the older one for the next start.
+                    with self._tails_lock:
+                        self._stale_tails.setdefault(change.key, time.monotonic() + STALE_TAIL_S)
+
+    def _fix_stale_tails(self) -> int:
+        """Publishes again, from S3, each task whose last record on the compacted topic stayed older than the state
+        this replica knows for STALE_TAIL_S; returns how many."""
+        now = time.monotonic()
+        with self._tails_lock:
+            due = [key for key, at in self._stale_tails.items() if at <= now]
+            for key in due:
+                del self._stale_tails[key]
+        fixed = 0
+        for task_id in due:
+            known = self.index.get(task_id)
+            with self._tails_lock:
+                in_log = self._log_revision.get(task_id, 0)
+            if known is None or in_log >= known.revision:
+                continue  # the newer state followed meanwhile
+            record = self.store.read(task_id)
+            if record is None or record.task.revision <= in_log:
+                continue
+            # The task only: its labels were published by their writer before it published the newer state.
+            self.publisher.publish(record.task, [])
+            REPAIRS.inc()
+            log.info("annotation task published again: an older state was last on the topic", task_id=task_id,
+                     revision=record.task.revision, last_on_topic=in_log)
+            fixed += 1
+        return fixed
 
     def reconcile(self, since_s: float | None = None, stop: threading.Event | None = None) -> int:
         """Re-reads the tasks written in the last `since_s` seconds and publishes those S3 holds ahead of the
@@ -328,19 +388,22 @@ class AnnotationQueue:
             return 0
         repaired = 0
         young: list[str] = []
-        for task_id in ids:
-            record = self.store.read(task_id)
-            if record is None:
-                continue
-            if started - record.updated_at < REPAIR_GRACE_S:
-                young.append(task_id)
-            elif self._observe(record):
-                repaired += 1
-        if young and not (stop or self._stop).wait(REPAIR_GRACE_S):
-            for task_id in young:
+        try:
+            for task_id in ids:
                 record = self.store.read(task_id)
-                if record is not None and self._observe(record):
+                if record is None:
+                    continue
+                if started - record.updated_at < REPAIR_GRACE_S:
+                    young.append(task_id)
+                elif self._observe(record):
                     repaired += 1
+            if young and not (stop or self._stop).wait(REPAIR_GRACE_S):
+                for task_id in young:
+                    record = self.store.read(task_id)
+                    if record is not None and self._observe(record):
+                        repaired += 1
+        except Exception as exc:
+            log.warning("annotation reconcile stopped early", error=str(exc), repaired=repaired)
         if repaired:
             log.info("annotation tasks republished", count=repaired)
         return repaired

@@ -11,7 +11,7 @@ import uuid
 from collections import Counter
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from minio import Minio
 from prometheus_client import REGISTRY
@@ -371,3 +371,27 @@ def test_a_replica_leasing_a_task_s3_holds_ahead_of_kafka_publishes_it_and_lease
     end = end_offsets(place.bootstrap, place.tasks_topic)
     published = decodable(events_pb2.AnnotationTask, read_range(place.bootstrap, place.tasks_topic, None, end))
     assert max(t.revision for t in published if t.task_id == stale.task_id) == 2
+
+
+def test_an_older_state_published_last_is_followed_by_the_latest_for_the_next_start(place):
+    q = place.queue()
+    task = new_task(1)
+    q.create(task)
+    leased = q.lease_next("ann")
+    wait_for(lambda: q._log_revision.get(task.task_id) == 2, 10, what="the lease on the topic")
+    opened = place.record(task.task_id).task
+    opened.revision, opened.state = 1, "open"  # a slow writer's older state, published after the newer one
+    del opened.leases[:]
+    producer = Producer({"bootstrap.servers": place.bootstrap})
+    producer.produce(place.tasks_topic, key=task.task_id.encode(), value=opened.SerializeToString())
+    assert producer.flush(10) == 0
+
+    def last_on_topic() -> int:
+        end = end_offsets(place.bootstrap, place.tasks_topic)
+        records = decodable(events_pb2.AnnotationTask, read_range(place.bootstrap, place.tasks_topic, None, end))
+        return [t.revision for t in records if t.task_id == task.task_id][-1]
+
+    wait_for(lambda: last_on_topic() == 2, 20, what="the latest state published again after the older one")
+    assert q.get(task.task_id).revision == 2
+    restarted = place.queue()
+    assert restarted.get(task.task_id).leases == leased.leases
