@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 SPLITS = ("train", "val", "test")
 VERDICTS = ("labelled", "nothing_to_label")
@@ -42,8 +41,9 @@ def is_version_id(text: str) -> bool:
     return bool(_VERSION_ID.match(text or ""))
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
+class Label(NamedTuple):
+    """One box: a tuple, so a 10,000-item manifest's boxes are made and compared quickly; ordered by class, then
+    box (the canonical order within an item)."""
     label: str
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 
@@ -52,12 +52,8 @@ class Label:
 
     @classmethod
     def from_json(cls, content: dict) -> "Label":
-        return cls(content["label"], tuple(float(v) for v in content["box"]))
-
-
-def _label_order(label: Label) -> tuple:
-    # NaN never compares equal to itself: order it by its text so the canonical order is still total.
-    return (label.label, tuple(v if math.isfinite(v) else math.inf for v in label.box), repr(label.box))
+        x1, y1, x2, y2 = content["box"]
+        return cls(content["label"], (float(x1), float(y1), float(x2), float(y2)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +72,11 @@ class Item:
     schema_version: str = ""  # the label schema the boxes were drawn under ("" = the version's)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", tuple(sorted(self.labels, key=_label_order)))
-        object.__setattr__(self, "source_task_ids", tuple(self.source_task_ids))
+        # (A box with NaN, refused by the validation gate, sorts arbitrarily but never raises.)
+        if len(self.labels) > 1 or not isinstance(self.labels, tuple):
+            object.__setattr__(self, "labels", tuple(sorted(self.labels)))
+        if not isinstance(self.source_task_ids, tuple):
+            object.__setattr__(self, "source_task_ids", tuple(self.source_task_ids))
 
     def with_split(self, split: str) -> "Item":
         return replace(self, split=split)

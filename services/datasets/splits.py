@@ -12,6 +12,7 @@ when a new frame bridges two). `leakage` finds such pairs, and any other near-du
 (a static scene seen days apart), by the Hamming distance of their 64-bit perceptual hashes (imagehash's pHash)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -36,6 +37,7 @@ def group_key(camera_id: str, captured_at: float, bucket_s: float = DEFAULT_BUCK
     return f"{camera_id}@{int(captured_at // bucket_s)}"
 
 
+@functools.lru_cache(maxsize=65536)  # a dataset has few groups (cameras x buckets) for many items
 def assign_split(group_key: str, ratios: Sequence[float] = DEFAULT_RATIOS) -> str:
     """"train", "val" or "test" for the group, the same wherever and whenever it is asked."""
     if len(ratios) != len(SPLITS) or any(r < 0 for r in ratios) or sum(ratios) <= 0:
@@ -51,7 +53,7 @@ def assign_split(group_key: str, ratios: Sequence[float] = DEFAULT_RATIOS) -> st
 
 
 def item_split(item: Item, ratios: Sequence[float] = DEFAULT_RATIOS, bucket_s: float = DEFAULT_BUCKET_S) -> str:
-    return assign_split(group_key(item.camera_id, item.captured_at, bucket_s), ratios)
+    return assign_split(group_key(item.camera_id, item.captured_at, bucket_s), tuple(ratios))
 
 
 # --- leakage --------------------------------------------------------------------------------------------------------
