@@ -140,3 +140,15 @@ def test_the_dashboard_shows_the_annotation_queue_labels_and_agreement(stack, an
     assert row == [annotated, "1", "1", "0", "2", "1"], row
     assert "tasks waiting" in caption, caption
     assert drawn == 2, "labels per hour and agreement drawn by uPlot"
+
+
+def test_the_stacks_annotation_service_tasks_reach_the_queue(stack):
+    # The stack's own annotation service opens tasks from the demo camera's results: their revisions on the
+    # compacted topic are the queue the panel shows.
+    queue = wait_for(lambda: named(stack, "annotation_queue", camera_id=stack.config.camera_id), 180,
+                     what="the annotation service's tasks of the stack's camera in annotation_queue")
+    assert sum(r["tasks"] for r in queue) >= 1
+    assert {r["state"] for r in queue} <= {"open", "leased", "submitted", "accepted", "rejected"}
+    [row] = query(stack, f"SELECT count() AS n, uniqExact(task_id, revision) AS revisions FROM annotation_tasks "
+                         f"WHERE camera_id = '{stack.config.camera_id}'")
+    assert row["n"] == row["revisions"], "a revision stored once"
