@@ -245,3 +245,21 @@ def test_leakage_finds_near_duplicate_images_across_splits(store, dataset):
              stored_item(store, "s1", seed=23, split="test")]
     committed = store.commit(dataset, items, "leaky", "ann")
     assert leakage(committed, store) == [("t1", "v1")]
+
+
+def test_a_commit_in_progress_keeps_its_manifest_and_blobs_through_garbage_collection(s3):
+    bucket = f"gc-{uuid.uuid4().hex[:8]}"
+    ensure_bucket(s3, bucket)
+    reports = []
+
+    def collect_meanwhile(_manifest) -> None:
+        # Between the manifest's writing and the branch's move: reachable from no ref, younger than the grace.
+        reports.append(collect_garbage(DatasetStore(s3, bucket), grace=timedelta(minutes=10)))
+
+    committer = DatasetStore(s3, bucket, on_manifest_written=collect_meanwhile)
+    new = stored_item(committer, "in-flight", seed=31)
+    landed = committer.commit("d", [new], "in progress", "ann")
+    [report] = reports
+    assert report.deleted_blobs == [] and report.deleted_manifests == []
+    assert report.young_unreachable_manifests == [f"d/{landed.version}"]
+    assert DatasetStore(s3, bucket).version("d") == landed and committer.get_blob(new.blob)
