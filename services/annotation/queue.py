@@ -228,7 +228,7 @@ def release(task: events_pb2.AnnotationTask, lease_id: str, annotator: str, now:
     """The annotator gives the task back before the lease ends. Releasing a lease that is no longer on the task
     changes nothing; LeaseLost when it is someone else's, or was used for a submission."""
     found = next((lease for lease in task.leases if lease.lease_id == lease_id), None)
-    if found is None:
+    if found is None or task.state in SETTLED:
         return Transition(task, changed=False)
     if found.annotator != annotator:
         raise LeaseLost(f"lease {lease_id} is not {annotator}'s")

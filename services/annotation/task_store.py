@@ -265,6 +265,8 @@ class AnnotationQueue:
         self._unpublished: dict[str, tuple[events_pb2.AnnotationTask, list[events_pb2.AnnotationLabel]]] = {}
         self._unpublished_lock = threading.Lock()
         self._tails_lock = threading.Lock()
+        self._locks_lock = threading.Lock()
+        self._annotator_locks: dict[str, threading.Lock] = {}
         self._log_revision: dict[str, int] = {}  # task id -> revision of its last record on the compacted topic
         self._stale_tails: dict[str, float] = {}  # task id -> when to check its last record again (monotonic)
         self._settled_labels: OrderedDict[str, tuple[events_pb2.AnnotationLabel, ...]] = OrderedDict()
@@ -439,32 +441,39 @@ class AnnotationQueue:
         started = time.perf_counter()
         now = self.clock() if now is None else now
         self._retry_unpublished()
+        # One call at a time per annotator here (a double click must not lease two tasks).
+        with self._locks_lock:
+            mine = self._annotator_locks.setdefault(annotator, threading.Lock())
         try:
-            held = self.index.held_by(annotator, now)
-            if held is not None:
-                return held
-            for _ in range(MAX_CANDIDATES):
-                candidate = self.index.take(annotator, now)
-                if candidate is None:
-                    return None
-                try:
-                    transition = self._transact(
-                        candidate.task_id, "lease",
-                        lambda record: queue.lease(record.task, annotator, now, self.lease_s), now)
-                except NotLeasable:
-                    # Another replica took it (the index now holds what S3 says), or our own write went through
-                    # although the client saw it fail (a PUT retried after a 5xx): then the lease is ours.
-                    held = self.index.held_by(annotator, now)
-                    if held is not None:
-                        return held
-                    continue
-                except Exception:
-                    self.index.put_back(candidate, now)
-                    raise
-                return transition.task
-            return None
+            with mine:
+                return self._lease_next(annotator, now)
         finally:
             LEASE_SECONDS.observe(time.perf_counter() - started)
+
+    def _lease_next(self, annotator: str, now: float) -> events_pb2.AnnotationTask | None:
+        held = self.index.held_by(annotator, now)
+        if held is not None:
+            return held
+        for _ in range(MAX_CANDIDATES):
+            candidate = self.index.take(annotator, now)
+            if candidate is None:
+                return None
+            try:
+                transition = self._transact(
+                    candidate.task_id, "lease",
+                    lambda record: queue.lease(record.task, annotator, now, self.lease_s), now)
+            except NotLeasable:
+                # Another replica took it (the index now holds what S3 says), or our own write went through
+                # although the client saw it fail (a PUT retried after a 5xx): then the lease is ours.
+                held = self.index.held_by(annotator, now)
+                if held is not None:
+                    return held
+                continue
+            except Exception:
+                self.index.put_back(candidate, now)
+                raise
+            return transition.task
+        return None
 
     def get(self, task_id: str) -> events_pb2.AnnotationTask | None:
         task = self.index.get(task_id)

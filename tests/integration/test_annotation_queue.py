@@ -395,3 +395,17 @@ def test_an_older_state_published_last_is_followed_by_the_latest_for_the_next_st
     assert q.get(task.task_id).revision == 2
     restarted = place.queue()
     assert restarted.get(task.task_id).leases == leased.leases
+
+
+def test_an_annotator_asking_twice_at_once_holds_one_task(place):
+    q = place.queue()
+    for n in range(4):
+        q.create(new_task(n))
+    got: list[str] = []
+    threads = [threading.Thread(target=lambda: got.append(q.lease_next("ann").task_id)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(got) == 4 and len(set(got)) == 1
+    assert q.stats()["live_leases"] == 1

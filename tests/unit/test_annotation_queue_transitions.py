@@ -262,3 +262,11 @@ def test_a_task_is_checked_against_its_schema_version_or_the_current_one_when_un
     rules = _rules_provider(Store())
     assert rules("1") is SCHEMA and rules("9") == "current" and rules("") == "current"
     assert _rules_provider(SCHEMA)("anything") is SCHEMA and _rules_provider(None)("1") is None
+
+
+def test_releasing_a_lease_on_a_settled_task_changes_nothing():
+    s = Labelled(task(wanted=2))
+    a, b = s.lease("ann"), s.lease("bob")
+    s.submit(a, "ann", verdict="nothing_to_label", boxes=[])
+    s.apply(queue.review(s.task, s.labels, "rita", "reject", T0 + 2))
+    assert not queue.release(s.task, b, "bob", T0 + 3).changed
