@@ -22,6 +22,9 @@ Rules (issue #11, coord/ANNOTATION.md "Rules decided"):
   reviewer (`disagreements`), whose review label settles it: accept one submission's label, or boxes the reviewer
   gives, or reject (verdict "unusable"). Exactly one label of a task has status accepted or rejected: datasets take
   the accepted one.
+- Serving: an annotator holds one task at a time (asking again returns the task they hold); otherwise the
+  highest-priority task they may lease (open, every lease lapsed, or wanting a second label from someone else).
+  TaskIndex answers from heaps in O(log n) per call, not a scan of the queue.
 """
 from __future__ import annotations
 
