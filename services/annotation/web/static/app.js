@@ -87,7 +87,8 @@ function show(view) {
   if (view === "label" && !state.task) nextTask();
   if (view === "review") loadDisagreements();
   if (view === "stats") loadStats();
-  if (view === "signin") $("name").focus();
+  // Someone may already be typing (the page asked who is signed in meanwhile): keep their focus.
+  if (view === "signin" && !$("signin").contains(document.activeElement)) $("name").focus();
 }
 
 for (const tab of document.querySelectorAll("#nav .tab")) tab.addEventListener("click", () => show(tab.dataset.view));
@@ -661,5 +662,7 @@ setInterval(() => { if (state.view === "stats") loadStats(); }, 10000);
 
 (async () => {
   const result = await api("GET", "/api/session");
-  if (result.status === 200 && result.data.name && result.data.csrf_token) signedIn(result.data); else signedOut("");
+  if (state.user) return;  // signed in by hand before the answer came
+  if (result.status === 200 && result.data.name && result.data.csrf_token) signedIn(result.data);
+  else if (state.view !== "signin") signedOut("");
 })();
