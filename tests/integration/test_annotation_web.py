@@ -33,7 +33,10 @@ def test_nothing_is_served_or_written_without_signing_in_and_a_browser_write_nee
         assert anonymous.sign_in("ana", token + "x").status == 401
         assert anonymous.sign_in("bob", token).status == 401, "a token signs in only as its own name"
         assert anonymous.sign_in(token, token).status == 401, "a token typed as the name"
-        assert anonymous.call("GET", "/").status == 200, "the UI's page itself is public; its data is not"
+        page = anonymous.call("GET", "/")
+        assert page.status == 200, "the UI's page itself is public; its data is not"
+        assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        assert page.headers["X-Frame-Options"] == "DENY"
         assert anonymous.call("GET", "/api/session").json()["name"] is None
 
         browser = ApiClient(stack.url)
@@ -94,6 +97,9 @@ def test_a_task_is_leased_shown_with_its_image_and_submitted_once_per_lease(s3, 
         assert [v.split(":")[0] for v in violations] == ["box 1", "box 2", "box 3"], violations
         assert "dragon" in violations[0] and "inside" in violations[1] and "minimum" in violations[2]
 
+        huge = [{"label": "person", "x1": 1, "y1": 1, "x2": 9, "y2": 9}] * 6000
+        assert api.call("POST", f"/api/tasks/{task['task_id']}/submit",
+                        {"lease_id": task["lease_id"], "verdict": "labelled", "boxes": huge}).status == 413
         boxes = [{"label": "person", "x1": 101, "y1": 118, "x2": 162, "y2": 258}]
         first = api.call("POST", f"/api/tasks/{task['task_id']}/submit",
                          {"lease_id": task["lease_id"], "verdict": "labelled", "boxes": boxes})
