@@ -52,6 +52,9 @@ from tests.drift_injections import DRIFTS, injected
 
 LABELS = ("person", "car", "bicycle", "person", "dog")
 CAMERAS = 8
+# The drift service's faust settings beyond faust's defaults that bear on speed (services/drift/faust_app.py),
+# measured as a floor of their own beside faust's defaults.
+FAUST_TUNING = {"sensors": False}
 EVENTS_PER_S_PER_CAMERA = 5
 
 
@@ -109,6 +112,22 @@ def _events_read(ops_port: int) -> float:
                if line.startswith("vigil_drift_events_total{"))
 
 
+def floor_speeds(bootstrap: str, topic: str, count: int) -> dict[str, dict]:
+    """Events per CPU-second of reading the same backlog with nothing done per event (bench/drift_floor.py): the
+    ceiling of any drift service on that client."""
+    from bench.drift_floor import measure
+
+    floors = {"confluent_kafka": measure("confluent", bootstrap, topic, count),
+              "aiokafka": measure("aiokafka", bootstrap, topic, count),
+              "faust_take_events": measure("faust", bootstrap, topic, count),
+              "faust_take_events_as_configured": measure("faust", bootstrap, topic, count, FAUST_TUNING)}
+    for name, floor in floors.items():
+        say(f"      floor, {name}: {floor['events_per_cpu_s']:,.0f} events per CPU-second "
+            f"({floor['cpu_us_per_event']:.1f} us/event)")
+    return {name: {"events_per_cpu_s": round(f["events_per_cpu_s"]),
+                   "cpu_us_per_event": round(f["cpu_us_per_event"], 2)} for name, f in floors.items()}
+
+
 def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[str, float]:
     from cli.stack.local import LocalStack, StackPorts
     from cli.stack.supervisor import Supervisor
@@ -126,6 +145,7 @@ def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[st
         infra.up(progress=say)
         ensure_topics({"bootstrap.servers": stack.config.kafka_bootstrap}, 1, CATALOG)
         produce(stack.config.kafka_bootstrap, INFERENCE, events)
+        floor = floor_speeds(stack.config.kafka_bootstrap, INFERENCE, len(events))
         kafka_pid = infra.running_pid("kafka")
         kafka_cpu = process_cpu_s(kafka_pid)
         started = time.perf_counter()
@@ -145,7 +165,7 @@ def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[st
                 "events_per_s": len(events) / seconds,
                 "events_per_s_after_start": len(events) / max(seconds - ready_s, 1e-9),
                 "events_per_cpu_s": len(events) / cpu_s, "cpu_us_per_event": cpu_s * 1e6 / len(events),
-                "kafka_cpu_us_per_event": kafka_cpu_s * 1e6 / len(events)}
+                "kafka_cpu_us_per_event": kafka_cpu_s * 1e6 / len(events), "floor": floor}
     except Exception:
         kept = Path(tempfile.gettempdir()) / "vigil-bench-drift.log"
         shutil.copy(stack.paths.logs() / "drift.log", kept)
@@ -429,6 +449,7 @@ def main() -> int:
         core = [core_speed(events, args.speed_window_s) for _ in range(2)]
         say(f"      processor alone: {statistics.median(core):,.0f} events per CPU-second")
         service = service_speed(events, args.speed_window_s)
+        floor = service.pop("floor")
         say(f"      service: {service['events_per_s']:,.0f} events/s ({service['events_per_s_after_start']:,.0f} after "
             f"its {service['startup_s']:.1f}s start), {service['events_per_cpu_s']:,.0f} events per CPU-second "
             f"({service['cpu_us_per_event']:.1f} us/event; Kafka {service['kafka_cpu_us_per_event']:.1f})")
@@ -436,7 +457,10 @@ def main() -> int:
                            "processor_alone_events_per_cpu_s": round(statistics.median(core)),
                            **{k: round(v, 2) for k, v in service.items()},
                            "service_to_processor_ratio": round(service["events_per_cpu_s"] / statistics.median(core), 3),
-                           "target_events_per_cpu_s": 20_000}
+                           "target_events_per_cpu_s": 20_000,
+                           # the same backlog read with nothing done per event, each client in a process of its
+                           # own (bench/drift_floor.py): no drift service on a client can beat its floor
+                           "floor_events_per_cpu_s": floor}
     if args.skip_drifts:
         result["drifts"] = previous.get("drifts")
     else:
