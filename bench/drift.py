@@ -103,13 +103,7 @@ def core_speed(events: list[tuple[bytes, bytes]], window_s: float) -> float:
 
 
 def _events_read(ops_port: int) -> float:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{ops_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("vigil_drift_events_total{"))
+    return sum(v for k, v in drift_counters(ops_port).items() if k.startswith("vigil_drift_events_total{"))
 
 
 def floor_speeds(bootstrap: str, topic: str, count: int) -> dict[str, dict]:
@@ -234,19 +228,19 @@ def _stats_vector(stats: events_pb2.ImageStats) -> list[float]:
     return [getattr(stats, name) for name in events_pb2.ImageStats.DESCRIPTOR.fields_by_name]
 
 
-class FrameLog:
-    """Of every frame on vigil.frames from now on: camera, event time (s), sequence and image statistics (the
-    pixels are dropped as they arrive; six cameras at 5 fps for a quarter of an hour are 30,000 frames)."""
+class TopicDigest:
+    """A digest of every message of a topic from now on, with its arrival time (wall clock): frames are dropped
+    as they arrive, only what `digest` keeps stays (six cameras at 5 fps for a quarter of an hour are 30,000)."""
 
-    def __init__(self, bootstrap: str) -> None:
-        from libs.common.topics import FRAMES
+    def __init__(self, bootstrap: str, topic: str, kind, digest) -> None:
         from tests.integration.kafka_tools import end_offsets
 
-        self.frames: list[tuple[str, float, int, list[float]]] = []
+        self.kind, self.digest = kind, digest
+        self.records: list[tuple] = []
         self._stop = threading.Event()
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
                                    "enable.auto.commit": False})
-        self._consumer.assign([TopicPartition(FRAMES, p, o) for p, o in end_offsets(bootstrap, FRAMES).items()])
+        self._consumer.assign([TopicPartition(topic, p, o) for p, o in end_offsets(bootstrap, topic).items()])
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -256,19 +250,50 @@ class FrameLog:
             if msg is None or msg.error():
                 continue
             try:
-                frame = events_pb2.Frame.FromString(msg.value() or b"")
+                event = self.kind.FromString(msg.value() or b"")
             except Exception:  # noqa: BLE001 (another producer's bytes on a shared topic)
                 continue
-            self.frames.append((frame.camera_id, frame.envelope.event_time.ToNanoseconds() / 1e9, frame.sequence,
-                                _stats_vector(frame.image_stats)))
+            self.records.append((time.time(), *self.digest(event)))
         self._consumer.close()
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def of(self, camera: str) -> list[tuple[float, int, list[float]]]:
-        return sorted((t, seq, stats) for cam, t, seq, stats in list(self.frames) if cam == camera)
+
+def _frame_digest(frame: events_pb2.Frame) -> tuple:
+    return frame.camera_id, frame.envelope.event_time.ToNanoseconds() / 1e9, frame.sequence, \
+        _stats_vector(frame.image_stats)
+
+
+def _result_digest(result: events_pb2.InferenceResult) -> tuple:
+    return result.camera_id, result.envelope.event_time.ToNanoseconds() / 1e9
+
+
+def frames_of(frames: TopicDigest, camera: str) -> list[tuple[float, int, list[float]]]:
+    return sorted((t, seq, stats) for _arrived, cam, t, seq, stats in list(frames.records) if cam == camera)
+
+
+def result_lag(results: TopicDigest, camera: str) -> dict:
+    """How long after their frame's event time the camera's inference results reached vigil.inference: the drift
+    service closes a window `grace` after its end by the newest event it read (the frames), so results later
+    than that fall into closed windows and are dropped as late."""
+    lags = np.array([arrived - t for arrived, cam, t in list(results.records) if cam == camera])
+    if not lags.size:
+        return {"results": 0}
+    return {"results": int(lags.size), "lag_s_median": round(float(np.median(lags)), 2),
+            "lag_s_p95": round(float(np.quantile(lags, 0.95)), 2)}
+
+
+def drift_counters(ops_port: int) -> dict[str, float]:
+    """The drift service's counters of events read (by topic and outcome) and windows closed (by status)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ops_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(("vigil_drift_events_total{", "vigil_drift_windows_total{"))}
 
 
 def first_drifted_frame(frames: list[tuple[float, int, list[float]]], expected: np.ndarray,
@@ -325,7 +350,8 @@ def drift_delays(window_s: float, reference_windows: int | None, control_windows
     from cli.stack.camera import fetch_footage
     from cli.stack.local import LocalStack, StackPorts
     from libs.common.cache_dir import default_cache_dir
-    from libs.common.topics import DRIFT_WINDOWS, MONITORING
+    from libs.common.topics import DRIFT_WINDOWS, FRAMES, INFERENCE, MONITORING
+    from services.drift.declaration import SERVICE
     from tests.integration.kafka_tools import TopicRecorder
 
     frames, fps = footage_frames(fetch_footage(default_cache_dir()))
@@ -347,11 +373,14 @@ def drift_delays(window_s: float, reference_windows: int | None, control_windows
         "VIGIL_DRIFT_WINDOW_S": str(window_s), "VIGIL_DRIFT_REFERENCE_WINDOWS": str(reference_windows),
         "VIGIL_DRIFT_GRACE_S": str(min(5.0, window_s / 2))}})
     stack.install()
-    frame_log = None
+    logs: list[TopicDigest] = []
     try:
         stack.up(progress=say)
         stack.unregister_camera(stack.config.camera_id)  # the demo camera: not part of the measurement
-        frame_log = FrameLog(stack.config.kafka_bootstrap)
+        bootstrap = stack.config.kafka_bootstrap
+        frame_log = TopicDigest(bootstrap, FRAMES, events_pb2.Frame, _frame_digest)
+        result_log = TopicDigest(bootstrap, INFERENCE, events_pb2.InferenceResult, _result_digest)
+        logs += [frame_log, result_log]
         with TopicRecorder(stack.config.kafka_bootstrap, MONITORING) as monitoring, \
                 TopicRecorder(stack.config.kafka_bootstrap, DRIFT_WINDOWS) as windows:
             for name, clip in clips.items():
@@ -368,35 +397,39 @@ def drift_delays(window_s: float, reference_windows: int | None, control_windows
             alerts = [m.drift_alert for _, m in _decoded(monitoring, events_pb2.MonitoringEvent)
                       if m.WhichOneof("detail") == "drift_alert"]
             all_windows = [w for _, w in _decoded(windows, events_pb2.DriftWindow)]
-        frame_log.close()
-        return {"reference_windows": reference_windows,
-                "cameras": {name: camera_report(name, clip, alerts, all_windows, frame_log,
-                                                expected.get(name), window_s)
+        counters = drift_counters(getattr(stack.config.ports, SERVICE.ops_port_name))
+        for log in logs:
+            log.close()
+        return {"reference_windows": reference_windows, "drift_service_counters": counters,
+                "cameras": {name: {**camera_report(name, clip, alerts, all_windows, frame_log,
+                                                   expected.get(name), window_s),
+                                   "inference": result_lag(result_log, f"bench-{name}")}
                             for name, clip in clips.items()}}
     finally:
-        if frame_log is not None:
-            frame_log.close()
+        for log in logs:
+            log.close()
         stack.supervisor.down(progress=say)
         shutil.rmtree(state, ignore_errors=True)
 
 
-def camera_report(name: str, clip: Clip, alerts: list, windows: list, frame_log: FrameLog,
+def camera_report(name: str, clip: Clip, alerts: list, windows: list, frame_log: TopicDigest,
                   expected: np.ndarray | None, window_s: float) -> dict:
     camera = f"bench-{name}"
     mine = [w for w in windows if w.camera_id == camera]
     my_alerts = [a for a in alerts if a.camera_id == camera]
     inputs = [w for w in mine if not w.model.name]
     outputs = [w for w in mine if w.model.name]
+    statuses = {"input_windows": _by_status(inputs), "output_windows": _by_status(outputs)}
     if name == "control":
         scored_in = [w for w in inputs if w.status == "scored"]
         scored_out = [w for w in outputs if w.status == "scored"]
         return {"windows_scored": len(scored_in), "windows_drifting": sum(w.alert_state != "ok" for w in scored_in),
                 "output_windows_scored": len(scored_out),
                 "output_windows_drifting": sum(w.alert_state != "ok" for w in scored_out),
-                "false_alarms": sum(a.state == "raised" for a in my_alerts)}
-    first = first_drifted_frame(frame_log.of(camera), expected, clip.normal_frames)
+                "false_alarms": sum(a.state == "raised" for a in my_alerts), **statuses}
+    first = first_drifted_frame(frames_of(frame_log, camera), expected, clip.normal_frames)
     if first is None:
-        return {"drift_start": None, "alert_after_windows": None}
+        return {"drift_start": None, "alert_after_windows": None, **statuses}
     start = first.pop("event_time")
     report = {"drift_start": datetime.fromtimestamp(start, timezone.utc).isoformat(timespec="milliseconds"),
               "first_drifted_frame": first}
@@ -405,7 +438,14 @@ def camera_report(name: str, clip: Clip, alerts: list, windows: list, frame_log:
     delays = [r["alert_after_windows"] for r in (report["input"], report["outputs"])
               if r["alert_after_windows"] is not None]
     report["alert_after_windows"] = min(delays) if delays else None
-    return report
+    return {**report, **statuses}
+
+
+def _by_status(windows: list) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for window in windows:
+        counts[window.status] = counts.get(window.status, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _decoded(recorder, kind):

@@ -13,6 +13,7 @@ from services.drift.features import InferenceOutput, record_image_statistics, re
 from services.drift.monitor import DriftMonitor, DriftPolicy
 from services.drift.windows import DriftKey
 from services.inference.detectors.yolo import YoloDetector
+from services.ingest.image_stats import image_stats
 from tests.drift_injections import injected
 
 WINDOW_S = 20.0  # windows shortened, as the harness may: 100 frames each at 5 fps
@@ -26,12 +27,9 @@ MODEL = DriftKey("camera/demo", "yolov3-tiny", "1")
 
 
 def image_statistics(bgr: np.ndarray) -> dict[str, float]:
-    """Stand-ins for the statistics ingest will carry in each Frame (same definitions as the issue's)."""
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    return {"mean_luma": float(gray.mean()), "contrast": float(gray.std()),
-            "sharpness": float(cv2.Laplacian(gray, cv2.CV_64F).var()),
-            "saturation": float(cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)[..., 1].mean()),
-            "underexposed": float((gray < 16).mean()), "overexposed": float((gray > 240).mean())}
+    """What ingest carries in each Frame, by name, as the drift processor records it."""
+    stats = image_stats(bgr)
+    return {field.name: getattr(stats, field.name) for field in stats.DESCRIPTOR.fields}
 
 
 VARIANTS = ("normal", "dusk", "defocus", "knocked", "covered", "rotated")
@@ -64,8 +62,8 @@ def observations(opencv_samples_dir, yolov3_tiny_model_dir):
     return found
 
 
-@pytest.mark.parametrize("drift", VARIANTS[1:])
-def test_the_stable_clip_never_alerts_and_an_injected_drift_alerts_within_k_windows(observations, drift):
+def monitored(observations, drift: str) -> list:
+    """The clip as a camera: the reference, CONTROL_WINDOWS stable windows, DRIFT_WINDOWS drifted, one stable."""
     monitor = DriftMonitor(DriftPolicy(window_s=WINDOW_S, grace_s=0.0, reference_windows=REFERENCE_WINDOWS,
                                        raise_after=RAISE_AFTER))
     start = REFERENCE_WINDOWS + CONTROL_WINDOWS  # the drift's first window
@@ -78,6 +76,13 @@ def test_the_stable_clip_never_alerts_and_an_injected_drift_alerts_within_k_wind
         record_image_statistics(monitor.window_for(CAMERA, t), statistics)
         record_inference(monitor.window_for(MODEL, t), output)
         outcomes += monitor.take_outcomes(now=t)
+    return outcomes
+
+
+@pytest.mark.parametrize("drift", VARIANTS[1:])
+def test_the_stable_clip_never_alerts_and_an_injected_drift_alerts_within_k_windows(observations, drift):
+    start = REFERENCE_WINDOWS + CONTROL_WINDOWS
+    outcomes = monitored(observations, drift)
     for key in (CAMERA, MODEL):
         mine = [o for o in outcomes if o.window.key == key]
         control = [o for o in mine if o.window.start < start * WINDOW_S]
@@ -85,3 +90,12 @@ def test_the_stable_clip_never_alerts_and_an_injected_drift_alerts_within_k_wind
         assert [o.window.start for o in control if o.decision] == [], f"{key}: alert on the stable clip"
         raised = [int(o.window.start // WINDOW_S) - start for o in mine if o.decision and o.decision.action == "raise"]
         assert raised and raised[0] < RAISE_AFTER, f"{key}: {drift} alerted at drift window {raised}"
+
+
+def test_a_turned_camera_is_alerted_on_its_input_by_the_edge_orientation(observations):
+    """The mirrored edges of the turned view leave exposure, luma and colour as they were: the orientation
+    of the edges is what moved."""
+    raised = [o for o in monitored(observations, "rotated") if o.window.key == CAMERA and o.decision
+              and o.decision.action == "raise"]
+    assert raised, "the rotation raised no alert on the camera's input"
+    assert raised[0].decision.features[0].feature == "input.edge_orientation", raised[0].decision.features
