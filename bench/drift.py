@@ -324,7 +324,8 @@ def subject_report(alerts: list[events_pb2.DriftAlert], windows: list[events_pb2
     """One subject of a drifted camera (its input, or its outputs under the model): the delay from the first
     drifted frame's event time to the end of the window that raised the alert (in windows, and as the count of
     windows from the one the drift started in, that one being 1); the raising alert's top features; and per
-    feature, in how many of the first `drifting_windows` windows lying wholly after the start it drifted."""
+    feature, in how many of the first `drifting_windows` windows lying wholly after the start it drifted, and
+    the first of those windows' scores."""
     raised = sorted((a for a in alerts if a.state == "raised" and _seconds(a.window_end) > start),
                     key=lambda a: _seconds(a.window_end))
     after = sorted((w for w in windows if w.status == "scored" and _seconds(w.window_start) >= start),
@@ -336,7 +337,10 @@ def subject_report(alerts: list[events_pb2.DriftAlert], windows: list[events_pb2
                 drifting[score.feature] = drifting.get(score.feature, 0) + 1
     report = {"alert_after_windows": None, "alert_window": None, "top_features": [],
               "drifting_features": dict(sorted(drifting.items(), key=lambda kv: (-kv[1], kv[0]))),
-              "windows_read": len(after)}
+              "windows_read": len(after),
+              # every feature of the first window wholly drifted: [metric, score, threshold]
+              "first_window_scores": {score.feature: [score.metric, round(score.score, 3), round(score.threshold, 3)]
+                                      for score in (after[0].scores if after else ())}}
     if raised:
         first = raised[0]
         report["alert_after_windows"] = round((_seconds(first.window_end) - start) / window_s, 2)
