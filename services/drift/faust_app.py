@@ -162,13 +162,10 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
     async def watch(stream):
         async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_wait_s):
             restore_once()
-            dead = []
-            for event in events:
-                message = event.message
-                rejected = processor.handle(SourceMessage(message.topic, message.partition, message.offset,
-                                                          message.value or b""))
-                if rejected is not None:
-                    dead.append(dead_letter(event, rejected, kafka.dlq_topic))
+            messages = [event.message for event in events]
+            rejected = processor.handle_batch([SourceMessage(m.topic, m.partition, m.offset, m.value or b"")
+                                               for m in messages])
+            dead = [dead_letter(events[index], rejection, kafka.dlq_topic) for index, rejection in rejected]
             await publish(processor.take_output(), dead)
             last_read[0] = time.monotonic()
             heartbeat.beat()

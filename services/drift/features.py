@@ -1,8 +1,9 @@
-"""The features drift watches, recorded into a window per event: output statistics of a detector's result (count,
-class mix, confidences overall and per class, box area and aspect ratio, empty frames, primary-vs-shadow
-disagreement), the image statistics ingest carries per frame, sensor values and anomaly scores; and the label-free
-performance estimate made from the confidences at window close. Plain values in, no protobuf: the Kafka adapter
-maps InferenceResult, Frame and SensorReading onto these."""
+"""The features drift watches, recorded into a window a run of events at a time (columns, one numpy operation per
+feature however many events): output statistics of a detector's results (count, class mix, confidences overall
+and per class, box area and aspect ratio, empty frames, primary-vs-shadow disagreement), the image statistics
+ingest carries per frame, sensor values and anomaly scores; and the label-free performance estimate made from the
+confidences at window close. Plain values in, no protobuf: the Kafka adapter maps InferenceResult, Frame and
+SensorReading onto these."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -31,10 +32,11 @@ class FeatureSink(Protocol):
     """What a window offers to record into (windows.WindowAccumulator)."""
 
     def add_frame(self) -> None: ...
+    def add_frames(self, count: int) -> None: ...
     def add_number(self, feature: str, value: float) -> None: ...
-    def add_numbers(self, feature: str, values: list[float]) -> None: ...
+    def add_numbers(self, feature: str, values: Any) -> None: ...
     def add_category(self, feature: str, category: str, count: int = 1) -> None: ...
-    def add_embedding(self, vector: Any) -> None: ...
+    def add_embeddings(self, vectors: np.ndarray) -> None: ...
     def add_total(self, name: str, amount: float) -> None: ...
 
 
@@ -48,6 +50,31 @@ class InferenceOutput:
     width: int
     height: int
     embedding: Sequence[float] | None = None
+
+
+@dataclass(slots=True)
+class InferenceColumns:
+    """Consecutive results of one key as columns: per result its detection count and frame size; per detection
+    (results in order) its label, score and box; the embeddings of the results that carry one, in order."""
+
+    counts: np.ndarray  # int, per result
+    widths: np.ndarray  # float, per result
+    heights: np.ndarray
+    labels: Sequence[str]  # per detection
+    scores: np.ndarray  # float, per detection
+    boxes: np.ndarray  # (detections, 4): x1, y1, x2, y2 in pixels of the frame
+    embeddings: np.ndarray | None = None  # (results with one, dim)
+
+    @classmethod
+    def of(cls, outputs: Sequence[InferenceOutput]) -> InferenceColumns:
+        embeddings = [o.embedding for o in outputs if o.embedding is not None and len(o.embedding)]
+        return cls(counts=np.array([len(o.scores) for o in outputs], np.int64),
+                   widths=np.array([o.width for o in outputs], np.float64),
+                   heights=np.array([o.height for o in outputs], np.float64),
+                   labels=[label for o in outputs for label in o.labels],
+                   scores=np.array([score for o in outputs for score in o.scores], np.float64),
+                   boxes=np.array([box for o in outputs for box in o.boxes], np.float64).reshape(-1, 4),
+                   embeddings=np.array(embeddings, np.float32) if embeddings else None)
 
 
 @dataclass(frozen=True)
@@ -64,54 +91,65 @@ class Calibration:
 
 def record_inference(window: FeatureSink, output: InferenceOutput, low_confidence: float = LOW_CONFIDENCE,
                      calibration: Calibration | None = None) -> None:
-    """One frame's detections into the window: per frame, the count, empty or not, the top score; per detection,
-    class, score (overall and per class), box area as a share of the frame, aspect ratio, box centre (as shares
-    of the frame's width and height); totals for the performance estimate; the embedding if there is one."""
-    window.add_frame()
-    n = len(output.scores)
-    window.add_number("output.detections", n)
-    window.add_category("output.empty", "empty" if n == 0 else "objects")
-    if output.embedding is not None and len(output.embedding):
-        window.add_embedding(output.embedding)
+    """One frame's detections into the window (see record_inferences)."""
+    record_inferences(window, InferenceColumns.of([output]), low_confidence, calibration)
+
+
+def record_inferences(window: FeatureSink, results: InferenceColumns, low_confidence: float = LOW_CONFIDENCE,
+                      calibration: Calibration | None = None) -> None:
+    """Consecutive results' detections into the window: per frame, the count, empty or not, the top score; per
+    detection, class, score (overall and per class), box area as a share of the frame, aspect ratio, box centre
+    (as shares of the frame's width and height); totals for the performance estimate; the embeddings. Each
+    feature receives its values in the results' order, as result by result."""
+    # First, as the only one that can be refused (vectors of another length than the window's): a refused run
+    # leaves the window as it was.
+    if results.embeddings is not None and len(results.embeddings):
+        window.add_embeddings(results.embeddings)
+    counts = results.counts
+    frames = len(counts)
+    window.add_frames(frames)
+    window.add_numbers("output.detections", counts)
+    empty = int(np.count_nonzero(counts == 0))
+    mix = (("empty", empty), ("objects", frames - empty))
+    for category, count in mix if counts[0] == 0 else mix[::-1]:  # first seen first, as result by result
+        if count:
+            window.add_category("output.empty", category, count)
+    n = len(results.scores)
     if n == 0:
         return
-    width, height = float(output.width) or 1.0, float(output.height) or 1.0
-    frame_area = width * height
-    # Values gathered per feature first, then added once per feature: per event, a dozen reservoir calls however
-    # many detections, most of them one comparison once the reservoirs are full.
-    scores = [float(score) for score in output.scores]
-    areas, centers_x, centers_y, aspects = [], [], [], []
-    by_label: dict[str, list[float]] = {}
-    for label, score, (x1, y1, x2, y2) in zip(output.labels, scores, output.boxes):
-        w, h = max(x2 - x1, 0.0), max(y2 - y1, 0.0)
-        areas.append(w * h / frame_area)
-        # where objects sit in the view: a knocked camera moves them before it changes anything else
-        centers_x.append((x1 + x2) / (2.0 * width))
-        centers_y.append((y1 + y2) / (2.0 * height))
-        if h > 0:
-            aspects.append(w / h)
-        same = by_label.get(label)
-        if same is None:
-            by_label[label] = [score]
-        else:
-            same.append(score)
+    widths, heights = results.widths.copy(), results.heights.copy()
+    widths[widths == 0], heights[heights == 0] = 1.0, 1.0
+    width, height = np.repeat(widths, counts), np.repeat(heights, counts)
+    scores = results.scores
+    x1, y1, x2, y2 = results.boxes.T
+    w, h = np.maximum(x2 - x1, 0.0), np.maximum(y2 - y1, 0.0)
     window.add_numbers("output.score", scores)
-    window.add_numbers("output.box_area", areas)
-    window.add_numbers("output.box_center_x", centers_x)
-    window.add_numbers("output.box_center_y", centers_y)
-    if aspects:
-        window.add_numbers("output.aspect_ratio", aspects)
-    for label, same in by_label.items():
-        window.add_category("output.class", label, len(same))
-        window.add_numbers("output.score." + label, same)
-    top = max(scores)
-    window.add_number("output.top_score", top)
+    window.add_numbers("output.box_area", w * h / (width * height))
+    # where objects sit in the view: a knocked camera moves them before it changes anything else
+    window.add_numbers("output.box_center_x", (x1 + x2) / (2.0 * width))
+    window.add_numbers("output.box_center_y", (y1 + y2) / (2.0 * height))
+    tall = h > 0
+    if tall.any():
+        window.add_numbers("output.aspect_ratio", w[tall] / h[tall])
+    labels = results.labels
+    first = labels[0]
+    if all(label == first for label in labels):  # the common case: one class in the run
+        window.add_category("output.class", first, n)
+        window.add_numbers("output.score." + first, scores)
+    else:
+        kinds, inverse = np.unique(np.asarray(labels), return_inverse=True)
+        for i in np.argsort([labels.index(kind) for kind in kinds.tolist()], kind="stable"):  # first seen first
+            same = scores[inverse == i]
+            window.add_category("output.class", str(kinds[i]), len(same))
+            window.add_numbers("output.score." + str(kinds[i]), same)
+    seen = counts > 0
+    tops = np.maximum.reduceat(scores, (np.cumsum(counts) - counts)[seen])
+    window.add_numbers("output.top_score", tops)
     window.add_total("detections", n)
-    window.add_total("frames_with_detections", 1)
-    window.add_total("top_score_sum", top)
-    window.add_total("low_confidence", sum(score < low_confidence for score in scores))
-    window.add_total("calibrated_score_sum",
-                     float(calibration(np.asarray(scores, np.float64)).sum()) if calibration else sum(scores))
+    window.add_total("frames_with_detections", int(np.count_nonzero(seen)))
+    window.add_total("top_score_sum", float(tops.sum()))
+    window.add_total("low_confidence", int(np.count_nonzero(scores < low_confidence)))
+    window.add_total("calibrated_score_sum", float(calibration(scores).sum()) if calibration else float(scores.sum()))
 
 
 def performance_estimate(totals: Mapping[str, float]) -> dict[str, float]:
@@ -131,9 +169,17 @@ def performance_estimate(totals: Mapping[str, float]) -> dict[str, float]:
 def record_image_statistics(window: FeatureSink, statistics: Mapping[str, float]) -> None:
     """One frame's image statistics as ingest computed them (mean luma, contrast, sharpness, saturation, under-
     and over-exposed shares), each its own numeric feature "input.<name>"."""
-    window.add_frame()
-    for name, value in statistics.items():
-        window.add_number("input." + name, float(value))
+    record_frames(window, {name: [value] for name, value in statistics.items()})
+
+
+def record_frames(window: FeatureSink, statistics: Mapping[str, Sequence[float]]) -> None:
+    """Consecutive frames' image statistics, a column per statistic."""
+    frames = {len(column) for column in statistics.values()}
+    if len(frames) != 1:
+        raise ValueError(f"image statistics of unequal lengths: {sorted(frames)}")
+    window.add_frames(frames.pop())
+    for name, column in statistics.items():
+        window.add_numbers("input." + name, column)
 
 
 def record_sensor_reading(window: FeatureSink, value: float) -> None:

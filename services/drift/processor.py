@@ -8,16 +8,24 @@ Subjects (DriftMonitor keys):
   primary-vs-shadow disagreement in the primary's window);
 - a sensor, `sensor/<id>`: its values and the anomaly model's scores (vigil.inference.sensors).
 
+Messages are taken a batch at a time: decoded, grouped by subject, and each subject's run of events in one window
+recorded as columns (features.record_inferences), so the cost per event is the decode and little else.
+
 Exactly once per subject: each subject's state carries the last offset applied from each source partition, and a
 message at or below it is skipped. A worker killed after its state reached the changelog but before its offsets
 were committed reads those messages again; they leave the windows as they were."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 import zlib
+from collections import Counter as Tally
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter
@@ -28,7 +36,7 @@ from libs.common.topics import DRIFT_REFERENCES, DRIFT_WINDOWS, FRAMES, INFERENC
     INFERENCE_SHADOW, MONITORING
 from protos import events_pb2
 from services.drift.features import (
-    InferenceOutput, ShadowPairing, record_image_statistics, record_inference, record_sensor_reading,
+    InferenceColumns, InferenceOutput, ShadowPairing, record_frames, record_inferences, record_sensor_reading,
     record_sensor_score, record_shadow_disagreement)
 from services.drift.monitor import DriftMonitor, WindowOutcome
 from services.drift.profiles import ReferenceProfile
@@ -78,8 +86,44 @@ def _output_of(result: events_pb2.InferenceResult) -> InferenceOutput:
         width=result.width, height=result.height, embedding=list(result.embedding) or None)
 
 
+def _columns_of(results: Sequence[events_pb2.InferenceResult]) -> InferenceColumns:
+    """Results as columns, read straight from the protobuf: no object per detection."""
+    counts, sizes, labels, numbers, embeddings, dims = [], [], [], [], [], set()
+    for result in results:
+        detections = result.detections
+        counts.append(len(detections))
+        sizes += (result.width, result.height)
+        for d in detections:
+            box = d.box
+            labels.append(d.label)
+            numbers += (d.score, box.x1, box.y1, box.x2, box.y2)
+        embedding = result.embedding
+        if len(embedding):
+            embeddings += embedding
+            dims.add(len(embedding))
+    if len(dims) > 1:
+        raise ValueError(f"embeddings of unequal lengths in one window: {sorted(dims)}")
+    sizes_ = np.array(sizes, np.float64).reshape(-1, 2)
+    numbers_ = np.array(numbers, np.float64).reshape(-1, 5)
+    return InferenceColumns(
+        counts=np.array(counts, np.int64), widths=sizes_[:, 0], heights=sizes_[:, 1], labels=labels,
+        scores=numbers_[:, 0], boxes=numbers_[:, 1:],
+        embeddings=np.array(embeddings, np.float32).reshape(-1, dims.pop()) if dims else None)
+
+
 def _seconds(ts) -> float:
     return ts.seconds + ts.nanos / 1e9
+
+
+@dataclass(slots=True)
+class _Event:
+    """A decoded message waiting to be recorded into its subject's window."""
+
+    message: SourceMessage
+    index: int  # in its batch
+    time: float  # event time, seconds
+    kind: str  # "frame", "result" or "sensor"
+    value: object  # the decoded event
 
 
 class DriftProcessor:
@@ -91,74 +135,149 @@ class DriftProcessor:
         self.touched: set[DriftKey] = set()
         # The newest event time read (seconds), replays included: how far the input has been read.
         self.newest_event_time: float | None = None
+        # Cameras a shadow model has answered for: only their primary results wait to be paired (a primary with
+        # no shadow would otherwise hold a place among the results waiting for their counterpart).
+        self.shadowed: set[str] = set()
 
     # --- input --------------------------------------------------------------------------------------------
     def handle(self, message: SourceMessage) -> Rejected | None:
-        """Records one message into its subject's window. A message that can never be read is returned as
-        Rejected (the caller dead-letters it); one that is late, a replay or not drift's business is counted."""
-        try:
-            outcome = self._record(message)
-        except DecodeError as exc:
-            outcome = Rejected("malformed_event", f"not a {message.topic} event: {exc}")
-        except (ValueError, TypeError) as exc:  # a field the features cannot take (NaN box, wrong shape)
-            outcome = Rejected("invalid_event", str(exc))
-        EVENTS.labels(message.topic, outcome.reason if isinstance(outcome, Rejected) else outcome).inc()
-        return outcome if isinstance(outcome, Rejected) else None
+        """One message (see handle_batch)."""
+        rejected = self.handle_batch([message])
+        return rejected[0][1] if rejected else None
 
-    def _record(self, message: SourceMessage) -> str | Rejected:
-        if message.topic == FRAMES:
-            frame = events_pb2.Frame.FromString(message.value)
-            if not frame.HasField("image_stats"):
-                return "no_image_stats"  # from an ingest that predates them: nothing to watch
-            key = DriftKey(f"camera/{frame.camera_id}")
-            window = self._window(key, message, _seconds(frame.envelope.event_time))
-            if isinstance(window, str):
-                return window
-            stats = frame.image_stats
-            record_image_statistics(window, {name: getattr(stats, name) for name in IMAGE_STATS})
-            return "recorded"
-        if message.topic in (INFERENCE, INFERENCE_SHADOW):
+    def handle_batch(self, messages: Sequence[SourceMessage]) -> list[tuple[int, Rejected]]:
+        """Records a batch of messages into their subjects' windows, each subject's in the batch's order. Messages
+        that can never be read are returned as (index in the batch, Rejected) for the caller to dead-letter; those
+        that are late, replays or not drift's business are counted."""
+        tally: Tally[tuple[str, str]] = Tally()
+        rejected: list[tuple[int, Rejected]] = []
+        subjects: dict[DriftKey, list[_Event]] = {}
+        newest = self.newest_event_time
+        for index, message in enumerate(messages):
+            try:
+                decoded = self._decode(message, index)
+            except DecodeError as exc:
+                rejected.append((index, Rejected("malformed_event", f"not a {message.topic} event: {exc}")))
+                continue
+            except (ValueError, TypeError) as exc:  # a field drift cannot take
+                rejected.append((index, Rejected("invalid_event", str(exc))))
+                continue
+            if isinstance(decoded, str):
+                tally[message.topic, decoded] += 1
+                continue
+            key, event = decoded
+            newest = event.time if newest is None or event.time > newest else newest
+            events = subjects.get(key)
+            if events is None:
+                subjects[key] = [event]
+            else:
+                events.append(event)
+        self.newest_event_time = newest
+        for key, events in subjects.items():
+            self._record(key, events, tally, rejected)
+        for (topic, outcome), count in tally.items():
+            EVENTS.labels(topic, outcome).inc(count)
+        for index, rejection in rejected:
+            EVENTS.labels(messages[index].topic, rejection.reason).inc()
+        rejected.sort(key=lambda item: item[0])
+        return rejected
+
+    def _decode(self, message: SourceMessage, index: int) -> tuple[DriftKey, _Event] | str:
+        topic = message.topic
+        if topic == INFERENCE or topic == INFERENCE_SHADOW:
             result = events_pb2.InferenceResult.FromString(message.value)
             if result.sensor_id or not result.camera_id:
                 return "not_a_camera"
-            key = DriftKey(f"camera/{result.camera_id}", result.model.name, result.model.version)
-            event_time = _seconds(result.envelope.event_time)
-            window = self._window(key, message, event_time)
-            if isinstance(window, str):
-                return window
-            output = _output_of(result)
-            record_inference(window, output)
-            paired = self.pairing.offer(result.frame_event_id, output, result.shadow,
-                                        None if result.shadow else (key, event_time))
+            if result.shadow:
+                self.shadowed.add(result.camera_id)
+            model = result.model
+            time_ = result.envelope.event_time
+            return (DriftKey(f"camera/{result.camera_id}", model.name, model.version),
+                    _Event(message, index, time_.seconds + time_.nanos / 1e9, "result", result))
+        if topic == FRAMES:
+            frame = events_pb2.Frame.FromString(message.value)
+            if not frame.HasField("image_stats"):
+                return "no_image_stats"  # from an ingest that predates them: nothing to watch
+            return (DriftKey(f"camera/{frame.camera_id}"),
+                    _Event(message, index, _seconds(frame.envelope.event_time), "frame", frame.image_stats))
+        if topic == INFERENCE_SENSORS:
+            result = events_pb2.SensorAnomalyResult.FromString(message.value)
+            if not result.sensor_id:
+                raise ValueError("sensor result without a sensor id")
+            return (DriftKey(f"sensor/{result.sensor_id}"),
+                    _Event(message, index, _seconds(result.envelope.event_time), "sensor", result))
+        return "not_a_source"
+
+    def _record(self, key: DriftKey, events: list[_Event], tally: Tally, rejected: list) -> None:
+        """One subject's events of a batch: replays skipped by the offsets applied, then each run of events that
+        fall in one window (and are of one kind) recorded at once. Windows an event's time closes are closed
+        before its run is recorded, as event by event (they are other, earlier windows)."""
+        applied = self.applied.setdefault(key, {})
+        fresh = []
+        for event in events:
+            message = event.message
+            position = f"{message.topic}:{message.partition}"
+            if message.offset <= applied.get(position, -1):
+                tally[message.topic, "replayed"] += 1
+                continue
+            applied[position] = message.offset
+            fresh.append(event)
+        if not fresh:
+            return
+        self.touched.add(key)
+        size = self.monitor.windows.size_s
+        run_start, run = None, []
+        for event in fresh:
+            start = (math.floor(event.time / size) * size, event.kind)
+            if start != run_start and run:
+                self._record_run(key, run, tally, rejected)
+                run = []
+            run_start = start
+            run.append(event)
+        self._record_run(key, run, tally, rejected)
+
+    def _record_run(self, key: DriftKey, run: list[_Event], tally: Tally, rejected: list) -> None:
+        window = self.monitor.window_for(key, max(event.time for event in run))
+        if window is None:
+            for event in run:
+                tally[event.message.topic, "late"] += 1
+            return
+        kind = run[0].kind
+        try:
+            if kind == "result":
+                record_inferences(window, _columns_of([event.value for event in run]))
+                self._pair_with_shadows(key, run)
+            elif kind == "frame":
+                record_frames(window, {name: [getattr(event.value, name) for event in run] for name in IMAGE_STATS})
+            else:
+                for event in run:
+                    record_sensor_reading(window, event.value.value)
+                    record_sensor_score(window, event.value.score, event.value.anomaly)
+        except (ValueError, TypeError) as exc:
+            # The recording functions check before they change the window, so nothing of the run was recorded.
+            if len(run) > 1:  # one bad event spoils a run's columns: record its events one by one
+                for event in run:
+                    self._record_run(key, [event], tally, rejected)
+                return
+            rejected.append((run[0].index, Rejected("invalid_event", str(exc))))
+            return
+        for event in run:
+            tally[event.message.topic, "recorded"] += 1
+
+    def _pair_with_shadows(self, key: DriftKey, run: list[_Event]) -> None:
+        """Primary and shadow results of a frame meet (in either order, across batches); the disagreement goes
+        into the primary's window."""
+        for event in run:
+            result = event.value
+            if not result.shadow and result.camera_id not in self.shadowed:
+                continue
+            paired = self.pairing.offer(result.frame_event_id, _output_of(result), result.shadow,
+                                        None if result.shadow else (key, event.time))
             if paired is not None and paired[0] is not None:
                 (primary_key, primary_time), disagreement = paired
                 primary_window = self.monitor.window_for(primary_key, primary_time)
                 if primary_window is not None:
                     record_shadow_disagreement(primary_window, disagreement)
-            return "recorded"
-        if message.topic == INFERENCE_SENSORS:
-            result = events_pb2.SensorAnomalyResult.FromString(message.value)
-            if not result.sensor_id:
-                raise ValueError("sensor result without a sensor id")
-            key = DriftKey(f"sensor/{result.sensor_id}")
-            window = self._window(key, message, _seconds(result.envelope.event_time))
-            if isinstance(window, str):
-                return window
-            record_sensor_reading(window, result.value)
-            record_sensor_score(window, result.score, result.anomaly)
-            return "recorded"
-        return "not_a_source"
-
-    def _window(self, key: DriftKey, message: SourceMessage, event_time: float):
-        self.newest_event_time = max(self.newest_event_time or event_time, event_time)
-        applied = self.applied.setdefault(key, {})
-        position = f"{message.topic}:{message.partition}"
-        if message.offset <= applied.get(position, -1):
-            return "replayed"
-        applied[position] = message.offset
-        self.touched.add(key)
-        window = self.monitor.window_for(key, event_time)
-        return window if window is not None else "late"
 
     # --- output -------------------------------------------------------------------------------------------
     def take_output(self, now: float | None = None, close_idle: bool = False) -> ProcessorOutput:
@@ -225,7 +344,7 @@ class DriftProcessor:
 
     # --- state --------------------------------------------------------------------------------------------
     def take_touched_states(self) -> dict[str, bytes]:
-        """subject -> its state (compressed JSON), for every subject changed since the last call."""
+        """subject -> its state (JSON), for every subject changed since the last call."""
         states = {subject_of(key): self.state_of(key) for key in sorted(self.touched)}
         self.touched.clear()
         return states
@@ -233,10 +352,12 @@ class DriftProcessor:
     def state_of(self, key: DriftKey) -> bytes:
         state = {"key": [key.subject, key.model_name, key.model_version], "applied": self.applied.get(key, {}),
                  "monitor": self.monitor.key_state(key)}
-        return zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 1)
+        # Not compressed: its bulk is float32 samples, which zlib shrinks by a quarter (base64's overhead) at
+        # several milliseconds a subject per batch, the most of a snapshot's cost.
+        return json.dumps(state, separators=(",", ":")).encode()
 
     def restore(self, data: bytes) -> DriftKey:
-        state = json.loads(zlib.decompress(data))
+        state = json.loads(data if data[:1] == b"{" else zlib.decompress(data))  # compressed by earlier versions
         key = DriftKey(*state["key"])
         self.applied[key] = dict(state["applied"])
         self.monitor.restore_key(key, state["monitor"])

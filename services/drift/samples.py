@@ -4,7 +4,6 @@ running totals; mergeable, and serialisable to plain JSON (arrays as base64 floa
 from __future__ import annotations
 
 import base64
-import random
 import zlib
 from dataclasses import dataclass, field
 
@@ -16,59 +15,84 @@ def stable_seed(*parts: object) -> int:
 
 
 class Reservoir:
-    """A uniform sample of at most `capacity` values from a stream of any length (Vitter's algorithm R): a list
-    append until full, then one draw per value. Its generator is seeded per reservoir and its draws counted, so a
-    reservoir restored from its state (after a restart) replays them and samples on exactly as before."""
+    """A uniform sample of at most `capacity` values (numbers, or vectors of one length) from a stream of any
+    length (Vitter's algorithm R), kept in a float32 array: appended until full, then one draw per value, a batch
+    of values at a time with numpy. The generator (PCG64) is seeded per reservoir and its draws counted, so a
+    reservoir restored from its state (after a restart) jumps past them and samples on exactly as before."""
 
-    __slots__ = ("capacity", "seed", "seen", "values", "_random")
+    __slots__ = ("capacity", "seed", "seen", "_kept", "_buffer", "_generator")
 
-    def __init__(self, capacity: int, seed: int = 0, values: list | None = None, seen: int = 0) -> None:
+    def __init__(self, capacity: int, seed: int = 0, values=None, seen: int = 0) -> None:
         if capacity < 1:
             raise ValueError("a reservoir holds at least one value")
         self.capacity = capacity
         self.seed = seed
-        self.values: list = values if values is not None else []
-        self.seen = seen if seen else len(self.values)
-        self._random = random.Random(seed)
-        for _ in range(max(0, self.seen - capacity)):  # one draw per value seen beyond capacity
-            self._random.random()
+        self.seen = 0
+        self._kept = 0
+        self._buffer: np.ndarray | None = None  # shaped by the first values: (capacity,) or (capacity, dim)
+        self._generator: np.random.Generator | None = None  # made at the first draw
+        if values is not None and len(values):
+            self.extend(values)
+        self.seen = max(seen, self.seen)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buffer[:self._kept] if self._buffer is not None else np.zeros(0, np.float32)
 
     def add(self, value) -> None:
-        self.seen += 1
-        if self.seen <= self.capacity:
-            self.values.append(value)
-        else:
-            j = int(self._random.random() * self.seen)
-            if j < self.capacity:
-                self.values[j] = value
+        if self._buffer is not None and self._kept < self.capacity and self._buffer.ndim == 1:
+            self._buffer[self._kept] = value  # the common case while filling, without an array per value
+            self._kept += 1
+            self.seen += 1
+            return
+        self.extend(np.asarray(value, np.float32)[None])
 
     def extend(self, values) -> None:
-        if self.seen + len(values) <= self.capacity:
-            self.values.extend(values)
-            self.seen += len(values)
+        values = np.asarray(values, np.float32)
+        count = len(values)
+        if not count:
             return
-        seen, capacity, kept, draw = self.seen, self.capacity, self.values, self._random.random
-        for value in values:  # add(), inlined: this loop runs for every detection of every event
-            seen += 1
-            if seen <= capacity:
-                kept.append(value)
-            else:
-                j = int(draw() * seen)
-                if j < capacity:
-                    kept[j] = value
-        self.seen = seen
+        if self._buffer is None:
+            self._buffer = np.empty((self.capacity, *values.shape[1:]), np.float32)
+        elif values.shape[1:] != self._buffer.shape[1:]:
+            raise ValueError(f"values of shape {values.shape[1:]} for a reservoir of {self._buffer.shape[1:]}")
+        room = self.capacity - self._kept
+        if room > 0:
+            taken = min(room, count)
+            self._buffer[self._kept:self._kept + taken] = values[:taken]
+            self._kept += taken
+            self.seen += taken
+            if taken == count:
+                return
+            values, count = values[taken:], count - taken
+        # The k-th value beyond capacity (the reservoir having seen n before it) replaces slot floor(u * n) when
+        # that is under capacity; a later value in the same slot wins, as value by value.
+        slots = (self._draws(count) * np.arange(self.seen + 1, self.seen + count + 1)).astype(np.int64)
+        hits = np.flatnonzero(slots < self.capacity)
+        if len(hits):
+            _, last = np.unique(slots[hits][::-1], return_index=True)
+            hits = hits[len(hits) - 1 - last]
+            self._buffer[slots[hits]] = values[hits]
+        self.seen += count
+
+    def _draws(self, count: int) -> np.ndarray:
+        if self._generator is None:
+            bits = np.random.PCG64(self.seed)
+            bits.advance(max(0, self.seen - self.capacity))  # one draw was made per value seen beyond capacity
+            self._generator = np.random.Generator(bits)
+        return self._generator.random(count)
 
     def sample(self) -> Sample:
-        return Sample(np.asarray(self.values, dtype=np.float32), self.seen)
+        return Sample(self.values.copy(), self.seen)
 
     def to_state(self) -> dict:
         """JSON-able and compact (values as base64 float32, as every sample is kept: 8 KB per 2,000 values)."""
-        return {"capacity": self.capacity, "seed": self.seed, **_encode(self.sample())}
+        return {"capacity": self.capacity, "seed": self.seed, **_encode(Sample(self.values, self.seen))}
 
     @classmethod
     def from_state(cls, state: dict) -> Reservoir:
         sample = _decode(state)
-        return cls(state["capacity"], state["seed"], sample.values.tolist(), sample.seen)
+        return cls(state["capacity"], state["seed"], sample.values, sample.seen)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ class WindowAccumulator:
     def add_frame(self) -> None:
         self.frames += 1
 
+    def add_frames(self, count: int) -> None:
+        self.frames += count
+
     def add_number(self, feature: str, value: float) -> None:
         reservoir = self.numeric.get(feature)
         if reservoir is None:
@@ -86,6 +89,9 @@ class WindowAccumulator:
 
     def add_embedding(self, vector) -> None:
         self.embeddings.add(vector)
+
+    def add_embeddings(self, vectors) -> None:
+        self.embeddings.extend(vectors)
 
     def add_total(self, name: str, amount: float) -> None:
         self.totals[name] = self.totals.get(name, 0.0) + amount

@@ -7,11 +7,11 @@ import pytest
 
 from libs.common.envelope import new_envelope
 from libs.common.kafka import Rejected
-from libs.common.topics import DRIFT_WINDOWS, FRAMES, INFERENCE, MONITORING
+from libs.common.topics import DRIFT_WINDOWS, FRAMES, INFERENCE, INFERENCE_SHADOW, MONITORING
 from protos import events_pb2
 from services.drift.monitor import DriftMonitor, DriftPolicy
 from services.drift.processor import DriftProcessor, SourceMessage
-from services.drift.windows import ComparisonPolicy
+from services.drift.windows import ComparisonPolicy, DriftKey
 
 WINDOW_S = 10.0
 T0 = 1_800_000_000.0  # a window boundary
@@ -113,3 +113,62 @@ def test_a_window_with_few_frames_is_insufficient_data_never_an_alarm():
     last = decoded(out, DRIFT_WINDOWS)[-1]
     assert (last.status, last.count) == ("insufficient_data", 10)
     assert decoded(out, MONITORING) == []
+
+
+def results(camera: str, start: float, count: int, model: str = "yolov3-tiny", shadow: bool = False,
+            first_offset: int = 0, embedding_dim: int = 8, seed: int = 2) -> list[SourceMessage]:
+    """InferenceResults of one camera at 5 fps: a few detections of mixed classes and an embedding each."""
+    rng = np.random.default_rng(seed)
+    topic = INFERENCE_SHADOW if shadow else INFERENCE
+    messages = []
+    for i in range(count):
+        t = start + i / 5
+        result = events_pb2.InferenceResult(
+            envelope=new_envelope(f"camera/{camera}", "inference", event_time_ns=int(t * 1e9)),
+            camera_id=camera, frame_event_id=f"{camera}-frame-{i}", width=640, height=480, shadow=shadow,
+            model=events_pb2.ModelRef(name=model, version="1"),
+            embedding=rng.normal(size=embedding_dim).astype(np.float32).tolist())
+        for d in range(int(rng.integers(0, 4))):
+            x, y = float(rng.uniform(0, 500)), float(rng.uniform(0, 400))
+            result.detections.add(label=("person", "car")[d % 2], score=float(rng.uniform(0.3, 1.0)),
+                                  box=events_pb2.Box(x1=x, y1=y, x2=x + 40, y2=y + 80))
+        messages.append(SourceMessage(topic, 0, first_offset + i, result.SerializeToString()))
+    return messages
+
+
+def test_a_batch_is_recorded_as_its_messages_one_by_one():
+    messages = results("lobby", T0, 120) + results("gate", T0, 120, seed=3) + Camera().frames(T0, 24)
+    messages.sort(key=lambda m: (m.offset, m.topic))
+    one_by_one, batched = processor(), processor()
+    out_one = run(one_by_one, messages)
+    out_batched = []
+    for first in range(0, len(messages), 37):  # batches cut across windows and subjects
+        assert batched.handle_batch(messages[first:first + 37]) == []
+        out_batched += batched.take_output(now=T0).messages
+    def without_envelopes(out):  # an envelope carries the time it was made; subjects close in any order
+        windows = sorted(decoded(out, DRIFT_WINDOWS), key=lambda w: (w.subject, w.window_start.seconds))
+        for window in windows:
+            window.ClearField("envelope")
+        return [w.SerializeToString() for w in windows]
+    assert len(decoded(out_one, DRIFT_WINDOWS)) == 6  # two closed per subject
+    assert without_envelopes(out_batched) == without_envelopes(out_one)
+    assert one_by_one.take_touched_states() == batched.take_touched_states()
+
+
+def test_a_primary_and_its_shadow_meet_in_one_batch_and_the_disagreement_goes_to_the_primarys_window():
+    p = processor()
+    primary = results("lobby", T0, 5)
+    shadow = results("lobby", T0, 5, model="yolov8n", shadow=True)
+    assert p.handle_batch([m for pair in zip(primary, shadow) for m in pair]) == []
+    [window] = p.monitor.windows.open[DriftKey("camera/lobby", "yolov3-tiny", "1")].values()
+    assert window.numeric["output.shadow_disagreement"].seen == 5
+
+
+def test_an_embedding_of_another_length_is_rejected_and_the_rest_of_its_batch_recorded():
+    p = processor()
+    batch = results("lobby", T0, 7)
+    batch[3:4] = results("lobby", T0 + 0.6, 1, embedding_dim=5, first_offset=3)
+    rejected = p.handle_batch(batch)
+    assert [(index, r.reason) for index, r in rejected] == [(3, "invalid_event")]
+    [window] = p.monitor.windows.open[DriftKey("camera/lobby", "yolov3-tiny", "1")].values()
+    assert window.frames == 6 and window.embeddings.seen == 6

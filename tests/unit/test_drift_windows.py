@@ -62,12 +62,15 @@ def test_an_idle_key_is_closed_by_the_clock():
 
 
 def test_a_reservoir_stays_bounded_and_uniform():
-    reservoir = Reservoir(1000, seed=3)
-    reservoir.extend(range(100_000))
-    sample = reservoir.sample()
-    assert len(sample) == 1000 and sample.seen == 100_000
-    assert np.mean(sample.values) == pytest.approx(50_000, rel=0.05)  # not the first 1,000
-    assert np.quantile(sample.values, 0.9) == pytest.approx(90_000, rel=0.05)
+    pooled = []
+    for seed in range(10):  # ten reservoirs: one sample's mean wanders by ~2% (its standard error, 900 of 50,000)
+        reservoir = Reservoir(1000, seed=seed)
+        reservoir.extend(range(100_000))
+        sample = reservoir.sample()
+        assert len(sample) == 1000 and sample.seen == 100_000
+        pooled.append(sample.values)
+    assert np.mean(pooled) == pytest.approx(50_000, rel=0.02)  # not the first 1,000
+    assert np.quantile(pooled, 0.9) == pytest.approx(90_000, rel=0.02)
 
 
 def test_a_reservoir_fed_in_batches_samples_as_one_fed_value_by_value_and_restores_mid_stream():
@@ -78,7 +81,7 @@ def test_a_reservoir_fed_in_batches_samples_as_one_fed_value_by_value_and_restor
         batched.extend(list(range(first, min(first + 7, 2500))))
     batched = Reservoir.from_state(json.loads(json.dumps(batched.to_state())))
     batched.extend(list(range(2500, 5000)))
-    assert batched.values == one_by_one.values and batched.seen == 5000
+    assert np.array_equal(batched.values, one_by_one.values) and batched.seen == 5000
 
 
 def test_merged_samples_weigh_each_part_by_what_it_stands_for():
