@@ -458,20 +458,41 @@ class AnnotationLabel(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., task_id: _Optional[str] = ..., annotator: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., rejected: _Optional[bool] = ..., label_id: _Optional[str] = ..., kind: _Optional[str] = ..., verdict: _Optional[str] = ..., status: _Optional[str] = ..., camera_id: _Optional[str] = ..., frame: _Optional[_Union[ObjectRef, _Mapping]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., captured_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., schema_version: _Optional[str] = ..., reviewer: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., frame_event_id: _Optional[str] = ..., reason: _Optional[str] = ..., agreement: _Optional[float] = ...) -> None: ...
 
 class DatasetVersion(_message.Message):
-    __slots__ = ("envelope", "dataset", "version", "manifest", "item_count", "parent_versions")
+    __slots__ = ("envelope", "dataset", "version", "manifest", "item_count", "parent_versions", "action", "actor", "message", "branch", "tag", "statistics", "schema_version")
+    class StatisticsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     dataset: str
     version: str
     manifest: ObjectRef
     item_count: int
     parent_versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., dataset: _Optional[str] = ..., version: _Optional[str] = ..., manifest: _Optional[_Union[ObjectRef, _Mapping]] = ..., item_count: _Optional[int] = ..., parent_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    action: str
+    actor: str
+    message: str
+    branch: str
+    tag: str
+    statistics: _containers.ScalarMap[str, int]
+    schema_version: str
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., dataset: _Optional[str] = ..., version: _Optional[str] = ..., manifest: _Optional[_Union[ObjectRef, _Mapping]] = ..., item_count: _Optional[int] = ..., parent_versions: _Optional[_Iterable[str]] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., message: _Optional[str] = ..., branch: _Optional[str] = ..., tag: _Optional[str] = ..., statistics: _Optional[_Mapping[str, int]] = ..., schema_version: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("envelope", "model", "stage", "artifact", "metadata", "trained_on")

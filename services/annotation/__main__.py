@@ -15,7 +15,7 @@ from libs.common.topics import INFERENCE, INFERENCE_SHADOW, ensure_topics
 from services.annotation.camera_privacy import CameraPrivacy
 from services.annotation.drift_alerts import DriftAlertFollower
 from services.annotation.exports import Exports
-from services.annotation.faces import FaceBlurrer
+from libs.common.faces import FaceBlurrer
 from services.annotation.frames import FrameFetcher
 from services.annotation.intake import AnnotationIntake, IntakePolicy
 from services.annotation.queue import AnnotationQueue

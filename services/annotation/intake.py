@@ -25,7 +25,7 @@ from libs.common.kafka import Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
 from libs.common.topics import INFERENCE, INFERENCE_SHADOW
 from protos import events_pb2
-from services.annotation.faces import FacesUnavailable
+from libs.common.faces import FacesUnavailable
 from services.annotation.frames import FrameFetcher
 from services.annotation.near_duplicates import hash_bits, perceptual_hash
 from services.annotation.selection import Candidate, Selection, Selector

@@ -15,7 +15,7 @@ from libs.common.objectstore import get_verified, object_store_client
 from libs.common.settings import ObjectStoreSettings
 from libs.common.topics import ANNOTATION_TASKS, FRAMES, INFERENCE
 from protos import events_pb2
-from services.annotation.faces import FaceBlurrer
+from libs.common.faces import FaceBlurrer
 from services.annotation.selection import RULES
 from services.annotation.settings import AnnotationSettings
 from tests.integration.conftest import wait_for

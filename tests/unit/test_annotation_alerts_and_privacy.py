@@ -7,7 +7,7 @@ from libs.common.compacted import Change
 from protos import events_pb2
 from services.annotation.camera_privacy import OPT_OUT_LABEL, BlurOptOuts
 from services.annotation.drift_alerts import DriftAlertTracker
-from services.annotation.faces import blur_faces
+from libs.common.faces import blur_faces
 from services.annotation.intake import _in_share, task_id_of
 
 

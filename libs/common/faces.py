@@ -1,8 +1,9 @@
-"""Faces blurred before an image is stored for people to see, found by the CenterFace model that inference serves
-(a gRPC ModelInfer call over the Open Inference Protocol, the JPEG as the `image_bytes` input).
+"""Faces blurred before an image is stored for people to see (annotation tasks, imported dataset items), found by
+the CenterFace model that inference serves (a gRPC ModelInfer call over the Open Inference Protocol, the JPEG as
+the `image_bytes` input).
 
-When the face model cannot be reached, no image is stored: FacesUnavailable makes the intake retry the batch
-later rather than keep an unblurred frame."""
+When the face model cannot be reached, no image is stored: FacesUnavailable makes the caller retry later (the
+annotation intake retries its batch) rather than keep an unblurred image."""
 from __future__ import annotations
 
 import cv2
@@ -12,7 +13,7 @@ from prometheus_client import Counter
 
 from protos import inference_pb2, inference_pb2_grpc
 
-BLURRED = Counter("vigil_annotation_faces_blurred_total", "Faces blurred in images stored for annotation")
+BLURRED = Counter("vigil_faces_blurred_total", "Faces blurred in images before they were stored")
 # A face box grown by this share on each side: CenterFace's boxes are tight, hair and ears identify people too.
 MARGIN = 0.2
 
