@@ -48,6 +48,10 @@ bench: install
 	$(PY) -m bench.ingest
 	$(PY) -m bench.inference
 	$(PY) -m bench.metrics_sink
+	$(PY) -m bench.drift
+	$(PY) -m bench.annotation_selection
+	$(PY) -m bench.annotation_ui
+	$(PY) -m bench.datasets
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (a test fails when they are stale).
 protos:
