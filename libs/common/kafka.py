@@ -68,6 +68,12 @@ class Retryable(Exception):
 # For each input message, in order: the messages to produce, or the reason it was rejected.
 Outcome = list[Outbound] | Rejected
 BatchHandler = Callable[[Sequence[Message]], list[Outcome]]
+# A handler that makes its work durable now and then (e.g. a dataset version every N messages) rather than per
+# batch: called after every consume, with final=True at a stop or before partitions are revoked. It answers None
+# while nothing is durable yet (the offsets consumed so far are held), or the messages announcing what it made
+# durable (maybe none): those are produced and delivered, then every held offset is committed. With final=True it
+# must make everything durable (or raise: nothing is committed and the messages are read again).
+Checkpoint = Callable[[bool], "list[Outbound] | None"]
 
 
 def producer_config(kafka: KafkaSettings, client_id: str, **overrides: str | int) -> dict[str, object]:
@@ -190,8 +196,12 @@ class KafkaRunner:
         consumer_overrides: dict[str, object] | None = None,
         on_assigned: Callable[[Consumer, list[TopicPartition]], None] | None = None,
         consumer: Consumer | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.kafka = kafka
+        # None: each batch's offsets are committed once its outputs are delivered. Given: held until it answers.
+        self.checkpoint = checkpoint
+        self._held: dict[tuple[str, int], int] = {}
         # Called with the consumer and the newly assigned partitions before their first message is consumed
         # (e.g. to rebuild state kept per key from the log); readiness waits for it.
         self.on_assigned = on_assigned
@@ -227,6 +237,10 @@ class KafkaRunner:
                 messages = [m for m in batch if not self._is_error(m)]
                 if messages:
                     self._process(messages, stop)
+                if self.checkpoint is not None:
+                    self._checkpoint(final=False)
+            if self.checkpoint is not None:
+                self._checkpoint(final=True)
         finally:
             # Everything handled has been delivered and committed by _process; closing leaves the group
             # at once so that partitions move to a survivor without waiting for the session timeout.
@@ -254,8 +268,25 @@ class KafkaRunner:
         # Raises if anything was not delivered: we must not commit then, and the process exits so the
         # supervisor restarts it and the batch is redelivered.
         self.producer.flush()
-        self._commit(messages)
+        if self.checkpoint is None:
+            self._commit(self._next_offsets(messages))
+        else:
+            for key, offset in self._next_offsets(messages).items():
+                self._held[key] = max(self._held.get(key, -1), offset)
         BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _checkpoint(self, final: bool) -> None:
+        """Asks the handler whether its work is durable; if so, delivers its announcements and commits the held
+        offsets."""
+        announced = self.checkpoint(final)
+        if announced is None:
+            return
+        for out in announced:
+            self.producer.produce(out)
+        self.producer.flush()
+        held, self._held = self._held, {}
+        if held:
+            self._commit(held)
 
     def _handle(self, messages: list[Message], stop: threading.Event) -> list[Outcome] | None:
         backoff = 0.5
@@ -287,11 +318,15 @@ class KafkaRunner:
         except Exception as exc:
             return Rejected("unhandled_error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
 
-    def _commit(self, messages: list[Message]) -> None:
+    @staticmethod
+    def _next_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
         next_offsets: dict[tuple[str, int], int] = {}
         for msg in messages:
             key = (msg.topic(), msg.partition())
             next_offsets[key] = max(next_offsets.get(key, -1), msg.offset() + 1)
+        return next_offsets
+
+    def _commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
         try:
             self._consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()], asynchronous=False
@@ -320,3 +355,6 @@ class KafkaRunner:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        if self.checkpoint is not None and self._held:
+            # What was read from them is made durable and committed while they are still ours.
+            self._checkpoint(final=True)

@@ -208,3 +208,38 @@ def test_a_stop_during_a_batch_lets_it_finish_deliver_and_commit_before_closing(
     assert events == [
         ("consumed", [0]), ("handled", [0]), ("delivered", [b"a"]), ("committed", [(TOPIC, 0, 1)]), ("closed",),
     ]
+
+
+def test_with_a_checkpoint_offsets_are_held_until_the_handler_has_made_its_work_durable():
+    events: list = []
+    durable_after = {"batches": 2}
+    seen: list = []
+
+    def handler(batch):
+        seen.extend(m.offset() for m in batch)
+        return [[] for _ in batch]
+
+    def checkpoint(final):
+        if final or len(seen) >= durable_after["batches"] * 2:
+            events.append(("durable", list(seen), final))
+            seen.clear()
+            return [Outbound("vigil.datasets", b"version")]
+        return None
+
+    stop = threading.Event()
+    producer = RecordingProducer(events)
+    runner = KafkaRunner(KafkaSettings(bootstrap_servers="127.0.0.1:1"), service="test-service", group_id="g",
+                         topics=[TOPIC], handler=handler, producer=producer, max_batch=10, max_wait_s=0,
+                         consumer=ScriptedConsumer([[Msg(0), Msg(1)], [Msg(2), Msg(3)], [Msg(4)]], events, stop),
+                         checkpoint=checkpoint)
+    runner.run(stop)
+
+    commits = [e for e in events if e[0] == "committed"]
+    # Nothing committed after the first batch; after the second, once the version announcing them was delivered.
+    assert events.index(("durable", [0, 1, 2, 3], False)) < events.index(("delivered", [b"version"])) \
+        < events.index(("committed", [(TOPIC, 0, 4)]))
+    assert ("consumed", [2, 3]) in events and events.index(("consumed", [2, 3])) < events.index(commits[0])
+    # The stop makes the rest durable and commits it before the consumer closes.
+    assert ("durable", [4], True) in events
+    assert commits == [("committed", [(TOPIC, 0, 4)]), ("committed", [(TOPIC, 0, 5)])]
+    assert events[-1] == ("closed",)
