@@ -339,15 +339,20 @@ def subject_report(alerts: list[events_pb2.DriftAlert], windows: list[events_pb2
               "drifting_features": dict(sorted(drifting.items(), key=lambda kv: (-kv[1], kv[0]))),
               "windows_read": len(after),
               # every feature of the first window wholly drifted: [metric, score, threshold]
-              "first_window_scores": {score.feature: [score.metric, round(score.score, 3), round(score.threshold, 3)]
+              "first_window_scores": {score.feature: [score.metric, _finite(score.score), _finite(score.threshold)]
                                       for score in (after[0].scores if after else ())}}
     if raised:
         first = raised[0]
         report["alert_after_windows"] = round((_seconds(first.window_end) - start) / window_s, 2)
         report["alert_window"] = int(round((_seconds(first.window_end) - start // window_s * window_s) / window_s))
-        report["top_features"] = [{"feature": f.feature, "metric": f.metric, "score": round(f.score, 3),
-                                   "threshold": round(f.threshold, 3)} for f in first.top_features]
+        report["top_features"] = [{"feature": f.feature, "metric": f.metric, "score": _finite(f.score),
+                                   "threshold": _finite(f.threshold)} for f in first.top_features]
     return report
+
+
+def _finite(value: float) -> float | None:
+    """Rounded for the results file; an infinite threshold (a feature that cannot drift) as null, which JSON has."""
+    return round(value, 3) if math.isfinite(value) else None
 
 
 def drift_delays(window_s: float, reference_windows: int | None, control_windows: int, sample_fps: float) -> dict:
@@ -512,10 +517,11 @@ def main() -> int:
         found = drift_delays(args.window_s, args.reference_windows, args.control_windows, args.sample_fps)
         result["drifts"] = {"window_s": args.window_s, "reference_windows": found["reference_windows"],
                             "sample_fps": args.sample_fps, "cameras": found["cameras"],
+                            "drift_service_counters": found["drift_service_counters"],
                             "target": "every drift alerted within 3 windows; no alert on the control"}
     result["load_average_1m"]["after"] = round(os.getloadavg()[0], 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
