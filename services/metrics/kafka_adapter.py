@@ -1,8 +1,8 @@
 """Kafka side of the sink: decodes the events of every topic that reports something (inference results,
 monitoring events, sensor anomaly results, model version announcements, drift windows, annotation tasks and
-labels, dead letters), hands their rows to the
-sink in one insert per table per batch, and dead-letters the events that cannot be stored. Also: consumer lag
-from librdkafka's statistics, and the newest frame of each camera for the dashboard."""
+labels, dataset events, dead letters), hands their rows to the sink in one insert per table per batch, and
+dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the newest
+frame of each camera for the dashboard."""
 from __future__ import annotations
 
 import json
@@ -16,13 +16,13 @@ from prometheus_client import Gauge
 from libs.common.envelope import new_envelope
 from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
-from libs.common.topics import (ANNOTATION_LABELS, ANNOTATION_TASKS, DRIFT_WINDOWS, FRAMES, INFERENCE,
+from libs.common.topics import (ANNOTATION_LABELS, ANNOTATION_TASKS, DATASETS, DRIFT_WINDOWS, FRAMES, INFERENCE,
                                 INFERENCE_SENSORS, MODELS, MONITORING, TOPIC_OF_NAME, message_type)
 from protos import events_pb2
 from services.metrics.rows import INFERENCE as INFERENCE_TABLE, ANNOTATION_TASKS as ANNOTATION_TASKS_TABLE, \
-    ANNOTATIONS, DEAD_LETTERS, MODEL_VERSIONS, SENSOR_ANOMALIES, InvalidEvent, Rows, annotation_label_row, \
-    annotation_task_row, dead_letter_row, drift_window_rows, inference_row, model_version_row, monitoring_rows, \
-    sensor_anomaly_row
+    ANNOTATIONS, DATASET_EVENTS, DEAD_LETTERS, MODEL_VERSIONS, SENSOR_ANOMALIES, InvalidEvent, Rows, \
+    annotation_label_row, annotation_task_row, dataset_event_row, dead_letter_row, drift_window_rows, inference_row, \
+    model_version_row, monitoring_rows, sensor_anomaly_row
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.protobuf_ingest import FramedBatch, StagedBatch, UnparseableBatch, frame_batch
 from services.metrics.sink import EventSink
@@ -74,16 +74,21 @@ def _annotation_label(event: events_pb2.AnnotationLabel, _msg: Message, rows: Ro
     rows.setdefault(ANNOTATIONS.name, []).append(annotation_label_row(event))
 
 
+def _dataset_event(event: events_pb2.DatasetVersion, _msg: Message, rows: Rows) -> None:
+    rows.setdefault(DATASET_EVENTS.name, []).append(dataset_event_row(event))
+
+
 # The rows of each event type the sink stores. Which type a topic carries is the topic catalog's word
 # (libs/common/topics.py, TopicSpec.message), not this module's: a topic is decoded as its spec says.
 ROWS_OF = {
     events_pb2.InferenceResult: _inference, events_pb2.MonitoringEvent: _monitoring,
     events_pb2.SensorAnomalyResult: _sensor_anomaly, events_pb2.ModelVersion: _model_version,
     events_pb2.DriftWindow: _drift_window, events_pb2.AnnotationTask: _annotation_task,
-    events_pb2.AnnotationLabel: _annotation_label,
+    events_pb2.AnnotationLabel: _annotation_label, events_pb2.DatasetVersion: _dataset_event,
 }
 # What the sink reads besides the dead-letter topic.
-SINK_TOPICS = (INFERENCE, MONITORING, INFERENCE_SENSORS, MODELS, DRIFT_WINDOWS, ANNOTATION_TASKS, ANNOTATION_LABELS)
+SINK_TOPICS = (INFERENCE, MONITORING, INFERENCE_SENSORS, MODELS, DRIFT_WINDOWS, ANNOTATION_TASKS, ANNOTATION_LABELS,
+               DATASETS)
 
 
 def topic_decoder(topic: str) -> Callable[[Message, Rows], None]:

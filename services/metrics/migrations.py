@@ -91,12 +91,12 @@ def _view_and_backfill(version: int, view_migration: str, backfill_migration: st
             (version + 1, backfill_migration, f"INSERT INTO {target} {select}")]
 
 
-def _events_engine(key: str, ttl_days: int, partition: str | None = "toYYYYMM(event_time)") -> str:
+def _events_engine(key: str, ttl_days: int | None, partition: str | None = "toYYYYMM(event_time)") -> str:
     """The engine of a table of events: one row per event id (the sink checks before it inserts; replacing
-    on the sort key is the second line of defence), dropped ttl_days after the event."""
+    on the sort key is the second line of defence), dropped ttl_days after the event (None: kept forever)."""
     partition_clause = f"PARTITION BY {partition}\n        " if partition else ""
-    return (f"ENGINE = ReplacingMergeTree\n        {partition_clause}ORDER BY ({key})\n"
-            f"        TTL toDateTime(event_time) + INTERVAL {ttl_days} DAY")
+    ttl_clause = f"\n        TTL toDateTime(event_time) + INTERVAL {ttl_days} DAY" if ttl_days is not None else ""
+    return f"ENGINE = ReplacingMergeTree\n        {partition_clause}ORDER BY ({key}){ttl_clause}"
 
 
 def _rollup(table: str, key: str, columns: list[str]) -> str:
@@ -488,5 +488,31 @@ MIGRATIONS += [
         -- compacted topic, the table keeps every task's latest state; a task is one small row once merged.
         ENGINE = ReplacingMergeTree(revision)
         ORDER BY task_id
+    """),
+]
+
+MIGRATIONS += [
+    (34, "dataset_events", f"""
+        -- The datasets' audit trail (issue #12): every DatasetVersion on vigil.datasets, one row per event: a
+        -- version committed or imported, a tag set, an export, a garbage collection; who did it and what it did.
+        -- Kept forever, like the topic: a model's lineage points back to the versions it was trained on.
+        CREATE TABLE IF NOT EXISTS dataset_events (
+            event_id UUID,
+            dataset LowCardinality(String),
+            version String,                      -- the content-addressed version the event is about
+            action LowCardinality(String),       -- commit, tag, export, import, gc
+            actor LowCardinality(String),        -- a person (CLI) or a service (datasets)
+            message String,                      -- the commit message, or what the action did
+            branch LowCardinality(String),
+            tag String,
+            item_count UInt64,
+            parent_versions Array(String),
+            manifest String,                     -- s3://bucket/key of the version's manifest
+            manifest_sha256 String,
+            statistics Map(LowCardinality(String), UInt64),  -- items, boxes, split.train, class.person, ...
+            schema_version LowCardinality(String),
+            event_time DateTime64(3, 'UTC')
+        )
+        {_events_engine("dataset, event_time, event_id", None)}
     """),
 ]

@@ -37,6 +37,7 @@ _MODEL = "({model_name:String} = '' OR model_name = {model_name:String})"
 _DRIFT_SUBJECT = " AND ".join(f"({{{p}:String}} = '' OR {p} = {{{p}:String}})"
                               for p in ("subject", "camera_id", "sensor_id", "model_name"))
 _DRIFT_PARAMETERS = {p: ("String", "") for p in ("subject", "camera_id", "sensor_id", "model_name")}
+_DATASET = "({dataset:String} = '' OR dataset = {dataset:String})"
 
 NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
     NamedQuery(
@@ -163,6 +164,32 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
                   GROUP BY task_id)
             GROUP BY hour ORDER BY hour""",
         {"camera_id": ("String", ""), "model_name": ("String", "")}, default_window=timedelta(days=7)),
+    NamedQuery(
+        "dataset_events", "What was done to the datasets (vigil.datasets, the audit trail), newest first: versions "
+                          "committed and imported, tags, exports, garbage collections, who did each and what it "
+                          "did; filters dataset, action, actor; default window: ten years.",
+        f"""SELECT event_time, dataset, action, version, actor, message, branch, tag, item_count, parent_versions,
+                   manifest
+            FROM dataset_events
+            WHERE {_EVENT_WINDOW} AND {_DATASET} AND ({{action:String}} = '' OR action = {{action:String}})
+              AND ({{actor:String}} = '' OR actor = {{actor:String}})
+            ORDER BY event_time DESC, dataset, event_id LIMIT 1 BY event_id LIMIT {{limit:UInt32}}""",
+        {"dataset": ("String", ""), "action": ("String", ""), "actor": ("String", ""), "limit": ("UInt32", 1000)},
+        default_window=timedelta(days=3650)),
+    NamedQuery(
+        "dataset_versions", "The versions each dataset was given (committed, or made by an import), oldest first, "
+                            "each once, when first announced: items, boxes and the rest of its statistics, its "
+                            "parents, branch, author and message; filters dataset, branch; default window: ten "
+                            "years.",
+        f"""SELECT event_time, dataset, version, action, branch, actor, message, item_count,
+                   statistics['boxes'] AS boxes, parent_versions, statistics
+            FROM (SELECT * FROM dataset_events
+                  WHERE action IN ('commit', 'import') AND {_DATASET}
+                    AND ({{branch:String}} = '' OR branch = {{branch:String}})
+                  ORDER BY dataset, version, event_time LIMIT 1 BY dataset, version)
+            WHERE {_EVENT_WINDOW}
+            ORDER BY dataset, event_time, version""",
+        {"dataset": ("String", ""), "branch": ("String", "")}, default_window=timedelta(days=3650)),
     NamedQuery(
         "dead_letter_rate", "Dead letters per minute, origin topic and reason, and per second.",
         f"""SELECT minute, origin_topic, reason, sum(letters) AS letters, round(letters / 60, 4) AS per_second

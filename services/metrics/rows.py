@@ -73,9 +73,12 @@ ANNOTATION_TASKS = TableSpec("annotation_tasks", (
     "event_id", "source_event_id", "task_id", "revision", "state", "camera_id", "frame_event_id", "model_name",
     "model_version", "reason", "priority", "labels_wanted", "submissions", "lease_holders", "schema_version",
     "captured_at", "event_time", "published_time"))
+DATASET_EVENTS = TableSpec("dataset_events", (
+    "event_id", "dataset", "version", "action", "actor", "message", "branch", "tag", "item_count",
+    "parent_versions", "manifest", "manifest_sha256", "statistics", "schema_version", "event_time"))
 TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DRIFT_WINDOWS, DRIFT_ALERTS,
                                        DEAD_LETTERS, SENSOR_ANOMALIES, MODEL_VERSIONS, ANNOTATIONS,
-                                       ANNOTATION_TASKS)}
+                                       ANNOTATION_TASKS, DATASET_EVENTS)}
 
 # Dead letters carry no envelope of their own (their bytes may be anything): their id is derived from where
 # they sit in the dead-letter topic, so a re-read dead letter gets the same id.
@@ -179,6 +182,23 @@ def annotation_task_row(task: events_pb2.AnnotationTask, published_ms: int) -> t
         task.model.version, task.reason, task.priority, min(task.labels_wanted, 255),
         min(len(task.submission_ids), 255), [lease.annotator for lease in task.leases], task.schema_version,
         _ms(task.captured_at), _ms(task.envelope.event_time), published_ms,
+    )
+
+
+def dataset_event_row(event: events_pb2.DatasetVersion) -> tuple[Any, ...]:
+    """One row in the order of DATASET_EVENTS' columns: what was done to a dataset (vigil.datasets: a version
+    committed or imported, a tag, an export, a garbage collection), by whom, with the version's statistics. An
+    action this sink does not know is stored all the same: the audit trail keeps what happened."""
+    if not event.dataset:
+        raise InvalidEvent("DatasetVersion.dataset is empty")
+    if not event.action:
+        raise InvalidEvent("DatasetVersion.action is empty")
+    manifest = event.manifest
+    return (
+        _uuid(event.envelope.event_id, "envelope.event_id"), event.dataset, event.version, event.action,
+        event.actor, event.message, event.branch, event.tag, event.item_count, list(event.parent_versions),
+        f"s3://{manifest.bucket}/{manifest.key}" if manifest.key else "", manifest.sha256, dict(event.statistics),
+        event.schema_version, _ms(event.envelope.event_time),
     )
 
 
