@@ -15,7 +15,7 @@ from libs.common.topics import CATALOG, SHARED_TOPICS
 SHARED_SETTINGS = (("Kafka (all services)", KafkaSettings), ("Object store (all services)", ObjectStoreSettings))
 
 # Topics whose contracts exist for services not built yet; each moves into its service's declaration with it.
-PLANNED_OWNERS = {"vigil.datasets": "datasets", "vigil.drift.windows": "drift", "vigil.drift.references": "drift"}
+PLANNED_OWNERS = {"vigil.drift.windows": "drift", "vigil.drift.references": "drift"}
 
 
 def _discover() -> tuple[ServiceDeclaration, ...]:
