@@ -177,19 +177,22 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
         {"dataset": ("String", ""), "action": ("String", ""), "actor": ("String", ""), "limit": ("UInt32", 1000)},
         default_window=timedelta(days=3650)),
     NamedQuery(
-        "dataset_versions", "The versions each dataset was given (committed, or made by an import), oldest first, "
-                            "each once, when first announced: items, boxes and the rest of its statistics, its "
-                            "parents, branch, author and message; filters dataset, branch; default window: ten "
-                            "years.",
-        f"""SELECT event_time, dataset, version, action, branch, actor, message, item_count,
-                   statistics['boxes'] AS boxes, parent_versions, statistics
-            FROM (SELECT * FROM dataset_events
-                  WHERE action IN ('commit', 'import') AND {_DATASET}
-                    AND ({{branch:String}} = '' OR branch = {{branch:String}})
-                  ORDER BY dataset, version, event_time LIMIT 1 BY dataset, version)
-            WHERE {_EVENT_WINDOW}
+        "dataset_versions", "The versions each dataset was given (committed, or made by an import), each once, "
+                            "when first announced: items, boxes and the rest of its statistics, its parents, "
+                            "branch, author and message; the newest `limit` in the window, per dataset oldest "
+                            "first; filters dataset, branch; default window: ten years.",
+        f"""SELECT * FROM (
+                SELECT event_time, dataset, version, action, branch, actor, message, item_count,
+                       statistics['boxes'] AS boxes, parent_versions, statistics
+                FROM (SELECT * FROM dataset_events
+                      WHERE action IN ('commit', 'import') AND {_DATASET}
+                        AND ({{branch:String}} = '' OR branch = {{branch:String}})
+                      ORDER BY dataset, version, event_time LIMIT 1 BY dataset, version)
+                WHERE {_EVENT_WINDOW}
+                ORDER BY event_time DESC, dataset, version LIMIT {{limit:UInt32}})
             ORDER BY dataset, event_time, version""",
-        {"dataset": ("String", ""), "branch": ("String", "")}, default_window=timedelta(days=3650)),
+        {"dataset": ("String", ""), "branch": ("String", ""), "limit": ("UInt32", 1000)},
+        default_window=timedelta(days=3650)),
     NamedQuery(
         "dead_letter_rate", "Dead letters per minute, origin topic and reason, and per second.",
         f"""SELECT minute, origin_topic, reason, sum(letters) AS letters, round(letters / 60, 4) AS per_second

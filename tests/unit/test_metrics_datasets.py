@@ -149,6 +149,8 @@ def test_dataset_versions_are_the_committed_and_imported_versions_with_their_cou
     assert versions[1]["statistics"]["split.val"] == 32 and versions[1]["actor"] == "ann"
     assert [v["version"] for v in named(store, "dataset_versions", dataset="vehicles")] == ["v1", "c3"]
     assert named(store, "dataset_versions", branch="experiment") == []
+    # The newest two versions (c3 at minute 80, b2 at 30), per dataset oldest first.
+    assert [v["version"] for v in named(store, "dataset_versions", limit=2)] == ["b2", "c3"]
 
 
 def test_a_version_announced_again_under_another_event_is_listed_once_when_first_announced(store, stored):
