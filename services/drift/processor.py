@@ -148,7 +148,8 @@ class DriftProcessor:
     def handle_batch(self, messages: Sequence[SourceMessage]) -> list[tuple[int, Rejected]]:
         """Records a batch of messages into their subjects' windows, each subject's in the batch's order. Messages
         that can never be read are returned as (index in the batch, Rejected) for the caller to dead-letter; those
-        that are late, replays or not drift's business are counted."""
+        that are late, replays or not drift's business are counted. (faust's Messages do as well as
+        SourceMessages: topic, partition, offset and value are all that is read.)"""
         tally: Tally[tuple[str, str]] = Tally()
         rejected: list[tuple[int, Rejected]] = []
         subjects: dict[DriftKey, list[_Event]] = {}
@@ -183,9 +184,9 @@ class DriftProcessor:
         return rejected
 
     def _decode(self, message: SourceMessage, index: int) -> tuple[DriftKey, _Event] | str:
-        topic = message.topic
+        topic, value = message.topic, message.value or b""  # a tombstone reads as an empty event
         if topic == INFERENCE or topic == INFERENCE_SHADOW:
-            result = events_pb2.InferenceResult.FromString(message.value)
+            result = events_pb2.InferenceResult.FromString(value)
             if result.sensor_id or not result.camera_id:
                 return "not_a_camera"
             if result.shadow:
@@ -195,13 +196,13 @@ class DriftProcessor:
             return (DriftKey(f"camera/{result.camera_id}", model.name, model.version),
                     _Event(message, index, time_.seconds + time_.nanos / 1e9, "result", result))
         if topic == FRAMES:
-            frame = events_pb2.Frame.FromString(message.value)
+            frame = events_pb2.Frame.FromString(value)
             if not frame.HasField("image_stats"):
                 return "no_image_stats"  # from an ingest that predates them: nothing to watch
             return (DriftKey(f"camera/{frame.camera_id}"),
                     _Event(message, index, _seconds(frame.envelope.event_time), "frame", frame.image_stats))
         if topic == INFERENCE_SENSORS:
-            result = events_pb2.SensorAnomalyResult.FromString(message.value)
+            result = events_pb2.SensorAnomalyResult.FromString(value)
             if not result.sensor_id:
                 raise ValueError("sensor result without a sensor id")
             return (DriftKey(f"sensor/{result.sensor_id}"),

@@ -21,7 +21,8 @@ class DriftSettings(ServiceSettings):
     raise_after: int = Field(2, description="Consecutive drifting windows that raise an alert.")
     clear_after: int = Field(3, description="Consecutive clean windows that clear it.")
     reference_bucket: str = Field("vigil-drift", description="Bucket of the reference profiles.")
-    batch_max_events: int = Field(2000, description="Events taken from Kafka at once.")
+    batch_max_events: int = Field(10_000, description="Events taken from Kafka at once (each batch ends with a "
+                                                       "snapshot of every subject it touched).")
     batch_max_wait_s: float = Field(0.5, description="...or after this long, whichever comes first.")
     web_host: str = Field("127.0.0.1", description="Address of faust's own web server (off unless web_port is set).")
     web_port: int | None = Field(None, description="Port of faust's web server (table and agent views); off by "
