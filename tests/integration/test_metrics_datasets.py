@@ -1,9 +1,11 @@
 """The datasets' audit trail in the metrics store on the session's real stack: DatasetVersion events produced to
 vigil.datasets (commits, an import, a tag, an export, a garbage collection) land in dataset_events once each
 (delivered twice in one go and replayed later), a bad one is dead-lettered with its reason, and the named queries
-dataset_events and dataset_versions answer from them through the query API."""
+dataset_events and dataset_versions answer from them through the query API, and the dashboard's Datasets panel
+shows the dataset's newest version and its latest events in headless Chromium."""
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from libs.common.envelope import new_envelope
 from libs.common.topics import DATASETS
 from protos import events_pb2
-from tests.integration.conftest import query, wait_for
+from tests.integration.chromium import ARTIFACTS, headless_chromium
+from tests.integration.conftest import QUERY_API_TOKEN, query, wait_for
 from tests.integration.kafka_tools import produce
 from tests.integration.test_metrics_sink import named
 
@@ -83,3 +86,20 @@ def test_the_dataset_queries_answer_through_the_api(stack, audited):
     assert [(v["version"], v["action"], v["item_count"], v["boxes"], v["parent_versions"]) for v in versions] == [
         ("v1", "commit", 100, 230, []), ("v2", "commit", 150, 340, ["v1"]), ("v3", "import", 180, 400, ["v2"])]
     assert versions[1]["statistics"]["split.val"] == 15 and versions[1]["message"] == "the night shift"
+
+
+def test_the_dashboard_shows_the_newest_version_and_the_latest_events(stack, audited):
+    with headless_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(f"{stack.config.query_api_url}/?token={os.environ[QUERY_API_TOKEN]}")
+        page.wait_for_selector(f"#dataset-latest tr[data-dataset='{audited}']", timeout=30_000)
+        page.wait_for_selector(f"#dataset-events tr[data-dataset='{audited}'][data-action='gc']", timeout=30_000)
+        page.locator("#datasets-panel").screenshot(path=str(ARTIFACTS / "dashboard-datasets.png"))
+        latest = page.locator(f"#dataset-latest tr[data-dataset='{audited}'] td").all_inner_texts()
+        exported = page.locator(f"#dataset-events tr[data-dataset='{audited}'][data-action='export'] td"
+                                ).all_inner_texts()
+        error = page.inner_text("#error")
+    assert error == ""
+    # dataset, newest version, items, boxes, train / val / test, since, by
+    assert latest[:5] == [audited, "v3", "180", "400", "162 / 18 / 0"] and latest[6] == "bob", latest
+    assert exported[1:] == [audited, "export", "v2", "carl", "exported as coco to /data/out"], exported

@@ -272,13 +272,35 @@ async function refreshAnnotation() {
   draw("annotation-agreement", pivot(agreementRows, "hour", "series", "value"), {unit: "F1", span: week, yRange: [0, 1]});
 }
 
+// Datasets, whatever the chosen window (the queries' own default: ten years): each dataset's newest version (the last
+// of dataset_versions, oldest first per dataset) with its counts, and the audit trail's newest events.
+async function refreshDatasets() {
+  const [versions, events] = await Promise.all([
+    named("dataset_versions", {since: "", until: ""}), named("dataset_events", {since: "", until: "", limit: 10}),
+  ]);
+  const newest = new Map(versions.map(v => [v.dataset, v]));
+  const time = t => t.replace("T", " ").slice(0, 19);
+  const latest = document.getElementById("dataset-latest");
+  latest.querySelector("tbody").replaceChildren(...[...newest.values()].map(v => tableRow(
+    [v.dataset, v.version.slice(0, 12), String(v.item_count), String(v.boxes),
+     ["train", "val", "test"].map(split => String(v.statistics[`split.${split}`] || 0)).join(" / "), time(v.event_time),
+     v.actor],
+    {dataset: v.dataset, version: v.version})));
+  latest.dataset.rows = String(newest.size);
+  const trail = document.getElementById("dataset-events");
+  trail.querySelector("tbody").replaceChildren(...events.map(e => tableRow(
+    [time(e.event_time), e.dataset, e.action, e.version.slice(0, 12), e.actor, e.tag || e.message],
+    {dataset: e.dataset, action: e.action})));
+  trail.dataset.rows = String(events.length);
+}
+
 async function refreshAll() {
   const error = document.getElementById("error");
   try {
     nextWindow();
     await refreshCameras();
     await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies(), refreshModels(),
-                      refreshDrift(), refreshAnnotation()]);
+                      refreshDrift(), refreshAnnotation(), refreshDatasets()]);
     error.textContent = "";
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
