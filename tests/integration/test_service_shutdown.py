@@ -48,3 +48,16 @@ def test_a_task_that_dies_stops_the_process_with_a_non_zero_exit(stack, tmp_path
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "task failed" in done.stderr and "sensor-path" in done.stderr
+
+
+def test_sigterm_stops_a_second_annotation_replica_with_exit_zero(stack, tmp_path):
+    # A second replica beside the stack's: it joins the intake's group, follows the queue, serves its UI.
+    ops_port, ui_port = free_ports(2)
+    env = {**stack.config.service_env(), "VIGIL_ANNOTATION_OPS_PORT": str(ops_port),
+           "VIGIL_ANNOTATION_UI_PORT": str(ui_port),
+           "VIGIL_ANNOTATION_INFERENCE_GRPC": f"127.0.0.1:{stack.config.ports.grpc}"}
+    spec = ComponentSpec("annotation-replica", [sys.executable, "-m", "services.annotation"],
+                         healthy=lambda: service_ready(ops_port), env=env, cwd=REPO_ROOT)
+    with running(spec, tmp_path / "logs") as annotation:
+        pass
+    assert annotation.returncode == 0, annotation.log_tail()
