@@ -158,7 +158,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             tensor.name: (tensor.datatype, decode_input(tensor, raw[i] if raw else None))
             for i, tensor in enumerate(request.inputs)
         }
-        model, outputs = self.server.detect(request.model_name, request.model_version, inputs)
+        camera = request.parameters.get("camera_id")  # optional: picks a re-scored model's camera thresholds
+        model, outputs = self.server.detect(request.model_name, request.model_version, inputs,
+                                            camera.string_param if camera is not None else "")
         wanted = {o.name for o in request.outputs} or {t.name for t in DETECTOR_OUTPUTS}
         unknown = wanted - {t.name for t in DETECTOR_OUTPUTS}
         if unknown:

@@ -15,6 +15,7 @@ from libs.common.envelope import derived_envelope
 from protos import events_pb2
 from services.inference.core.images import ImageRefused, decode_image
 from services.inference.detectors import Detection, Detector
+from services.inference.detectors.rescored import postprocess_for_camera
 
 PRODUCER = "inference"
 
@@ -132,7 +133,8 @@ class FramePipeline:
                 del self._queues[key]
         for i, job in jobs:
             t0 = time.perf_counter()
-            detections = job["detector"].postprocess(job["outputs"], job["info"])
+            # A re-scored model's thresholds are per camera (see detectors/rescored.py).
+            detections = postprocess_for_camera(job["detector"], job["outputs"], job["info"], frames[i].camera_id)
             embedding = job["detector"].embedding(job["outputs"])
             postprocess_ms = (time.perf_counter() - t0) * 1000
             frame, model = frames[i], job["model"]

@@ -13,6 +13,7 @@ from services.inference.core.images import ImageRefused, decode_image
 from services.inference.core.model_repository import ModelNotFound, ModelRepository
 from services.inference.core.routing import in_canary
 from services.inference.detectors import Detector
+from services.inference.detectors.rescored import detect_for_camera
 
 SERVER_NAME = "vigil-inference"
 SERVER_VERSION = "0.2.0"
@@ -221,12 +222,14 @@ class ModelServer:
             raise InvalidRequest(f"input 'image' must have shape [H, W, 3] (BGR), got {list(value.shape)}")
         return np.ascontiguousarray(value)
 
-    def detect(self, name: str, version: str, inputs: dict[str, tuple[str, np.ndarray]]
+    def detect(self, name: str, version: str, inputs: dict[str, tuple[str, np.ndarray]], camera_id: str = ""
                ) -> tuple[Detector, dict[str, np.ndarray]]:
         """inputs: name -> (datatype, array). Returns the model that ran and its outputs: boxes [N,4] f32,
-        scores [N] f32, classes [N] bytes. The model is looked up once, so a swap mid-request is harmless."""
+        scores [N] f32, classes [N] bytes. The model is looked up once, so a swap mid-request is harmless.
+        camera_id: the camera the image comes from, if the request says (a re-scored model's thresholds are
+        per camera; without one, the thresholds over all cameras)."""
         model = self.model(name, version)
-        detections = model.detect(self.image_of(inputs))
+        detections = detect_for_camera(model, self.image_of(inputs), camera_id)
         return model, {
             "boxes": np.array([d.box for d in detections], np.float32).reshape(-1, 4),
             "scores": np.array([d.score for d in detections], np.float32),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from services.inference.detectors import centerface, ssdlite_person, yolo
+from services.inference.detectors import centerface, rescored, ssdlite_person, yolo
 from services.inference.detectors.base import Detection, Detector
 
 __all__ = ["DETECTOR_KINDS", "Detection", "Detector", "UnknownModelKind", "detector_loader", "model_kind"]
@@ -44,11 +44,15 @@ def model_kind(model_dir: Path) -> str:
 
 def detector_loader(device: str, precision_hint: str | None, score_threshold: float, embeddings: bool = True
                     ) -> Callable[[Path], Detector]:
-    """Loads a model dir with the backend its model.json's `kind` names. score_threshold is the default for
-    models whose model.json states none of its own; embeddings: give each frame the model's embedding where
-    the dir has a projection (see embedding.py)."""
+    """Loads a model dir with the backend its model.json's `kind` names (behind its re-scoring stage when
+    model.json names one, see rescored.py). score_threshold is the default for models whose model.json states
+    none of its own; embeddings: give each frame the model's embedding where the dir has a projection (see
+    embedding.py)."""
     def load(model_dir: Path) -> Detector:
-        return DETECTOR_KINDS[model_kind(model_dir)](Path(model_dir), device, precision_hint, score_threshold,
-                                                     embeddings=embeddings)
+        backend = DETECTOR_KINDS[model_kind(model_dir)]
+        rescoring = rescored.rescoring_file(json.loads((Path(model_dir) / "model.json").read_text()))
+        if rescoring:
+            return rescored.load_rescored(backend, Path(model_dir), device, precision_hint, rescoring, embeddings)
+        return backend(Path(model_dir), device, precision_hint, score_threshold, embeddings=embeddings)
 
     return load
