@@ -32,6 +32,12 @@ CALIBRATION_MIN_WINDOWS = 3
 # Each window is scored against the merge of the others, so the work grows with the square of their number: a
 # reference set by hand from a day of 60 s windows (1,440) calibrates on this many, spread evenly over the range.
 CALIBRATION_MAX_WINDOWS = 30
+# Statistics that cannot exceed 1 (KS's sup distance, Jensen-Shannon in base 2): a bound learnt above 1 could never
+# be crossed, so a feature whose windows no longer overlap the reference at all would never drift (measured: with
+# 8-window references, contrast's and the under-exposed share's KS bounds came out at 1.2 to 1.4). The bound is
+# capped below the maximum, so a window wholly apart from the reference always counts.
+BOUNDED_METRICS = {"ks": 1.0, "jensen_shannon": 1.0}
+BOUNDED_CAP = 0.95
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ def calibrated_thresholds(windows: list[ClosedWindow], policy: ComparisonPolicy 
         n = len(values)
         t = float(stats.t.ppf(1 - policy.tests.alpha / len(scores), df=n - 1))
         bound = np.mean(values) + t * np.std(values, ddof=1) * np.sqrt(1 + 1 / n)
+        if metric in BOUNDED_METRICS:
+            bound = min(bound, BOUNDED_CAP * BOUNDED_METRICS[metric])
         thresholds[feature] = (metric, float(bound))
     return thresholds
 

@@ -114,3 +114,24 @@ def test_too_few_reference_windows_keep_the_statistics_own_thresholds():
     builder = ReferenceBuilder(LOBBY, windows=2)
     builder.offer(window(0, 100), now=0.0)
     assert builder.offer(window(60, 100, seed=1), now=0.0).thresholds == {}
+
+
+def wandering_window(start: float, level: float, rng, frames: int = 40) -> ClosedWindow:
+    accumulator = WindowAccumulator(LOBBY, start, start + 60)
+    for value in rng.normal(level, 1.0, frames):
+        accumulator.add_frame()
+        accumulator.add_number("input.contrast", float(value))
+    return ClosedWindow(LOBBY, start, start + 60, accumulator.summary())
+
+
+def test_a_bounded_statistic_s_learnt_threshold_stays_below_its_maximum_so_a_window_apart_always_drifts():
+    rng = np.random.default_rng(3)
+    # A scene whose level wanders far from window to window: most windows barely overlap the rest, so KS scores
+    # near 1 with a spread, and a bound from their mean and spread lands above 1, where nothing could cross it.
+    builder = ReferenceBuilder(LOBBY, windows=8)
+    for i, level in enumerate(rng.normal(50, 4, size=8)):
+        profile = builder.offer(wandering_window(i * 60, level, rng), now=0.0)
+    metric, threshold = profile.thresholds["input.contrast"]
+    assert metric == "ks" and threshold <= 0.95
+    apart = compare_window(wandering_window(1000, 500, rng), profile.summary, calibrated=profile.thresholds)
+    assert apart.drifted
