@@ -188,11 +188,13 @@ def annotation_task_row(task: events_pb2.AnnotationTask, published_ms: int) -> t
 def dataset_event_row(event: events_pb2.DatasetVersion) -> tuple[Any, ...]:
     """One row in the order of DATASET_EVENTS' columns: what was done to a dataset (vigil.datasets: a version
     committed or imported, a tag, an export, a garbage collection), by whom, with the version's statistics. An
-    action this sink does not know is stored all the same: the audit trail keeps what happened."""
-    if not event.dataset:
-        raise InvalidEvent("DatasetVersion.dataset is empty")
+    action this sink does not know is stored all the same: the audit trail keeps what happened. A collection of
+    the whole bucket is about no dataset: its dataset is empty."""
     if not event.action:
         raise InvalidEvent("DatasetVersion.action is empty")
+    if not event.dataset and event.action != "gc":
+        raise InvalidEvent(f"DatasetVersion.dataset is empty (action {event.action!r}; only a gc may be about "
+                           f"no dataset)")
     manifest = event.manifest
     return (
         _uuid(event.envelope.event_id, "envelope.event_id"), event.dataset, event.version, event.action,

@@ -45,8 +45,8 @@ def stored_count(stack, dataset: str) -> int:
 @pytest.fixture(scope="module")
 def audited(stack):
     """A dataset of its own: v1 committed, v2 committed on it by ann; then (the second part) v2 tagged and
-    exported, v3 imported by bob, a gc, and an event without an action. The first part is produced twice in one go,
-    and again (a replay) before the second."""
+    exported, v3 imported by bob, a gc of the whole bucket (no dataset), a gc of the dataset, and an event without
+    an action. The first part is produced twice in one go, and again (a replay) before the second."""
     dataset = f"people-{uuid.uuid4().hex[:8]}"
     first = [announced(dataset, "commit", "v1", items=100, boxes=230, message="every 100 labels"),
              announced(dataset, "commit", "v2", items=150, boxes=340, parents=("v1",), actor="ann",
@@ -56,6 +56,7 @@ def audited(stack):
                         message="exported as coco to /data/out"),
               announced(dataset, "import", "v3", items=180, boxes=400, parents=("v2",), actor="bob",
                         message="imported from coco"),
+              announced("", "gc", actor="cli/ops", message=f"deleted 3 blobs (after {dataset})"),
               announced(dataset, "gc", actor="ops", message="deleted 12 blobs")]
     bootstrap = stack.config.kafka_bootstrap
     produce(bootstrap, DATASETS, first * 2)
@@ -63,7 +64,8 @@ def audited(stack):
     produce(bootstrap, DATASETS, [announced(dataset, "")])
     produce(bootstrap, DATASETS, first + second)
     # One partition, read in order: once the second part is stored, the replay and the bad event were read.
-    wait_for(lambda: stored_count(stack, dataset) >= len(first) + len(second), 90, what="the second part stored")
+    wait_for(lambda: stored_count(stack, dataset) >= len(first) + len(second) - 1, 90,
+             what="the second part stored")
     return dataset
 
 
@@ -74,6 +76,9 @@ def test_dataset_events_from_kafka_are_stored_once_each(stack, audited):
     letters = wait_for(lambda: query(stack, f"SELECT reason, origin_topic FROM dead_letters "
                                             f"WHERE message_key = '{audited}'"), 30, what="the bad event's letter")
     assert letters == [{"reason": "invalid_event", "origin_topic": DATASETS}]
+    # The collection of the whole bucket is about no dataset, and stored.
+    assert query(stack, f"SELECT action, actor FROM dataset_events WHERE dataset = '' "
+                        f"AND message = 'deleted 3 blobs (after {audited})'") == [{"action": "gc", "actor": "cli/ops"}]
 
 
 def test_the_dataset_queries_answer_through_the_api(stack, audited):

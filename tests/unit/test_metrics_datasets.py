@@ -68,6 +68,14 @@ def test_a_garbage_collection_is_about_no_version_and_has_no_manifest():
         "gc", "", "", {}, [])
 
 
+def test_a_garbage_collection_of_the_whole_bucket_is_about_no_dataset():
+    # As services/datasets/events.gc_event makes it for `vigil datasets gc`: no dataset, what it deleted counted.
+    event = dataset_event("", "gc", 9, actor="cli/ops", message="deleted 2 blobs")
+    event.statistics.update({"deleted_blobs": 2, "deleted_bytes": 300})
+    row = dict(zip(DATASET_EVENTS.columns, dataset_event_row(event)))
+    assert (row["dataset"], row["action"], row["statistics"]) == ("", "gc", {"deleted_blobs": 2, "deleted_bytes": 300})
+
+
 def test_events_without_a_dataset_or_an_action_or_an_event_id_are_invalid():
     with pytest.raises(InvalidEvent, match="dataset is empty"):
         dataset_event_row(dataset_event("", "commit", 0, version="a1"))

@@ -289,7 +289,7 @@ async function refreshDatasets() {
   latest.dataset.rows = String(newest.size);
   const trail = document.getElementById("dataset-events");
   trail.querySelector("tbody").replaceChildren(...events.map(e => tableRow(
-    [time(e.event_time), e.dataset, e.action, e.version.slice(0, 12), e.actor, e.tag || e.message],
+    [time(e.event_time), e.dataset || "(all)", e.action, e.version.slice(0, 12), e.actor, e.tag || e.message],
     {dataset: e.dataset, action: e.action})));
   trail.dataset.rows = String(events.length);
 }
