@@ -178,7 +178,8 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
         default_window=timedelta(days=3650)),
     NamedQuery(
         "dataset_versions", "The versions each dataset was given (committed, or made by an import), each once, "
-                            "when first announced: items, boxes and the rest of its statistics, its parents, "
+                            "when first announced (an import's commit and import in one millisecond: as "
+                            "committed): items, boxes and the rest of its statistics, its parents, "
                             "branch, author and message; the newest `limit` in the window, per dataset oldest "
                             "first; filters dataset, branch; default window: ten years.",
         f"""SELECT * FROM (
@@ -187,7 +188,7 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
                 FROM (SELECT * FROM dataset_events
                       WHERE action IN ('commit', 'import') AND {_DATASET}
                         AND ({{branch:String}} = '' OR branch = {{branch:String}})
-                      ORDER BY dataset, version, event_time LIMIT 1 BY dataset, version)
+                      ORDER BY dataset, version, event_time, action != 'commit' LIMIT 1 BY dataset, version)
                 WHERE {_EVENT_WINDOW}
                 ORDER BY event_time DESC, dataset, version LIMIT {{limit:UInt32}})
             ORDER BY dataset, event_time, version""",

@@ -189,3 +189,32 @@ def test_bad_dataset_events_are_rejected(store):
     assert [o.reason if isinstance(o, Rejected) else o for o in outcomes] == [
         "invalid_event", "invalid_event", "malformed_event"]
     assert "dataset is empty" in outcomes[0].detail and "action is empty" in outcomes[1].detail
+
+
+def test_the_events_the_datasets_service_and_cli_make_are_stored_and_a_version_listed_once(store):
+    # Built by services/datasets/events.py, as `vigil datasets import` (the new version's commit, then the import),
+    # `tag`, `export` and `gc` announce them; the commit announced twice (a retry) is the same event.
+    from services.datasets.events import dataset_event as announced, gc_event
+    from services.datasets.manifest import build_manifest
+    from tests.dataset_items import item
+
+    manifest = build_manifest("lobby-cli", [item("a", ("person", 1, 1, 40, 80), split="train"),
+                                            item("b", ("car", 5, 5, 60, 60), ("car", 1, 1, 9, 9), split="val")],
+                              parents=[], message="imported", author="cli/ann", schema_version="3")
+    ref = events_pb2.ObjectRef(bucket="vigil-datasets", key=f"versions/lobby-cli/{manifest.version}.json", size=10)
+    commit = announced(manifest, "commit", "cli/ann", branch="main", manifest_ref=ref)
+    events = [commit, commit, announced(manifest, "import", "cli/ann", "imported 2 images", branch="main",
+                                        manifest_ref=ref),
+              announced(manifest, "tag", "cli/ann", "tagged v1", tag="v1"),
+              announced(manifest, "export", "cli/bob", "exported as coco to /tmp/x"),
+              gc_event("cli/ops", "deleted 2 blobs", {"deleted_blobs": 2})]
+    assert handle(store, *[message(e) for e in events]) == [[]] * len(events)
+    everything = {"since": "", "until": ""}
+    trail = named(store, "dataset_events", dataset="lobby-cli", **everything)
+    assert sorted(e["action"] for e in trail) == ["commit", "export", "import", "tag"]
+    [version] = named(store, "dataset_versions", dataset="lobby-cli", **everything)
+    assert (version["version"], version["action"], version["item_count"], version["boxes"]) == (
+        manifest.version, "commit", 2, 3)
+    assert version["statistics"]["split.val"] == 1 and version["statistics"]["class.car"] == 2
+    collections = named(store, "dataset_events", action="gc", actor="cli/ops", **everything)
+    assert [(c["dataset"], c["message"]) for c in collections] == [("", "deleted 2 blobs")]
