@@ -11,7 +11,7 @@ from libs.common.logs import redact_credentials
 from libs.common.settings import KafkaSettings
 from protos import events_pb2
 from services.ingest.camera_spec import InvalidCameraConfig
-from services.ingest.registry import CameraRegistryClient
+from services.ingest.camera_registry import CameraRegistryClient
 
 
 def _registry(stack) -> CameraRegistryClient:

@@ -22,7 +22,7 @@ from libs.common.logs import configure_logging
 from libs.common.settings import KafkaSettings
 from libs.common.topics import CATALOG, SENSORS_REGISTRY, ensure_topics
 from protos import events_pb2
-from services.ingest.sensors.registry import sensor_registry_table
+from services.ingest.sensors.sensor_registry import sensor_registry_table
 from services.ingest.sensors.validation import definition_problem
 
 

@@ -212,7 +212,7 @@ class LocalStack:
     def register_camera(self, camera_id: str, url: str, sample_fps: float, **fields) -> None:
         from libs.common.settings import KafkaSettings
         from protos import events_pb2
-        from services.ingest.registry import CameraRegistryClient
+        from services.ingest.camera_registry import CameraRegistryClient
 
         config = events_pb2.CameraConfig(camera_id=camera_id, url=url, sample_fps=sample_fps, **fields)
         registry = CameraRegistryClient(KafkaSettings(bootstrap_servers=self.config.kafka_bootstrap))
@@ -221,7 +221,7 @@ class LocalStack:
 
     def unregister_camera(self, camera_id: str) -> None:
         from libs.common.settings import KafkaSettings
-        from services.ingest.registry import CameraRegistryClient
+        from services.ingest.camera_registry import CameraRegistryClient
 
         CameraRegistryClient(KafkaSettings(bootstrap_servers=self.config.kafka_bootstrap)).remove(camera_id)
 

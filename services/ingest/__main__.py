@@ -15,7 +15,7 @@ from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import ensure_topics
 from services.ingest.fleet import CameraFleet
 from services.ingest.kafka_adapter import FramePublisher, StatusPublisher
-from services.ingest.registry import CameraRegistryFollower
+from services.ingest.camera_registry import CameraRegistryFollower
 from services.ingest.sensors.ingest import SensorIngest
 from services.ingest.sensors.settings import SensorSettings
 from services.ingest.settings import IngestSettings

@@ -27,7 +27,7 @@ from libs.common.kafka import DLQ_ORIGIN_TOPIC, DLQ_REASON, DLQ_SERVICE
 from libs.common.settings import KafkaSettings
 from libs.common.topics import DLQ, DRIFT_WINDOWS, FRAMES, INFERENCE, MONITORING
 from protos import events_pb2
-from services.ingest.registry import CameraRegistryClient
+from services.ingest.camera_registry import CameraRegistryClient
 from tests.integration.conftest import query, wait_for
 from tests.integration.kafka_tools import TopicRecorder, end_offsets, produce, read_range
 from tests.integration.stack_process import free_ports, running

@@ -21,7 +21,7 @@ from cli.stack.local import REPO_ROOT, service_ready
 from libs.common.settings import KafkaSettings
 from libs.common.topics import FRAMES, MONITORING
 from protos import events_pb2
-from services.ingest.registry import CameraRegistryClient
+from services.ingest.camera_registry import CameraRegistryClient
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_tools import TopicRecorder
 from tests.integration.stack_process import free_ports, running

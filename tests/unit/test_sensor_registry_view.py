@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from libs.common.compacted import Change
 from protos import events_pb2
-from services.ingest.sensors.registry import SensorRegistry, registry_problem
+from services.ingest.sensors.sensor_registry import SensorRegistry, registry_problem
 
 
 def definition(sensor_id="t-1", unit="°C", **fields) -> events_pb2.SensorDefinition:

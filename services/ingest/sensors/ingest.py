@@ -11,7 +11,7 @@ from libs.common.settings import KafkaSettings
 from libs.common.topics import SENSORS_RAW
 from services.ingest.sensors.http_api import ReadingBatchIntake, SensorHttpApi
 from services.ingest.sensors.kafka_adapter import ReadingPublisher, sensor_reading_batch_handler
-from services.ingest.sensors.registry import SensorRegistry, sensor_registry_table
+from services.ingest.sensors.sensor_registry import SensorRegistry, sensor_registry_table
 from services.ingest.sensors.settings import SensorSettings
 from services.ingest.sensors.validation import ClockLimits
 

@@ -19,7 +19,7 @@ from protos import events_pb2
 from services.ingest.sensors.json_readings import (
     InvalidJsonReading, event_id_for_position, parse_json, reading_from_json,
 )
-from services.ingest.sensors.registry import SensorRegistry
+from services.ingest.sensors.sensor_registry import SensorRegistry
 from services.ingest.sensors.validation import ClockLimits, validate_reading
 
 log = get_logger(__name__)
