@@ -299,8 +299,9 @@ def _clipped(box: Sequence[float], width: int, height: int) -> tuple[tuple[float
     return clipped, clipped != (x1, y1, x2, y2)
 
 
-def _image_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as picture:  # the header only
+def _image_size(source: bytes | Path) -> tuple[int, int]:
+    """Width and height from the image's header (a file is not read further)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as picture:
         return picture.size
 
 
@@ -320,9 +321,10 @@ def _seconds_of(text) -> float:
 
 @dataclass
 class _Pending:
-    """An image to store and the item it becomes (blob, size filled in once stored)."""
+    """An image to store (read when it is stored: an import of 10,000 photos is not held in memory) and the item
+    it becomes."""
     item_id: str
-    data: bytes
+    load: Callable[[], bytes]
     width: int
     height: int
     camera_id: str
@@ -336,7 +338,8 @@ def _store_all(store, pending: list[_Pending], blurrer: Blurrer | None, result: 
                progress: Progress | None) -> None:
     """Blurs (when a blurrer is given) and stores each image, several at a time, and makes its item."""
     def stored(p: _Pending) -> tuple[str, int, int]:
-        data, faces = blurrer.blur(p.data) if blurrer is not None else (p.data, 0)
+        image = p.load()
+        data, faces = blurrer.blur(image) if blurrer is not None else (image, 0)
         return store.put_blob(data), len(data), faces
 
     tick = _Throttled(progress, len(pending))
@@ -409,9 +412,8 @@ def import_coco(store, coco: dict, images_dir: Path, *, blurrer: Blurrer | None,
         if path is None:
             problems.append(f"{where}: not found in {images_dir}")
             continue
-        data = path.read_bytes()
         try:
-            width, height = _image_size(data)
+            width, height = _image_size(path)
         except (OSError, ValueError) as exc:
             problems.append(f"{where}: not an image ({exc})")
             continue
@@ -420,7 +422,7 @@ def import_coco(store, coco: dict, images_dir: Path, *, blurrer: Blurrer | None,
                             f"{image.get('width')}x{image.get('height')}")
             continue
         pending.append(_Pending(
-            item_id=item_id, data=data, width=width, height=height,
+            item_id=item_id, load=path.read_bytes, width=width, height=height,
             camera_id=str(image.get("camera_id") or camera_id),
             captured_at=_seconds_of(image.get("captured_at") or image.get("date_captured")),
             split=str(image.get("split") or ""), source_task_ids=tuple(image.get("source_task_ids") or ()),
@@ -504,7 +506,7 @@ def import_label_studio(store, tasks: list, images_dir: Path | None, *, blurrer:
         seen.add(t.task_id)
         vigil_task = task["data"].get("vigil_task_id")
         pending.append(_Pending(
-            item_id=t.task_id, data=data, width=width, height=height, camera_id=t.camera_id,
+            item_id=t.task_id, load=lambda data=data: data, width=width, height=height, camera_id=t.camera_id,
             captured_at=t.captured_at.seconds + t.captured_at.nanos / 1e9, split="",
             source_task_ids=(str(vigil_task),) if vigil_task else (),
             # The proto's boxes are float32: a thousandth of a pixel is what they hold.
