@@ -125,17 +125,22 @@ def timed(function, *args, repeats: int = 1, **kwargs):
 
 
 def export_figure(store: DatasetStore, manifest: Manifest, out_dir: Path) -> dict | None:
-    """HOOK for the export figure (helper I): the COCO export of `manifest` (10,000 items) into `out_dir`, timed.
-    Returns None while services/datasets/formats.py has no `export_coco`; adapt the call to its signature."""
-    try:
-        from services.datasets.formats import export_coco  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+    """The COCO export of `manifest` (10,000 items) into `out_dir` (services/datasets/formats.export_coco: every
+    image read from the store verified, 8 at a time, and written, then annotations.json), timed; then the same
+    export again into the same folder (images already there are not read again: only the annotation file)."""
+    from services.datasets.formats import ANNOTATIONS_FILE, export_coco
+
     started = time.perf_counter()
-    export_coco(store, manifest, out_dir)
+    report = export_coco(store, manifest, out_dir)
     seconds = time.perf_counter() - started
-    return {"items": len(manifest.items), "seconds": round(seconds, 3),
-            "items_per_s": round(len(manifest.items) / seconds)}
+    started = time.perf_counter()
+    again = export_coco(store, manifest, out_dir)
+    again_s = time.perf_counter() - started
+    return {"items": report.items, "boxes": report.boxes, "images_written": report.images_written,
+            "image_bytes": report.bytes_written, "annotations_bytes": (out_dir / ANNOTATIONS_FILE).stat().st_size,
+            "seconds": round(seconds, 3), "items_per_s": round(report.items / seconds),
+            "again_into_the_same_folder": {"images_written": again.images_written, "seconds": round(again_s, 3),
+                                           "items_per_s": round(again.items / again_s)}}
 
 
 def main() -> int:
@@ -192,9 +197,9 @@ def main() -> int:
         say(f"      diff {diff_s * 1000:.0f} ms; read both + diff {statistics.median(read_and_diff_s):.2f} s; "
             f"exact: {exact} ({result.summary()})")
 
-        say("[5/5] export of the 10,000-item version (hook for services/datasets/formats.py) ...")
+        say("[5/5] COCO export of the 10,000-item version (services/datasets/formats.py) ...")
         export = export_figure(store, v1, state / "export")
-        say(f"      {export if export else 'not built yet'}")
+        say(f"      {export}")
 
     per_op_ms = 1000 / raw["put_per_s"]
     result_json = {
