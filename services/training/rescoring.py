@@ -89,7 +89,8 @@ def fit_logistic(features: np.ndarray, truth: np.ndarray, l2: float = 1.0, itera
 
 def best_f1_threshold(probabilities: np.ndarray, truth: np.ndarray, ground_truth: int) -> tuple[float, float]:
     """(threshold, F1) maximising F1 = 2TP / (2TP + FP + FN) over "served iff p >= threshold", FN being the
-    ground-truth boxes no served proposal matched. With nothing true to find, the threshold serves nothing."""
+    ground-truth boxes no served proposal matched; the threshold lies halfway between the last proposal served
+    and the next. With nothing true to find, the threshold serves nothing."""
     if ground_truth <= 0 or not truth.any():
         return 1.0 + 1e-9, 0.0
     order = np.argsort(-probabilities, kind="stable")
@@ -99,7 +100,10 @@ def best_f1_threshold(probabilities: np.ndarray, truth: np.ndarray, ground_truth
     # Only cut between distinct probabilities: a cut inside a run of equal ones is not a threshold.
     last_of_run = np.r_[p[1:] != p[:-1], True]
     best = int(np.argmax(np.where(last_of_run, f1, -1.0)))
-    return float(p[best]), float(f1[best])
+    # Cut halfway to the next proposal down (the widest margin on either side), not at the last one served: the
+    # same object seen again scores a hair lower as often as higher.
+    below = float(p[best + 1]) if best + 1 < len(p) else 0.0
+    return (float(p[best]) + below) / 2, float(f1[best])
 
 
 def calibrate(probabilities: np.ndarray, proposals: Proposals, min_ground_truth: int = 5) -> Thresholds:

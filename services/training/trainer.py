@@ -54,6 +54,7 @@ class TrainingResult:
     decision: GateDecision
     lineage: dict
     timings_s: dict = field(default_factory=dict)
+    cameras: dict = field(default_factory=dict)  # camera -> items, candidate_map50, champion_map50 on test
 
 
 class Progress:
@@ -218,13 +219,22 @@ def train_candidate(dataset_store, dataset: str, version: str, base_model_dir: P
     base_metadata = json.loads((Path(base_model_dir) / "model.json").read_text())
     candidate_name = name or base_metadata["name"]
     candidate_version = f"{base_metadata.get('version', '')}+site.{manifest.version[:8]}.s{seed}"
-    candidate = evaluate(f"{candidate_name}:{candidate_version}", test, {
+    candidate_served = {
         item.item_id: rescoring.apply(p.detections, item.width, item.height, item.camera_id, p.embedding)
-        for item, p in ((item, proposals[item.item_id]) for item in test)})
-    champion = evaluate(f"{base_metadata['name']}:{base_metadata.get('version', '')}", test,
-                        champion_detections(base_model_dir, {i.item_id: proposals[i.item_id] for i in test},
-                                            params.champion_threshold))
+        for item, p in ((item, proposals[item.item_id]) for item in test)}
+    champion_served = champion_detections(base_model_dir, {i.item_id: proposals[i.item_id] for i in test},
+                                          params.champion_threshold)
+    candidate_model = f"{candidate_name}:{candidate_version}"
+    champion_model = f"{base_metadata['name']}:{base_metadata.get('version', '')}"
+    candidate = evaluate(candidate_model, test, candidate_served)
+    champion = evaluate(champion_model, test, champion_served)
     decision = gate(candidate, champion, params.margin, params.tolerance)
+    cameras = {}  # the same, camera by camera: where the stage gained or lost
+    for camera in sorted({item.camera_id for item in test}):
+        seen = [item for item in test if item.camera_id == camera]
+        cameras[camera] = {"items": len(seen),
+                           "candidate_map50": evaluate(candidate_model, seen, candidate_served).map50,
+                           "champion_map50": evaluate(champion_model, seen, champion_served).map50}
     timings["evaluation"] = time.monotonic() - t2
     progress.step("evaluation", 1, 1, t2)
 
@@ -234,17 +244,17 @@ def train_candidate(dataset_store, dataset: str, version: str, base_model_dir: P
         "params": asdict(params), "seed": seed, "split": "test",
         "items": {split: len(s) for split, s in splits.items()},
         "metrics": {"candidate_map50": candidate.map50, "champion_map50": champion.map50,
-                    "eligible": decision.eligible},
+                    "eligible": decision.eligible, "cameras": cameras},
     }
     metadata = {**base_metadata, "name": candidate_name, "version": candidate_version, "rescoring": RESCORING_FILE,
                 "evaluation": REPORT_FILE, "lineage": lineage,
                 "metrics": {"test_map50": candidate.map50, "champion_test_map50": champion.map50,
                             "classes": {n: asdict(c) for n, c in candidate.classes.items()}}}
     report = gate_report(candidate, champion, decision, params.margin, params.tolerance, dataset=dataset,
-                         dataset_version=manifest.version, split="test", seed=seed)
+                         dataset_version=manifest.version, split="test", seed=seed, cameras=cameras)
     write_model_dir(base_model_dir, out_dir, rescoring, metadata, report)
     timings["total"] = time.monotonic() - t0
     log.info("training finished", candidate=f"{candidate_name}:{candidate_version}", out=str(out_dir),
              candidate_map50=round(candidate.map50, 4), champion_map50=round(champion.map50, 4),
              eligible=decision.eligible, seconds=round(timings["total"], 1))
-    return TrainingResult(Path(out_dir), candidate, champion, decision, lineage, timings)
+    return TrainingResult(Path(out_dir), candidate, champion, decision, lineage, timings, cameras)
