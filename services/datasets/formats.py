@@ -363,12 +363,13 @@ def _store_all(store, pending: list[_Pending], blurrer: Blurrer | None, result: 
 
 
 def _find(images_dir: Path, name: str) -> Path | None:
-    """The file `name` names in `images_dir`: its relative path, else its base name."""
+    """The file `name` names in `images_dir`: its relative path, else its base name (an absolute path or a URL is
+    looked for by its base name: images are read from the folder given, nowhere else)."""
     relative = PurePosixPath(name.replace("\\", "/"))
-    for candidate in (images_dir / relative, images_dir / relative.name):
-        if ".." not in relative.parts and candidate.is_file():
-            return candidate
-    return None
+    candidates = [images_dir / relative.name] if relative.name else []
+    if relative.parts and not relative.is_absolute() and ".." not in relative.parts and ":" not in relative.parts[0]:
+        candidates.insert(0, images_dir / relative)
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
 
 
 def import_coco(store, coco: dict, images_dir: Path, *, blurrer: Blurrer | None, camera_id: str = "",

@@ -52,3 +52,18 @@ def test_dataset_and_ref_are_read_from_dataset_at_ref():
     assert dataset_ref("lobby@v1", "x") == ("lobby", "v1")
     with pytest.raises(BadInput):
         dataset_ref("no/such@v1")
+
+
+def test_import_reads_images_from_the_folder_given_and_nowhere_else(tmp_path):
+    from services.datasets.formats import _find
+
+    (tmp_path / "sub").mkdir()
+    for name in ("sub/b.jpg", "b.jpg", "c.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    outside = tmp_path.parent / f"outside-{tmp_path.name}.jpg"
+    outside.write_bytes(b"secret")
+    assert _find(tmp_path, "sub/b.jpg") == tmp_path / "sub" / "b.jpg"
+    assert _find(tmp_path, "http://images.example.org/val/c.jpg") == tmp_path / "c.jpg"
+    assert _find(tmp_path, str(outside)) is None           # an absolute path: by its base name, in the folder
+    assert _find(tmp_path, f"../{outside.name}") is None
+    assert _find(tmp_path, "") is None
