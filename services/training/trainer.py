@@ -83,7 +83,7 @@ def code_version() -> str:
         return "unknown"
 
 
-def _model_identity(model_dir: Path, proposal_threshold: float, precision_hint: str | None) -> str:
+def model_identity(model_dir: Path, proposal_threshold: float, precision_hint: str | None) -> str:
     """What proposals depend on: the network's files, the threshold and the precision."""
     digest = hashlib.sha256(f"{PROPOSAL_CACHE_VERSION}:{proposal_threshold}:{precision_hint}".encode())
     for name in ("model.xml", "model.bin", "model.json", "embedding_projection.npy"):
@@ -123,7 +123,7 @@ class ProposalCache:
 def base_proposals(dataset_store, items: Sequence[Item], base_model_dir: Path, params: TrainingParams,
                    cache_dir: Path, progress: Progress) -> dict[str, ItemProposals]:
     """item id -> the base detector's proposals on its image (each distinct blob run once, then cached)."""
-    cache = ProposalCache(cache_dir, _model_identity(base_model_dir, params.proposal_threshold,
+    cache = ProposalCache(cache_dir, model_identity(base_model_dir, params.proposal_threshold,
                                                      params.precision_hint))
     detector = None
     by_blob: dict[str, tuple[tuple[Detection, ...], np.ndarray | None]] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -24,7 +25,7 @@ from services.inference.detectors import detector_loader
 from services.inference.detectors.rescored import RescoredDetector
 from services.inference.detectors.yolo import YoloDetector
 from services.training.evaluation import EvaluationReport
-from services.training.trainer import REPORT_FILE, TrainingParams, train_candidate
+from services.training.trainer import REPORT_FILE, ProposalCache, TrainingParams, model_identity, train_candidate
 from tests.integration.infrastructure import object_store
 
 pytestmark = pytest.mark.integration
@@ -99,11 +100,16 @@ def version(store, base_dir, tmp_path_factory) -> str:
     return manifest.version
 
 
+@pytest.fixture(scope="module")
+def proposal_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("proposals")
+
+
 def test_a_candidate_is_trained_evaluated_against_the_champion_and_written_with_lineage(
-        store, version, base_dir, tmp_path, s3):
+        store, version, base_dir, tmp_path, s3, proposal_cache):
     started = time.monotonic()
     result = train_candidate(store, DATASET, version, base_dir, tmp_path / "candidate", seed=0,
-                             params=TrainingParams(), cache_dir=tmp_path / "proposals", name="yolov3-tiny-site")
+                             params=TrainingParams(), cache_dir=proposal_cache, name="yolov3-tiny-site")
     first_s = time.monotonic() - started
     manifest = store.version(DATASET, version)
     splits = {s: sum(1 for i in manifest.items if i.split == s) for s in ("train", "val", "test")}
@@ -144,6 +150,13 @@ def test_a_candidate_is_trained_evaluated_against_the_champion_and_written_with_
     image = cv2.imdecode(np.frombuffer(store.get_blob(test_item.blob), np.uint8), cv2.IMREAD_COLOR)
     detections = served.detect(image, camera_id=test_item.camera_id)
     assert detections and {d.label for d in detections} <= set(served.rescoring.spec.classes)
+    params = TrainingParams()
+    cached = ProposalCache(proposal_cache, model_identity(base_dir, params.proposal_threshold,
+                                                          params.precision_hint)).get(test_item.blob)
+    evaluated = served.rescoring.apply(cached[0], test_item.width, test_item.height, test_item.camera_id, cached[1])
+    assert [d.label for d in detections] == [d.label for d in evaluated]
+    np.testing.assert_allclose([d.score for d in detections], [d.score for d in evaluated], atol=1e-4)
+    np.testing.assert_allclose([d.box for d in detections], [d.box for d in evaluated], atol=1e-2)
 
     # The registry takes it with its lineage.
     registry = ModelRegistry(s3, "vigil-models")
@@ -153,6 +166,22 @@ def test_a_candidate_is_trained_evaluated_against_the_champion_and_written_with_
     # Again from the proposal cache: no network run, the same numbers (the fit is deterministic).
     started = time.monotonic()
     again = train_candidate(store, DATASET, version, base_dir, tmp_path / "again", seed=0,
-                            cache_dir=tmp_path / "proposals", name="yolov3-tiny-site")
+                            cache_dir=proposal_cache, name="yolov3-tiny-site")
     print(f"again from the proposal cache in {time.monotonic() - started:.1f} s")
     assert again.candidate == result.candidate and again.champion == result.champion
+
+
+def test_a_candidate_fitted_on_shuffled_labels_is_stopped_at_the_gate(store, version, base_dir, tmp_path,
+                                                                       proposal_cache):
+    """Train and val labels moved to other frames (test's kept): the stage learns nothing true of this site."""
+    manifest = store.version(DATASET, version)
+    fitted = [item for item in manifest.items if item.split in ("train", "val")]
+    moved = np.random.default_rng(0).permutation(len(fitted))
+    shuffled = {item.item_id: replace(item, labels=fitted[j].labels) for item, j in zip(fitted, moved)}
+    items = [shuffled.get(item.item_id, item) for item in manifest.items]
+    worse = store.commit(DATASET, items, message="train and val labels shuffled", author="test", branch="shuffled")
+    result = train_candidate(store, DATASET, worse.version, base_dir, tmp_path / "worse", seed=0,
+                             cache_dir=proposal_cache, name="yolov3-tiny-site")
+    print(f"\nshuffled: champion mAP@0.5 {result.champion.map50:.4f}, candidate {result.candidate.map50:.4f}; "
+          f"gate: {'; '.join(result.decision.reasons)}")
+    assert not result.decision.eligible
