@@ -81,8 +81,10 @@ def test_import_log_diff_export_tag_gc_with_their_audit_events(stack, tmp_path):
                         ("street.jpg", "bicycle", [90, 50, 30, 30]), ("later.jpg", "car", [1, 1, 20, 20])])
     start = end_offsets(stack.config.kafka_bootstrap, DATASETS)
 
-    v1 = ok(vigil_datasets(stack, "import", dataset, str(first), "--images", str(images), "--message", "first",
-                           "--as", ME)).strip()
+    imported = vigil_datasets(stack, "import", dataset, str(first), "--images", str(images), "--message", "first",
+                              "--as", ME)
+    v1 = ok(imported).strip()
+    assert "vigil: stored 3/3 images" in imported.stderr  # progress, on stderr
     assert re.fullmatch(r"[0-9a-f]{16}", v1)
     store = DatasetStore(stack_s3_client(stack))
     stored = store.get_blob(store.version(dataset, v1).item("people.jpg").blob)
@@ -113,7 +115,8 @@ def test_import_log_diff_export_tag_gc_with_their_audit_events(stack, tmp_path):
     assert summary[0].endswith("1 added, 1 removed, 1 relabelled, 0 moved split, 0 changed, 1 unchanged")
 
     out = tmp_path / "export"
-    ok(vigil_datasets(stack, "export", f"{dataset}@{v2}", "--format", "coco", "--out", str(out), "--as", ME))
+    exported = vigil_datasets(stack, "export", f"{dataset}@{v2}", "--format", "coco", "--out", str(out), "--as", ME)
+    assert ok(exported).strip() == str(out.resolve()) and "vigil: exported 3/3 images" in exported.stderr
     shown = json.loads(ok(vigil_datasets(stack, "show", f"{dataset}@{v2}", "--json")))
     coco = COCO(str(out / "annotations.json"))
     assert len(coco.getImgIds()) == shown["items"] == 3
@@ -153,5 +156,16 @@ def test_an_import_whose_face_model_cannot_be_reached_names_it_and_stores_nothin
     assert result.returncode == 2 and result.stdout == ""
     assert "127.0.0.1:9" in result.stderr and "--no-blur-faces" in result.stderr
     assert vigil_datasets(stack, "log", dataset).returncode == 2  # no version, no branch
-    ok(vigil_datasets(stack, "import", dataset, str(path), "--images", str(tmp_path), "--no-blur-faces"))
+    v1 = ok(vigil_datasets(stack, "import", dataset, str(path), "--images", str(tmp_path), "--no-blur-faces")).strip()
     assert len(ok(vigil_datasets(stack, "log", dataset)).splitlines()) == 2
+    # Label Studio's JSON export (a list: told from COCO by its shape), its final annotation per task.
+    region = {"type": "rectanglelabels", "original_width": 160, "original_height": 120,
+              "value": {"x": 50, "y": 50, "width": 25, "height": 25, "rectanglelabels": ["dog"]}}
+    (tmp_path / "studio.json").write_text(json.dumps([
+        {"id": 4, "data": {"image": "/data/upload/1/a.jpg"}, "annotations": [{"result": [region]}]}]))
+    v2 = ok(vigil_datasets(stack, "import", dataset, str(tmp_path / "studio.json"), "--images", str(tmp_path),
+                           "--no-blur-faces")).strip()
+    changes = json.loads(ok(vigil_datasets(stack, "diff", f"{dataset}@{v1}", f"{dataset}@{v2}", "--json")))
+    (added,) = changes["added"]
+    assert json.loads(ok(vigil_datasets(stack, "show", f"{dataset}@{v2}", "--json")))["statistics"][
+        "boxes_per_class"] == {"dog": 1}
