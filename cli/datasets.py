@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -435,6 +436,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
 
     def cmd_datasets(stack, args: argparse.Namespace) -> int:
         configure_logging("cli", "WARNING")  # library logs only when something is wrong, on stderr
+        # urllib3 warns at each retry of an unreachable object store: the one error below says it once.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         try:
             return COMMANDS[args.datasets_command](stack, args)
         except (BadInput, InvalidName, UnknownRef, TagExists, ImportRefused, CommitRefused) as exc:
@@ -450,8 +453,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
             _say(f"vigil: the dataset store failed: {exc}")
             return 1
         except ConnectionFailed as exc:
-            _say(f"vigil: the object store does not answer at 127.0.0.1:{stack.config.ports.s3} ({exc}); is the "
-                 "stack up? (make up)")
+            _say(f"vigil: the object store does not answer at 127.0.0.1:{stack.config.ports.s3} "
+                 f"({getattr(exc, 'reason', None) or exc}); is the stack up? (make up)")
             return 1
         except OSError as exc:
             _say(f"vigil: {exc}")
