@@ -6,6 +6,7 @@ import time
 
 from confluent_kafka import Message
 from minio.error import S3Error
+from prometheus_client import Counter, Gauge
 from urllib3.exceptions import HTTPError
 
 from libs.common.kafka import Outbound, Outcome, Rejected, Retryable, decode_each
@@ -17,6 +18,12 @@ from services.datasets.labels_intake import AUTHOR, LabelIntake, UnusableLabel
 
 log = get_logger(__name__)
 
+LABELS = Counter("vigil_datasets_labels_total", "Labels of vigil.annotations by what became of them: taken (an item "
+                 "waiting for its version), skipped (a submission or a rejection), refused (dead-lettered)",
+                 ["outcome"])
+VERSIONS = Counter("vigil_datasets_versions_committed_total", "Versions the service committed")
+WAITING = Gauge("vigil_datasets_labels_waiting", "Items taken and waiting for the next version (their offsets held)")
+
 # A commit that failed (the store unreachable) is tried again after this long, doubling up to the maximum.
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 60.0
 
@@ -27,15 +34,18 @@ class LabelsAdapter:
         self.topic = topic
         self._retry_at = 0.0
         self._backoff = RETRY_FIRST_S
+        WAITING.set_function(lambda: intake.waiting)
 
     def handle_batch(self, batch: list[Message]) -> list[Outcome]:
         labels, positions, outcomes = decode_each(batch, events_pb2.AnnotationLabel)
         for label, position in zip(labels, positions):
             try:
-                self.intake.take(label)
+                taken = self.intake.take(label)
                 outcomes[position] = []
+                LABELS.labels("taken" if taken is not None else "skipped").inc()
             except UnusableLabel as refused:
                 outcomes[position] = Rejected(refused.reason, refused.detail)
+                LABELS.labels("refused").inc()
             except (S3Error, HTTPError, OSError) as exc:
                 raise Retryable(f"object store: {exc}") from exc
         return outcomes
@@ -55,6 +65,7 @@ class LabelsAdapter:
         self._backoff = RETRY_FIRST_S
         if committed is None:
             return None
+        VERSIONS.inc(len(committed))
         store = self.intake.store
         return [Outbound(self.topic, dataset_event(manifest, "commit", AUTHOR, branch=self.intake.branch,
                                                    manifest_ref=store.manifest_ref(manifest)).SerializeToString(),
