@@ -20,6 +20,7 @@ from libs.common.cache_dir import default_cache_dir
 from cli.stack.supervisor import Supervisor, python_module_argv
 from libs.common.service_declaration import ServiceDeclaration
 from services.catalog import SERVICES
+from services.datasets.settings import DatasetsSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".state"
@@ -93,6 +94,10 @@ class StackConfig:
     s3_access_key: str = "vigil"
     # Generated per stack on first `up` and kept in the state directory only (mode 0600), never in git.
     s3_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Read-only credentials of the dataset store's bucket, for its readers (training, exports): separate from the
+    # writer's (the datasets service and imports use the S3 keys above).
+    datasets_read_access_key: str = "vigil-datasets-read"
+    datasets_read_secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     camera_id: str = "demo"
     sample_fps: float = 5.0
 
@@ -101,8 +106,12 @@ class StackConfig:
         path = state / "stack.json"
         if path.exists():
             raw = json.loads(path.read_text())
-            return cls(ports=StackPorts.from_dict(raw.pop("ports")), **raw)
-        config = cls(ports=ports or StackPorts())
+            config = cls(ports=StackPorts.from_dict(raw.pop("ports")), **raw)
+            if set(cls.__dataclass_fields__) - {"ports"} <= raw.keys():
+                return config
+            # A field added since the stack was created (a generated key): kept from now on, so it stays the same.
+        else:
+            config = cls(ports=ports or StackPorts())
         state.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(config), indent=2))
         path.chmod(0o600)
@@ -173,7 +182,10 @@ class LocalStack:
         infra = [
             kafka.spec(self.paths, port=p.kafka, controller_port=p.kafka_controller),
             objectstore.spec(self.paths, s3_port=p.s3, master_port=p.s3_master, volume_port=p.s3_volume,
-                             filer_port=p.s3_filer, access_key=c.s3_access_key, secret_key=c.s3_secret_key),
+                             filer_port=p.s3_filer, access_key=c.s3_access_key, secret_key=c.s3_secret_key,
+                             readers=(objectstore.ReadOnlyIdentity("vigil-datasets-reader", c.datasets_read_access_key,
+                                                                   c.datasets_read_secret_key,
+                                                                   (DatasetsSettings().bucket,)),)),
             camera.spec(self.paths, port=p.rtsp, path=c.camera_id),
         ]
         services = [self._service_spec(service, env) for service in sorted(SERVICES, key=lambda s: s.start_rank)]

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import sysconfig
+from dataclasses import dataclass
 from pathlib import Path
 
 from cli.stack.component import ComponentSpec, StackPaths, port_accepts
@@ -45,15 +46,30 @@ def install(cache: Path) -> None:
     log(f"SeaweedFS at {weed}")
 
 
-def identities(access_key: str, secret_key: str) -> dict:
-    """The -s3.config document: one identity that may do everything."""
+@dataclass(frozen=True)
+class ReadOnlyIdentity:
+    """Credentials that may read and list the named buckets and nothing else (SeaweedFS's per-bucket actions
+    "Read:<bucket>" and "List:<bucket>"): e.g. the dataset store's readers, apart from its writer."""
+    name: str
+    access_key: str
+    secret_key: str
+    buckets: tuple[str, ...]
+
+
+def identities(access_key: str, secret_key: str, readers: tuple[ReadOnlyIdentity, ...] = ()) -> dict:
+    """The -s3.config document: one identity that may do everything, and the read-only ones. Nobody else (no
+    anonymous access): no bucket is public."""
     return {
         "identities": [
             {
                 "name": "vigil-admin",
                 "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
+            },
+            *({"name": reader.name,
+               "credentials": [{"accessKey": reader.access_key, "secretKey": reader.secret_key}],
+               "actions": [f"{action}:{bucket}" for bucket in reader.buckets for action in ("Read", "List")]}
+              for reader in readers),
         ]
     }
 
@@ -67,6 +83,7 @@ def spec(
     access_key: str = DEFAULT_ACCESS_KEY,
     secret_key: str = DEFAULT_SECRET_KEY,
     *,
+    readers: tuple[ReadOnlyIdentity, ...] = (),
     admin_port: int | None = None,
     s3_grpc_port: int | None = None,
     master_grpc_port: int | None = None,
@@ -92,7 +109,7 @@ def spec(
     s3_config = config_dir / "s3-identities.json"
     fd = os.open(s3_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(identities(access_key, secret_key), handle, indent=2)
+        json.dump(identities(access_key, secret_key, readers), handle, indent=2)
     os.chmod(s3_config, 0o600)
 
     argv = [

@@ -269,3 +269,36 @@ def test_labels_accepted_in_the_annotation_service_appear_in_a_committed_version
     assert [(l.label, l.box) for l in item.labels] == [("person", (101.0, 118.0, 162.0, 258.0))]
     assert item.blob == hashlib.sha256(jpeg).hexdigest() and item.camera_id == "e2e-cam"
     assert (item.width, item.height) == (task.width, task.height)
+
+
+def test_readers_have_their_own_read_only_credentials_and_no_bucket_is_public(stack):
+    from minio import Minio
+    from minio.error import S3Error
+
+    _, frame = put_image(stack, 107)
+    task = str(uuid.uuid4())
+    publish(stack, accepted_label(task, frame))
+    written = committed_with(stack, [task])
+
+    endpoint = f"127.0.0.1:{stack.config.ports.s3}"
+    reader = Minio(endpoint, access_key=stack.config.datasets_read_access_key,
+                   secret_key=stack.config.datasets_read_secret_key, secure=False)
+    store = DatasetStore(reader, SETTINGS.bucket)
+    version = store.version(SETTINGS.dataset, written.version)
+    assert version.item(task) is not None and store.get_blob(version.item(task).blob)
+    assert SETTINGS.dataset in store.datasets() and store.log(SETTINGS.dataset, written.version)
+
+    def refused(call) -> str:
+        with pytest.raises(S3Error) as caught:
+            call()
+        return caught.value.code
+    import io
+    assert refused(lambda: reader.put_object(SETTINGS.bucket, "blobs/sha256/intruder", io.BytesIO(b"x"), 1)) \
+        == "AccessDenied"
+    assert refused(lambda: reader.remove_object(SETTINGS.bucket, f"versions/{SETTINGS.dataset}/"
+                                                                 f"{written.version}.json")) == "AccessDenied"
+    assert store.version(SETTINGS.dataset, written.version) == written, "nothing was deleted"
+    assert refused(lambda: reader.get_object(ANNOTATION_BUCKET, frame.key)) == "AccessDenied"
+    anonymous = Minio(endpoint, secure=False)
+    assert refused(lambda: anonymous.get_object(SETTINGS.bucket, f"versions/{SETTINGS.dataset}/"
+                                                                 f"{written.version}.json")) == "AccessDenied"
