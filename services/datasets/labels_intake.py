@@ -179,11 +179,8 @@ class LabelIntake:
             return self._due_locked()
 
     def _due_locked(self) -> bool:
-        if not self._waiting:
-            return False
-        oldest = min(w.since for w in self._waiting.values())
-        return (len(self._waiting) >= self.policy.every_labels or self.clock() - oldest >= self.policy.every_s
-                or self._request_pending)
+        oldest = min((w.since for w in self._waiting.values()), default=self.clock())
+        return commit_due(len(self._waiting), self.clock() - oldest, self._request_pending, self.policy)
 
     def checkpoint(self, final: bool = False) -> list[Manifest] | None:
         """Commits the waiting items when due (or `final`, or requested): [the version] when it committed one,
@@ -227,6 +224,12 @@ class LabelIntake:
             self._request_pending = True
             done = self._requested.wait_for(lambda: self._commits >= number, timeout_s)
             return done, (self._last_result[1] if done else None)
+
+
+def commit_due(waiting: int, oldest_waited_s: float, requested: bool, policy: CommitPolicy) -> bool:
+    """Whether the waiting items make a version now: N of them, or the oldest has waited T, or one was asked for
+    (never an empty version)."""
+    return waiting > 0 and (waiting >= policy.every_labels or oldest_waited_s >= policy.every_s or requested)
 
 
 def commit_message(items: list[Item]) -> str:

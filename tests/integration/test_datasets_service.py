@@ -302,3 +302,20 @@ def test_readers_have_their_own_read_only_credentials_and_no_bucket_is_public(st
     anonymous = Minio(endpoint, secure=False)
     assert refused(lambda: anonymous.get_object(SETTINGS.bucket, f"versions/{SETTINGS.dataset}/"
                                                                  f"{written.version}.json")) == "AccessDenied"
+
+
+def test_sigterm_commits_the_waiting_labels_before_the_service_exits(stack):
+    request_commit(stack)
+    _, frame = put_image(stack, 108)
+    task = str(uuid.uuid4())
+    publish(stack, accepted_label(task, frame))
+    wait_for(lambda: labels_waiting(stack) >= 1, 60, interval_s=0.2, what="the label taken")
+    assert head(stack) is None or head(stack).item(task) is None
+
+    stack.supervisor.stop("datasets", progress=lambda *_: None)
+    try:
+        version = head(stack)
+        assert version is not None and version.item(task) is not None, stack.supervisor.log_tail("datasets", 20)
+        assert '"stopped"' in stack.supervisor.log_tail("datasets", 5)
+    finally:
+        stack.supervisor.up(progress=lambda *_: None)

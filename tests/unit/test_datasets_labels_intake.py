@@ -4,7 +4,8 @@ of the item's group; labels that can never be items named with the dead letter's
 from __future__ import annotations
 
 from protos import events_pb2
-from services.datasets.labels_intake import commit_message, event_seconds, item_from_label, label_problem
+from services.datasets.labels_intake import (CommitPolicy, commit_due, commit_message, event_seconds,
+                                             item_from_label, label_problem)
 from services.datasets.manifest import Item, Label
 from services.datasets.splits import assign_split, group_key
 from services.datasets.validation import item_problems
@@ -68,3 +69,12 @@ def test_a_label_event_time_is_read_to_the_nanosecond():
 def test_the_commit_message_names_the_tasks():
     items = [item_from_label(accepted(f"t{i}"), SHA, 1) for i in range(5)]
     assert commit_message(items) == "5 accepted label(s) from vigil.annotations (tasks t0, t1, t2 and 2 more)"
+
+
+def test_a_version_is_due_at_n_labels_or_after_t_or_on_request_and_never_empty():
+    policy = CommitPolicy(every_labels=100, every_s=600)
+    assert not commit_due(99, 599.0, False, policy)
+    assert commit_due(100, 0.0, False, policy)
+    assert commit_due(1, 600.0, False, policy)
+    assert commit_due(1, 0.0, True, policy)
+    assert not commit_due(0, 10_000.0, True, policy)
