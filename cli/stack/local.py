@@ -247,6 +247,7 @@ class LocalStack:
             ("query api", f"{self.config.query_api_url}/api/query"),
             ("sensor readings (HTTP)", f"http://127.0.0.1:{p.sensors_http}/api/sensors/readings"),
             ("dashboard", f"{self.config.query_api_url}/"),
+            ("dataset commit (POST)", f"http://127.0.0.1:{p.datasets_commit}/commit"),
             ("ops (metrics, health)", ", ".join(f"{s.name} http://127.0.0.1:{getattr(p, s.ops_port_name)}"
                                                for s in SERVICES)),
             ("logs", str(self.paths.logs())),
