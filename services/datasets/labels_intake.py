@@ -174,6 +174,11 @@ class LabelIntake:
         with self.lock:
             return len(self._waiting)
 
+    @property
+    def commit_requested(self) -> bool:
+        with self.lock:
+            return self._request_pending
+
     def due(self) -> bool:
         with self.lock:
             return self._due_locked()
