@@ -188,8 +188,8 @@ class LabelIntake:
         return commit_due(len(self._waiting), self.clock() - oldest, self._request_pending, self.policy)
 
     def checkpoint(self, final: bool = False) -> list[Manifest] | None:
-        """Commits the waiting items when due (or `final`, or requested): [the version] when it committed one,
-        [] when nothing waited or the head held them all already (what was read is durable as it is), None when
+        """Commits the waiting items when due (or `final`, or requested): [the version holding them] (the head,
+        when it held them all already), [] when nothing waited (what was read is durable as it is), None when
         nothing is due yet. Raises when
         the store refuses or fails: nothing is then durable."""
         with self.lock:
@@ -199,7 +199,6 @@ class LabelIntake:
             if not (final or self._due_locked()):
                 return None
             items = [w.item for w in self._waiting.values()]
-        before, _ = self.store.head(self.dataset, self.branch)
         manifest = self.store.append(self.dataset, items, commit_message(items), AUTHOR, branch=self.branch,
                                      schema_version=self._schema_version or "")
         with self.lock:
@@ -208,8 +207,9 @@ class LabelIntake:
                     del self._waiting[item.item_id]
             self._schema_version = manifest.schema_version
             self._answer(manifest)
-        if manifest.version == before:  # the head held them all already (labels read again): no new version
-            return []
+        # When the head held them all already (labels read again) append made no new version and returns the head:
+        # it is announced again, since the first announcement may be what a crash prevented (its event id is the
+        # version's, so a repeat dedupes).
         log.info("version committed", dataset=self.dataset, branch=self.branch, version=manifest.version,
                  items=len(manifest.items), appended=len(items))
         return [manifest]

@@ -118,3 +118,16 @@ def test_a_commit_that_fails_keeps_the_labels_waiting(s3):
     intake.store.bucket = bucket
     (version,) = intake.checkpoint()
     assert version.item("f1") is not None and intake.waiting == 0
+
+
+def test_labels_read_again_after_their_version_was_committed_give_that_version_to_announce_again(s3):
+    """A crash between the commit in S3 and its announcement: after the restart the labels are read again, append
+    finds them in the head, and the head is what the service announces (the same event as the lost one)."""
+    intake = intake_over(s3)
+    taken = label(s3, "k1", time.time())
+    intake.take(taken)
+    (committed,) = intake.checkpoint(final=True)
+    restarted = LabelIntake(intake.store, intake.read_image, "site", "main")
+    restarted.take(taken)
+    assert restarted.checkpoint(final=True) == [committed]
+    assert intake.store.log("site") == [committed]
