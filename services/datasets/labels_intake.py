@@ -105,7 +105,6 @@ class LabelIntake:
         self._request_pending = False
         self._last_result: tuple[int, Manifest | None] = (0, None)  # (commit number, manifest)
         self._commits = 0
-        self.skipped = 0
 
     # --- taking labels ------------------------------------------------------------------------------------------
 
@@ -114,7 +113,6 @@ class LabelIntake:
         a rejection). Raises UnusableLabel for one that can never be an item; S3 errors other than a missing
         image propagate (the batch is retried)."""
         if label.status in NOT_FOR_DATASETS:
-            self.skipped += 1
             return None
         if label.status != ACCEPTED:
             raise UnusableLabel("unknown_status", f"task {label.task_id}: status {label.status!r}")
