@@ -114,7 +114,9 @@ def floor_speeds(bootstrap: str, topic: str, count: int) -> dict[str, dict]:
     floors = {"confluent_kafka": measure("confluent", bootstrap, topic, count),
               "aiokafka": measure("aiokafka", bootstrap, topic, count),
               "faust_take_events": measure("faust", bootstrap, topic, count),
-              "faust_take_events_as_configured": measure("faust", bootstrap, topic, count, FAUST_TUNING)}
+              "faust_take_events_as_configured": measure("faust", bootstrap, topic, count, FAUST_TUNING),
+              # not a floor: the drift processor's whole work on batches aiokafka reads, no faust in the path
+              "aiokafka_with_drift_processor": measure("aiokafka_processor", bootstrap, topic, count)}
     for name, floor in floors.items():
         say(f"      floor, {name}: {floor['events_per_cpu_s']:,.0f} events per CPU-second "
             f"({floor['cpu_us_per_event']:.1f} us/event)")
