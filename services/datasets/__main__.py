@@ -42,7 +42,9 @@ def main() -> None:
 
     runner = KafkaRunner(kafka, service="datasets", group_id="vigil-datasets", topics=[ANNOTATION_LABELS],
                          handler=adapter.handle_batch, checkpoint=adapter.checkpoint,
-                         max_batch=settings.batch_max_events, max_wait_s=settings.batch_max_wait_s,
+                         # A checkpoint follows every batch: batches no larger than N keep versions near N labels.
+                         max_batch=min(settings.batch_max_events, settings.commit_every_labels),
+                         max_wait_s=settings.batch_max_wait_s,
                          heartbeat=Heartbeat(max_age_s=120))
     runtime.health.liveness["consume_loop"] = runner.heartbeat.check
     runtime.health.readiness["kafka_assigned"] = flag_check(runner.assigned, "partitions assigned")
