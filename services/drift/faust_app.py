@@ -1,4 +1,5 @@
-"""The drift service on faust-streaming: one agent reads vigil.frames, vigil.inference, vigil.inference.shadow and
+"""The drift service on faust-streaming: one agent (or, VIGIL_DRIFT_SOURCE_READER=aiokafka, a consumer of the
+service's own: source_reader.py) reads vigil.frames, vigil.inference, vigil.inference.shadow and
 vigil.inference.sensors in batches and hands them to the DriftProcessor; a timer closes the windows of subjects gone
 silent; a second agent follows vigil.drift.references (references set by hand). Every subject's state (open
 windows, the windows collected towards its reference, its alert, the offsets applied) is a value of the faust
@@ -21,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 
 import faust
-from faust.types import EventT
 
 from libs.common.kafka import DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION, DLQ_ORIGIN_TOPIC, DLQ_REASON, \
     DLQ_SERVICE, Outbound, Rejected
@@ -33,6 +33,7 @@ from protos import events_pb2
 from services.drift.processor import SOURCE_TOPICS, DriftProcessor, ProcessorOutput, reference_announcement
 from services.drift.references import ReferenceStore
 from services.drift.settings import DriftSettings
+from services.drift.source_reader import read_sources
 
 log = get_logger(__name__)
 SERVICE = "drift"
@@ -78,8 +79,9 @@ def _broker_credentials(kafka: KafkaSettings):
                                  mechanism=kafka.sasl_mechanism)
 
 
-def dead_letter(event: EventT, rejection: Rejected, dlq_topic: str) -> Outbound:
-    message = event.message
+def dead_letter(message, rejection: Rejected, dlq_topic: str) -> Outbound:
+    """The message as it came (a faust Message or an aiokafka ConsumerRecord: topic, partition, offset, key, value
+    and headers), with the reason and its origin in headers."""
     headers = {k: v for k, v in (message.headers or []) if v is not None} if not isinstance(message.headers, dict) \
         else dict(message.headers)
     headers.update({DLQ_REASON: rejection.reason.encode(), DLQ_ERROR: (rejection.detail or rejection.reason).encode(),
@@ -114,12 +116,12 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
         """An agent that crashes leaves a worker running without it: the service stops instead (non-zero exit,
         its supervisor restarts it). A poison message never gets here: the processor dead-letters it."""
         drift.failure = exc
-        log.error("agent crashed; stopping the service", agent=agent.name, error=f"{type(exc).__name__}: {exc}")
+        log.error("agent crashed; stopping the service", agent=getattr(agent, "name", agent),
+                  error=f"{type(exc).__name__}: {exc}")
         os.kill(os.getpid(), signal.SIGTERM)
     # Values are the processor's compressed state as base64 text: a table with a raw-bytes schema kept faust's
     # streams from ever starting (measured with faust-streaming 0.15.3), one with str values works.
     state = app.Table("drift-state", key_type=str, value_type=str, partitions=1, use_partitioner=True)
-    sources = app.topic(*SOURCE_TOPICS, schema=RAW)
     announcements = app.topic(DRIFT_REFERENCES, schema=RAW)
     topics: dict[str, faust.TopicT] = {}
     # When the agent last took a batch (or the state was restored): monotonic seconds.
@@ -161,16 +163,30 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
         for subject, data in processor.take_touched_states().items():
             state[subject] = base64.b64encode(data).decode()
 
-    @app.agent(sources, name="drift-watch")
-    async def watch(stream):
-        async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_wait_s):
-            restore_once()
-            # faust's messages as they are: they carry topic, partition, offset and value like a SourceMessage
-            rejected = processor.handle_batch([event.message for event in events])
-            dead = [dead_letter(events[index], rejection, kafka.dlq_topic) for index, rejection in rejected]
-            await publish(processor.take_output(), dead)
-            last_read[0] = time.monotonic()
-            heartbeat.beat()
+    async def handle(messages) -> None:
+        rejected = processor.handle_batch(messages)
+        dead = [dead_letter(messages[index], rejection, kafka.dlq_topic) for index, rejection in rejected]
+        await publish(processor.take_output(), dead)
+        last_read[0] = time.monotonic()
+        heartbeat.beat()
+
+    agents = []
+    if settings.source_reader == "faust":
+        @app.agent(app.topic(*SOURCE_TOPICS, schema=RAW), name="drift-watch")
+        async def watch(stream):
+            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_wait_s):
+                restore_once()
+                # faust's messages as they are: they carry topic, partition, offset and value like a SourceMessage
+                await handle([event.message for event in events])
+        agents.append(watch)
+    else:
+        @app.task
+        async def read_with_aiokafka():
+            try:
+                await read_sources(app, settings, kafka, handle, restore_once)
+            except Exception as exc:  # noqa: BLE001 (the service stops instead of running without its reader)
+                await on_agent_crash("drift-sources", exc)
+                raise
 
     @app.agent(announcements, name="drift-references")
     async def follow_references(stream):
@@ -200,5 +216,6 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
         heartbeat.beat()
 
     # In place of the app's own handler, which only tells the consumer (faust sets it as the agents are made).
-    watch._on_error = follow_references._on_error = on_agent_crash  # noqa: SLF001
+    for agent in (*agents, follow_references):
+        agent._on_error = on_agent_crash  # noqa: SLF001
     return drift

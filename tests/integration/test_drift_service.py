@@ -173,6 +173,10 @@ def describe(windows: list[events_pb2.DriftWindow]) -> list[tuple]:
 
 
 # --- tests -------------------------------------------------------------------------------------------------------
+# What reads the source topics (VIGIL_DRIFT_SOURCE_READER): faust's agent, or the service's own aiokafka consumer.
+READERS = pytest.mark.parametrize("reader", ["faust", "aiokafka"])
+
+
 def test_darkened_rtsp_camera_raises_a_drift_alert_that_clears_when_the_light_returns(
         stack, dark_camera_url, cameras, tmp_path):
     camera_id = f"dusk-{uuid.uuid4().hex[:6]}"
@@ -228,11 +232,12 @@ def test_darkened_rtsp_camera_raises_a_drift_alert_that_clears_when_the_light_re
     print(f"drift_scores rows for {subject}: {scored}")
 
 
+@READERS
 def test_a_worker_killed_mid_window_resumes_it_with_an_exact_count_and_one_alert(
-        stack, dark_camera_url, cameras, tmp_path):
+        stack, dark_camera_url, cameras, tmp_path, reader):
     camera_id = f"killed-{uuid.uuid4().hex[:6]}"
     subject = f"camera/{camera_id}"
-    worker = DriftWorker(stack, tmp_path)
+    worker = DriftWorker(stack, tmp_path, VIGIL_DRIFT_SOURCE_READER=reader)
     bootstrap = stack.config.kafka_bootstrap
     with TopicRecorder(bootstrap, FRAMES) as frames, TopicRecorder(bootstrap, DRIFT_WINDOWS) as windows, \
             TopicRecorder(bootstrap, MONITORING) as monitoring:
@@ -286,8 +291,9 @@ def test_a_worker_killed_mid_window_resumes_it_with_an_exact_count_and_one_alert
         assert len(raises) == 1, [(a.state, seconds(a.window_end)) for _t, _i, a in alerts_of(monitoring, camera_id)]
 
 
-def test_a_malformed_inference_message_is_dead_lettered_and_the_worker_keeps_running(stack, tmp_path):
-    worker = DriftWorker(stack, tmp_path)
+@READERS
+def test_a_malformed_inference_message_is_dead_lettered_and_the_worker_keeps_running(stack, tmp_path, reader):
+    worker = DriftWorker(stack, tmp_path, VIGIL_DRIFT_SOURCE_READER=reader)
     bootstrap = stack.config.kafka_bootstrap
     with worker.run() as drift:
         # Consuming from every partition's current end: the demo camera's results are being read.
@@ -314,8 +320,9 @@ def test_a_malformed_inference_message_is_dead_lettered_and_the_worker_keeps_run
             assert response.status == 200
 
 
-def test_sigterm_stops_the_drift_worker_with_exit_zero_within_its_grace_period(stack, tmp_path):
-    worker = DriftWorker(stack, tmp_path, VIGIL_DRIFT_SHUTDOWN_TIMEOUT_S="20")
+@READERS
+def test_sigterm_stops_the_drift_worker_with_exit_zero_within_its_grace_period(stack, tmp_path, reader):
+    worker = DriftWorker(stack, tmp_path, VIGIL_DRIFT_SHUTDOWN_TIMEOUT_S="20", VIGIL_DRIFT_SOURCE_READER=reader)
     with worker.run() as drift:
         wait_for(lambda: worker.metric("vigil_drift_events_total", topic=FRAMES) > 0, 60,
                  what="the worker consuming frames")
