@@ -2,7 +2,9 @@
 
   vigil models import NAME DIR [--parent VERSION]   a converted model dir as the next immutable version
   vigil models list [--json]                        models, their versions, which one is primary
-  vigil models show NAME [VERSION]                  a version's manifest as JSON (default: the latest)
+  vigil models show NAME [VERSION] [--lineage]      a version's manifest as JSON (default: the latest); --lineage:
+                                                    where it comes from, back through its parents (a trained
+                                                    version: dataset@version, label tasks, cameras and times)
   vigil models promote NAME VERSION                 make VERSION the primary; announced on vigil.models
   vigil models rollback NAME                        the previously promoted version becomes primary again
   vigil models reconcile [--grace-s S]              announce the primaries vigil.models lacks (a promotion whose
@@ -96,7 +98,42 @@ def cmd_list(stack, args: argparse.Namespace) -> int:
     return 0
 
 
+def lineage_lines(registry: ModelRegistry, name: str, version: int | None) -> list[str]:
+    """A version's lineage as text, then its parents': who imported it when, and for a trained version (lineage
+    written by services/training/job.py) the gate's verdict, the dataset version, the label tasks, the cameras
+    and the capture times it learnt from."""
+    lines, seen = [], set()
+    manifest = registry.manifest(name, version)
+    while manifest is not None and manifest["version"] not in seen:
+        seen.add(manifest["version"])
+        lineage, metadata = manifest["lineage"], manifest.get("model_json", {})
+        derived, gate = lineage.get("derived_from") or {}, metadata.get("gate")
+        verdict = (f"; {'eligible' if gate['eligible'] else 'refused'} by the gate against {gate['champion']}"
+                   if gate else "")
+        lines.append(f"{'<- ' if lines else ''}{name} version {manifest['version']} ({manifest['source_version']}): "
+                     f"imported by {lineage['imported_by']} at {lineage['imported_at']}{verdict}")
+        if derived.get("dataset"):
+            lines.append(f"     trained on {derived['dataset']}@{derived['dataset_version']} (seed "
+                         f"{derived.get('seed')}, code {derived.get('code_version')}); test mAP@0.5 "
+                         f"{derived['metrics']['candidate_map50']:.4f} against the champion's "
+                         f"{derived['metrics']['champion_map50']:.4f}")
+        if data := derived.get("data"):
+            lines.append(f"     {data['items']} items from {data['source_task_ids']} label tasks, captured "
+                         f"{data['captured_from']} .. {data['captured_to']}")
+            for camera, seen_by in data["cameras"].items():
+                lines.append(f"       camera {camera or '(none)'}: {seen_by['items']} items, "
+                             f"{seen_by['captured_from']} .. {seen_by['captured_to']}")
+        elif derived.get("parent") and not derived.get("dataset"):
+            lines.append(f"     derived from {derived['parent']}")
+        parent = lineage.get("parent_version")
+        manifest = registry.manifest(name, parent) if parent else None
+    return lines
+
+
 def cmd_show(stack, args: argparse.Namespace) -> int:
+    if args.lineage:
+        print("\n".join(lineage_lines(_registry(stack, args), args.name, args.version)))
+        return 0
     print(json.dumps(_registry(stack, args).manifest(args.name, args.version), indent=2))
     return 0
 
@@ -134,6 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     show = sub.add_parser("show", help="a version's manifest as JSON")
     show.add_argument("name")
     show.add_argument("version", type=int, nargs="?", help="default: the latest")
+    show.add_argument("--lineage", action="store_true", help="where the version comes from, as text")
     promote = sub.add_parser("promote", help="make a version the primary")
     promote.add_argument("name")
     promote.add_argument("version", type=int)

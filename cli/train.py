@@ -84,7 +84,8 @@ def cmd_train(stack, args: argparse.Namespace) -> int:
         params = TrainingParams(margin=args.margin, tolerance=args.tolerance)
         result = run_training(store, registry, dataset, version, args.model, args.seed, params,
                               by=f"cli/{getpass.getuser()}", progress=_progress,
-                              work_dir=stack.paths.state / "training", cache_dir=stack.paths.cache / "training" / "proposals",
+                              work_dir=stack.paths.state / "training",
+                              cache_dir=stack.paths.cache / "training" / "proposals",
                               default_champion=_default_champion(stack, args.model))
     except (BadInput, InvalidName, UnknownRef, NoChampion) as exc:
         _say(f"vigil: {exc}")

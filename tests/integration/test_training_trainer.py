@@ -1,6 +1,5 @@
-"""Training on a real dataset version: frames of the demo footage, on two cameras (as filmed, and darkened as a
-dimmed camera would see them), labelled by a stronger reference (the same network at the frame's full 768x576
-instead of 416x416, at 0.3, on the undimmed frame; the site's classes only), committed into a DatasetStore on a real SeaweedFS S3. The
+"""Training on a real dataset version (tests/integration/site_footage.py: the demo footage on two cameras, one
+dimmed, labelled by a stronger reference), committed into a DatasetStore on a real SeaweedFS S3. The
 trainer runs the served detector over the items' images, fits the re-scoring stage, evaluates candidate and
 champion on the test split and writes a model dir the inference loader serves and the registry imports with its
 lineage. The figures are printed (-s); the test asserts the machinery, not an improvement."""
@@ -8,96 +7,21 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-import openvino as ov
 import pytest
 
-from libs.common.cache_dir import default_cache_dir
-from libs.common.objectstore import ensure_bucket
 from libs.model_registry.store import ModelRegistry
-from services.datasets.manifest import Item, Label
-from services.datasets.store import DatasetStore
 from services.inference.detectors import detector_loader
 from services.inference.detectors.rescored import RescoredDetector
-from services.inference.detectors.yolo import YoloDetector
 from services.training.evaluation import EvaluationReport
 from services.training.trainer import REPORT_FILE, ProposalCache, TrainingParams, model_identity, train_candidate
-from tests.integration.infrastructure import object_store
+from tests.integration.site_footage import DATASET, commit_shuffled_labels
+from tests.integration.site_footage import base_dir, s3, store, version  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
-
-BUCKET = "vigil-datasets"
-DATASET = "site-street"
-FRAME_STEP = 6  # every 6th of the footage's 795 frames (0.6 s apart)
-REFERENCE_THRESHOLD = 0.3
-DIM = 0.12  # the dimmed camera's gain: dark enough that the detector's scores on it fall
-SITE_CLASSES = ("person", "car", "bicycle")  # the site's label schema: the reference's other classes are not labelled
-
-
-def reference_model_dir(base_dir: Path, out: Path, size: tuple[int, int]) -> Path:
-    """The base YOLO dir with its network reshaped to `size` (width, height): the same weights seeing the frame
-    at a higher resolution (the heads' grids follow the input)."""
-    width, height = size
-    out.mkdir(parents=True)
-    model = ov.Core().read_model(base_dir / "model.xml")
-    model.reshape({model.input(0).get_any_name(): [1, 3, height, width]})
-    ov.save_model(model, out / "model.xml", compress_to_fp16=False)
-    for name in ("labels.txt", "embedding_projection.npy"):
-        (out / name).write_bytes((base_dir / name).read_bytes())
-    metadata = json.loads((base_dir / "model.json").read_text())
-    metadata["input"]["shape"] = [1, 3, height, width]
-    (out / "model.json").write_text(json.dumps({**metadata, "name": "reference"}))
-    return out
-
-
-@pytest.fixture(scope="module")
-def base_dir() -> Path:
-    from tools.darknet_converter import ensure_default_model
-    return ensure_default_model(default_cache_dir())
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with object_store(tmp_path_factory.mktemp("training")) as client:
-        ensure_bucket(client, BUCKET)
-        yield client
-
-
-@pytest.fixture(scope="module")
-def store(s3) -> DatasetStore:
-    # 3-second groups split 60/20/20: neighbouring frames stay in one split.
-    return DatasetStore(s3, BUCKET, ratios=(0.6, 0.2, 0.2), bucket_s=3.0)
-
-
-@pytest.fixture(scope="module")
-def version(store, base_dir, tmp_path_factory) -> str:
-    from cli.stack.camera import fetch_footage
-
-    reference = YoloDetector.load(reference_model_dir(base_dir, tmp_path_factory.mktemp("ref") / "reference",
-                                                      (768, 576)), precision_hint="f32",
-                                  score_threshold=REFERENCE_THRESHOLD, embeddings=False)
-    capture = cv2.VideoCapture(str(fetch_footage(default_cache_dir())))
-    items, index, start = [], 0, 1_800_000_000.0
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        if index % FRAME_STEP == 0:
-            labels = tuple(Label(d.label, d.box) for d in reference.detect(frame) if d.label in SITE_CLASSES)
-            for camera, image in (("street", frame), ("street-dim", cv2.convertScaleAbs(frame, alpha=DIM))):
-                jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-                items.append(Item(f"{camera}-{index:04d}", store.put_blob(jpeg, "image/jpeg"), len(jpeg),
-                                  image.shape[1], image.shape[0], camera_id=camera,
-                                  captured_at=start + index / 10.0, labels=labels))
-        index += 1
-    capture.release()
-    manifest = store.commit(DATASET, items, message="demo footage labelled by yolov3-tiny at 768x576",
-                            author="test")
-    return manifest.version
 
 
 @pytest.fixture(scope="module")
@@ -174,13 +98,8 @@ def test_a_candidate_is_trained_evaluated_against_the_champion_and_written_with_
 def test_a_candidate_fitted_on_shuffled_labels_is_stopped_at_the_gate(store, version, base_dir, tmp_path,
                                                                        proposal_cache):
     """Train and val labels moved to other frames (test's kept): the stage learns nothing true of this site."""
-    manifest = store.version(DATASET, version)
-    fitted = [item for item in manifest.items if item.split in ("train", "val")]
-    moved = np.random.default_rng(0).permutation(len(fitted))
-    shuffled = {item.item_id: replace(item, labels=fitted[j].labels) for item, j in zip(fitted, moved)}
-    items = [shuffled.get(item.item_id, item) for item in manifest.items]
-    worse = store.commit(DATASET, items, message="train and val labels shuffled", author="test", branch="shuffled")
-    result = train_candidate(store, DATASET, worse.version, base_dir, tmp_path / "worse", seed=0,
+    worse = commit_shuffled_labels(store, version)
+    result = train_candidate(store, DATASET, worse, base_dir, tmp_path / "worse", seed=0,
                              cache_dir=proposal_cache, name="yolov3-tiny-site")
     print(f"\nshuffled: champion mAP@0.5 {result.champion.map50:.4f}, candidate {result.candidate.map50:.4f}; "
           f"gate: {'; '.join(result.decision.reasons)}")
