@@ -18,13 +18,13 @@ ACCESS_KEY = "vigil-test"
 
 
 @contextlib.contextmanager
-def object_store(state: Path) -> Iterator[Minio]:
-    """A client of a SeaweedFS S3 running for the block."""
+def object_store(state: Path, readers: tuple[objectstore.ReadOnlyIdentity, ...] = ()) -> Iterator[Minio]:
+    """A client of a SeaweedFS S3 running for the block (`readers`: read-only identities beside its own)."""
     paths = StackPaths(state=state / "state", cache=default_cache_dir())
     secret_key = uuid.uuid4().hex
     s3_port, master_port, volume_port, filer_port = free_ports(4)
     spec = objectstore.spec(paths, s3_port=s3_port, master_port=master_port, volume_port=volume_port,
-                            filer_port=filer_port, access_key=ACCESS_KEY, secret_key=secret_key)
+                            filer_port=filer_port, access_key=ACCESS_KEY, secret_key=secret_key, readers=readers)
     objectstore.install(paths.cache)
     with running(spec, state / "logs"):
         yield Minio(f"127.0.0.1:{s3_port}", access_key=ACCESS_KEY, secret_key=secret_key, secure=False)

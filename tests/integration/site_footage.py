@@ -15,6 +15,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
+from cli.stack.objectstore import ReadOnlyIdentity
 from libs.common.cache_dir import default_cache_dir
 from libs.common.objectstore import ensure_bucket
 from services.datasets.manifest import Item, Label
@@ -27,6 +28,8 @@ FRAME_STEP = 6  # every 6th of the footage's 795 frames (0.6 s apart)
 REFERENCE_THRESHOLD = 0.3
 DIM = 0.12  # the dimmed camera's gain: dark enough that the detector's scores on it fall
 SITE_CLASSES = ("person", "car", "bicycle")  # the site's label schema: the reference's other classes are not labelled
+# The S3's read-only identity of the dataset bucket, as the local stack gives the store's readers (training).
+READER = ReadOnlyIdentity("vigil-datasets-reader", "site-reader", "site-reader-secret", ("vigil-datasets",))
 CAPTURED_FROM = 1_800_000_000.0  # the first frame's capture time; frames follow at the footage's 10 fps
 
 
@@ -97,7 +100,7 @@ def base_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    with object_store(tmp_path_factory.mktemp("training")) as client:
+    with object_store(tmp_path_factory.mktemp("training"), readers=(READER,)) as client:
         ensure_bucket(client, "vigil-datasets")
         yield client
 

@@ -17,7 +17,7 @@ from libs.common.cache_dir import default_cache_dir
 from libs.model_registry.store import ModelRegistry
 from services.training.job import run_training
 from services.training.trainer import REPORT_FILE, TrainingParams
-from tests.integration.site_footage import CAPTURED_FROM, DATASET, commit_shuffled_labels
+from tests.integration.site_footage import CAPTURED_FROM, DATASET, READER, commit_shuffled_labels
 from tests.integration.site_footage import base_dir, s3, store, version  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -37,14 +37,14 @@ def registry(s3, base_dir) -> ModelRegistry:
 
 @pytest.fixture(scope="module")
 def state_dir(s3, tmp_path_factory) -> Path:
-    """A stack.json pointing `vigil` at the lone S3 (its one identity also stands for the datasets' reader)."""
+    """A stack.json pointing `vigil` at the lone S3, with its writer's keys and the datasets' read-only ones."""
     state = tmp_path_factory.mktemp("state")
     credentials = s3._provider.retrieve()  # noqa: SLF001 (tests only)
     port = int(s3._base_url.host.rsplit(":", 1)[1])  # noqa: SLF001
     StackConfig.load_or_create(state, StackPorts(s3=port))
     config = json.loads((state / "stack.json").read_text())
     config.update(s3_access_key=credentials.access_key, s3_secret_key=credentials.secret_key,
-                  datasets_read_access_key=credentials.access_key, datasets_read_secret_key=credentials.secret_key)
+                  datasets_read_access_key=READER.access_key, datasets_read_secret_key=READER.secret_key)
     (state / "stack.json").write_text(json.dumps(config))
     return state
 
@@ -103,6 +103,7 @@ def test_vigil_train_on_shuffled_labels_registers_a_refused_candidate_and_exits_
     assert answer["eligible"] is False and answer["reasons"] and answer["champion"] == f"{MODEL}:1"
     assert answer["dataset_version"] == worse and answer["candidate_map50"] is not None
     assert "vigil: proposals" in trained.stderr and "ETA" in trained.stderr
+    assert "read-only keys" not in trained.stderr  # the dataset was read with them, not the writer's
 
     manifest = registry.manifest(MODEL, answer["version"])
     assert manifest["model_json"]["gate"]["eligible"] is False
