@@ -138,11 +138,12 @@ def run_training(dataset_store, registry: ModelRegistry, dataset: str, version: 
     steps = Progress(progress)
     work_dir = Path(work_dir)
     started = time.monotonic()
+    manifest = dataset_store.version(dataset, version)  # an unknown ref fails before anything is fetched
     champion = fetch_champion(registry, base_model, work_dir / "champions", default_champion)
     steps.step("champion", 1, 1, started)
-    steps.log.info("training job", dataset=dataset, version=version, champion=champion.ref, seed=seed, by=by)
+    steps.log.info("training job", dataset=dataset, version=manifest.version, champion=champion.ref, seed=seed,
+                   by=by)
 
-    manifest = dataset_store.version(dataset, version)
     work_dir.mkdir(parents=True, exist_ok=True)
     candidate_dir = Path(tempfile.mkdtemp(prefix=f".candidate-{base_model}-", dir=work_dir)) / "model"
     try:
