@@ -124,7 +124,10 @@ def floor_speeds(bootstrap: str, topic: str, count: int) -> dict[str, dict]:
                    "cpu_us_per_event": round(f["cpu_us_per_event"], 2)} for name, f in floors.items()}
 
 
-def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[str, float]:
+def service_speed(events: list[tuple[bytes, bytes]], window_s: float, reader: str = "faust",
+                  floors: bool = True) -> dict[str, float]:
+    """The drift service's speed on the backlog, its sources read by `reader` (VIGIL_DRIFT_SOURCE_READER), with the
+    floors measured on the same stack when `floors`."""
     from cli.stack.local import LocalStack, StackPorts
     from cli.stack.supervisor import Supervisor
     from libs.common.topics import CATALOG, INFERENCE, ensure_topics
@@ -133,7 +136,7 @@ def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[st
     state = Path(tempfile.mkdtemp(prefix="vigil-bench-drift-"))
     stack = LocalStack(state=state, ports=StackPorts.free(), extra_env={"drift": {
         "VIGIL_DRIFT_FROM_BEGINNING": "true", "VIGIL_DRIFT_WINDOW_S": str(window_s),
-        "VIGIL_DRIFT_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}"}})
+        "VIGIL_DRIFT_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}", "VIGIL_DRIFT_SOURCE_READER": reader}})
     specs = {s.name: s for s in stack.specs()}
     infra = Supervisor(stack.paths, [specs["kafka"], specs["objectstore"]])
     drift_only = Supervisor(stack.paths, [specs["drift"]])
@@ -141,7 +144,7 @@ def service_speed(events: list[tuple[bytes, bytes]], window_s: float) -> dict[st
         infra.up(progress=say)
         ensure_topics({"bootstrap.servers": stack.config.kafka_bootstrap}, 1, CATALOG)
         produce(stack.config.kafka_bootstrap, INFERENCE, events)
-        floor = floor_speeds(stack.config.kafka_bootstrap, INFERENCE, len(events))
+        floor = floor_speeds(stack.config.kafka_bootstrap, INFERENCE, len(events)) if floors else None
         kafka_pid = infra.running_pid("kafka")
         kafka_cpu = process_cpu_s(kafka_pid)
         started = time.perf_counter()
@@ -469,6 +472,12 @@ def _decoded(recorder, kind):
     return out
 
 
+def say_service(what: str, service: dict[str, float]) -> None:
+    say(f"      {what}: {service['events_per_s']:,.0f} events/s ({service['events_per_s_after_start']:,.0f} after "
+        f"its {service['startup_s']:.1f}s start), {service['events_per_cpu_s']:,.0f} events per CPU-second "
+        f"({service['cpu_us_per_event']:.1f} us/event; Kafka {service['kafka_cpu_us_per_event']:.1f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000, help="inference events in the speed backlog")
@@ -499,15 +508,19 @@ def main() -> int:
         events = inference_events(args.events, start_s=time.time() - args.events / CAMERAS / EVENTS_PER_S_PER_CAMERA)
         core = [core_speed(events, args.speed_window_s) for _ in range(2)]
         say(f"      processor alone: {statistics.median(core):,.0f} events per CPU-second")
-        service = service_speed(events, args.speed_window_s)
+        service = service_speed(events, args.speed_window_s, reader="faust")
         floor = service.pop("floor")
-        say(f"      service: {service['events_per_s']:,.0f} events/s ({service['events_per_s_after_start']:,.0f} after "
-            f"its {service['startup_s']:.1f}s start), {service['events_per_cpu_s']:,.0f} events per CPU-second "
-            f"({service['cpu_us_per_event']:.1f} us/event; Kafka {service['kafka_cpu_us_per_event']:.1f})")
+        say_service("service, sources read by faust's agent", service)
+        own = service_speed(events, args.speed_window_s, reader="aiokafka", floors=False)
+        own.pop("floor")
+        say_service("service, sources read by its own aiokafka consumer", own)
         result["speed"] = {"window_s": args.speed_window_s,
                            "processor_alone_events_per_cpu_s": round(statistics.median(core)),
                            **{k: round(v, 2) for k, v in service.items()},
                            "service_to_processor_ratio": round(service["events_per_cpu_s"] / statistics.median(core), 3),
+                           # VIGIL_DRIFT_SOURCE_READER=aiokafka: the same backlog, the same service, its sources
+                           # read by a consumer of its own (services/drift/source_reader.py); the lines above: faust
+                           "aiokafka_reader": {k: round(v, 2) for k, v in own.items()},
                            "target_events_per_cpu_s": 20_000,
                            # the same backlog read with nothing done per event, each client in a process of its
                            # own (bench/drift_floor.py): no drift service on a client can beat its floor

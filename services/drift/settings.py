@@ -25,10 +25,10 @@ class DriftSettings(ServiceSettings):
     batch_max_events: int = Field(10_000, description="Events taken from Kafka at once (each batch ends with a "
                                                        "snapshot of every subject it touched).")
     batch_max_wait_s: float = Field(0.5, description="...or after this long, whichever comes first.")
-    source_reader: Literal["faust", "aiokafka"] = Field(
-        "faust", description="What reads the four source topics: faust's agent, or an aiokafka consumer of the "
-                             "service's own (group GROUP_ID-sources) that skips faust's per-event stream path; "
-                             "faust keeps the state table, its changelog and the timer either way.")
+    source_reader: Literal["aiokafka", "faust"] = Field(
+        "aiokafka", description="What reads the four source topics: a consumer of the service's own (group "
+                                "GROUP_ID-sources, 42 us/event measured) or faust's agent (114 us/event: faust's "
+                                "stream path); faust keeps the state table, its changelog and the timer either way.")
     web_host: str = Field("127.0.0.1", description="Address of faust's own web server (off unless web_port is set).")
     web_port: int | None = Field(None, description="Port of faust's web server (table and agent views); off by "
                                                    "default, the ops port serves health and metrics.")
