@@ -1,13 +1,15 @@
-"""The drift service on faust-streaming: one agent (or, VIGIL_DRIFT_SOURCE_READER=aiokafka, a consumer of the
-service's own: source_reader.py) reads vigil.frames, vigil.inference, vigil.inference.shadow and
-vigil.inference.sensors in batches and hands them to the DriftProcessor; a timer closes the windows of subjects gone
-silent; a second agent follows vigil.drift.references (references set by hand). Every subject's state (open
-windows, the windows collected towards its reference, its alert, the offsets applied) is a value of the faust
-Table "drift-state", whose changelog topic rebuilds it after a restart or a SIGKILL.
+"""The drift service on faust-streaming: a consumer of the service's own (source_reader.py; faust's stream path
+costs more per event than the 20,000 events/s target allows) or, VIGIL_DRIFT_SOURCE_READER=faust, a faust agent
+reads vigil.frames, vigil.inference, vigil.inference.shadow and vigil.inference.sensors in batches and hands them
+to the DriftProcessor; a timer closes the windows of subjects gone silent; a second agent follows
+vigil.drift.references (references set by hand). Every subject's state (open windows, the windows collected towards
+its reference, its alert, the offsets applied) is a value of the faust Table "drift-state", whose changelog topic
+rebuilds it after a restart or a SIGKILL.
 
-Delivery is at least once, made exact per subject: faust flushes the changelog before it commits offsets, and the
-state carries the offsets it has applied, so messages read again after a crash are skipped (processor.py). Derived
-events have ids that are pure functions of what they describe, so a window closed twice is one event downstream.
+Delivery is at least once, made exact per subject: the changelog is flushed before the offsets are committed (by
+source_reader.py for its consumer, by faust for its agent), and the state carries the offsets it has applied, so
+messages read again after a crash are skipped (processor.py). Derived events have ids that are pure functions of
+what they describe, so a window closed twice is one event downstream.
 
 The table is written through the producer's partitioner (use_partitioner), not co-partitioned with any one source
 topic: a subject's state sits in one changelog partition whichever topic fed it. So one worker holds every subject
