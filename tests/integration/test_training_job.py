@@ -118,3 +118,21 @@ def test_vigil_train_on_shuffled_labels_registers_a_refused_candidate_and_exits_
     assert "camera street-dim:" in lineage.stdout and f"<- {MODEL} version 1 " in lineage.stdout
 
     assert vigil(state_dir, "train", f"{DATASET}@no-such-branch").returncode == 2
+
+
+def test_a_candidate_trained_once_a_trained_version_is_primary_is_gated_against_it_and_derives_from_it(
+        store, version, registry, state_dir, tmp_path):
+    """The champion may itself be a re-scored version: its stage is what the new candidate must beat, and the
+    lineage runs back through it to the detector."""
+    registry.promote(MODEL, 2, by="test")
+    result = run_training(store, registry, DATASET, version, MODEL, seed=1, by="test", work_dir=tmp_path / "work",
+                          cache_dir=PROPOSALS)
+    print(f"\nagainst version 2: champion mAP@0.5 {result.champion_map50:.4f}, candidate "
+          f"{result.candidate_map50:.4f}, eligible={result.eligible}: {'; '.join(result.reasons)}")
+    assert result.champion.registry_version == 2
+    assert result.champion_map50 == registry.manifest(MODEL, 2)["lineage"]["derived_from"]["metrics"][
+        "candidate_map50"]  # the champion served through its own stage, as evaluated when it was trained
+    assert registry.manifest(MODEL, result.version)["lineage"]["parent_version"] == 2
+    lineage = vigil(state_dir, "models", "show", MODEL, str(result.version), "--lineage").stdout
+    assert [line.split(" (")[0] for line in lineage.splitlines() if "version" in line] == [
+        f"{MODEL} version {result.version}", f"<- {MODEL} version 2", f"<- {MODEL} version 1"]
