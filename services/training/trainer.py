@@ -40,7 +40,9 @@ class TrainingParams:
     camera_buckets: int = 8
     use_embedding: bool = True  # the frame's 64-dim embedding among the features, where the model gives one
     min_ground_truth: int = 5  # boxes of a class a camera needs in val for thresholds of its own
-    margin: float = 0.0  # the gate: mAP@0.5 must beat the champion's by this
+    # the gate: mAP@0.5 must beat the champion's by this (a point: a candidate no better than the champion, such as
+    # the same data trained again, is not worth a rollout)
+    margin: float = 0.01
     tolerance: float = 0.02  # ... and no class's AP or recall may fall by more
     device: str = "CPU"
     precision_hint: str | None = "f32"  # the same numbers on every machine, whatever the CPU runs best

@@ -76,7 +76,7 @@ def test_a_trained_candidate_is_registered_with_its_lineage_and_the_gates_report
     trained = manifest["lineage"]["derived_from"]
     assert (trained["dataset"], trained["dataset_version"], trained["seed"]) == (DATASET, version, 0)
     assert len(trained["code_version"].removesuffix("-dirty")) == 40
-    assert trained["params"]["margin"] == 0.0
+    assert trained["params"]["margin"] == 0.01
     assert trained["metrics"]["candidate_map50"] == result.candidate_map50
     assert trained["champion"] == {"name": MODEL, "registry_version": 1}
     data = trained["data"]
@@ -130,6 +130,8 @@ def test_a_candidate_trained_once_a_trained_version_is_primary_is_gated_against_
     print(f"\nagainst version 2: champion mAP@0.5 {result.champion_map50:.4f}, candidate "
           f"{result.candidate_map50:.4f}, eligible={result.eligible}: {'; '.join(result.reasons)}")
     assert result.champion.registry_version == 2
+    # The same data trained again gives the champion's own figures: not better by the margin, so not eligible.
+    assert not result.eligible and "margin" in result.reasons[0]
     assert result.champion_map50 == registry.manifest(MODEL, 2)["lineage"]["derived_from"]["metrics"][
         "candidate_map50"]  # the champion served through its own stage, as evaluated when it was trained
     assert registry.manifest(MODEL, result.version)["lineage"]["parent_version"] == 2
