@@ -105,7 +105,10 @@ def test_annotation_tasks_and_labels_from_kafka_are_stored_once_each(stack, anno
                          f"(SELECT uniqExact(event_id) FROM annotations WHERE camera_id = '{annotated}') AS labels "
                          f"FROM annotation_tasks WHERE camera_id = '{annotated}'")
     assert (row["revisions"], row["labels"]) == (TASKS, LABELS)
-    assert query(stack, f"SELECT count() AS n FROM dead_letters WHERE message_key LIKE '{annotated}%'") == [{"n": 0}]
+    # Other consumers of these topics (the datasets service takes accepted labels) may refuse these test events;
+    # the sink must not.
+    assert query(stack, f"SELECT count() AS n FROM dead_letters WHERE message_key LIKE '{annotated}%' "
+                        "AND service = 'metrics'") == [{"n": 0}]
 
 
 def test_the_annotation_queries_answer_through_the_api(stack, annotated):
