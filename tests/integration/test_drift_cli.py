@@ -60,7 +60,7 @@ def test_reference_set_from_a_time_range_stores_announces_and_shows_it(stack, pu
     subjects = {f"camera/{camera}", f"camera/{camera}|yolov3-tiny|1"}
     assert {line.split(":")[0] for line in result.stdout.splitlines()} == subjects
     # One announcement per subject, naming who set it, when and from which windows.
-    announced = {a.subject: a for a in announcements(stack, before)}
+    announced = {a.subject: a for a in announcements(stack, before) if camera in a.subject}
     assert set(announced) == subjects
     client = object_store_client(ObjectStoreSettings(endpoint=f"127.0.0.1:{stack.config.ports.s3}",
                                                      access_key=stack.config.s3_access_key,
@@ -109,10 +109,15 @@ def test_a_sensor_reference_and_the_refusals_that_write_nothing(stack, published
     for args, message in bad:
         result = vigil_drift(stack, *args)
         assert (result.returncode, message in result.stderr) == (2, True), (args, result.stderr)
-    assert announcements(stack, before) == [], "a refused reference writes nothing"
+    # The stack's drift service announces the references it builds for the live demo camera on the same topic:
+    # only this test's subjects count.
+    def ours() -> list[events_pb2.DriftReference]:
+        return [a for a in announcements(stack, before) if camera in a.subject or sensor in a.subject]
+
+    assert ours() == [], "a refused reference writes nothing"
     result = vigil_drift(stack, "reference", "set", f"sensor/{sensor}", "--from", iso(t0), "--to", iso(t0 + 360))
     assert result.returncode == 0, result.stderr
-    [announcement] = announcements(stack, before)
+    [announcement] = ours()
     assert (announcement.subject, announcement.sensor_id, announcement.windows) == (f"sensor/{sensor}", sensor, 6)
 
 
