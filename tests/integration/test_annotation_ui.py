@@ -4,36 +4,24 @@ mouse, picks its class and submits; the label is on vigil.annotations and the AP
 it all with the keyboard alone."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from libs.common.topics import ANNOTATION_LABELS
 from protos import events_pb2
 from tests.integration.annotation_web import (ApiClient, annotation_web, bootstrap, frame_jpeg,  # noqa: F401 (fixtures)
                                               new_task, s3)
+from tests.integration.chromium import ARTIFACTS, headless_chromium
 from tests.integration.conftest import wait_for
 from tests.integration.kafka_tools import decodable, end_offsets, read_range
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
 @pytest.fixture
 def browser():
-    # Never skipped: `make install` installs Debian's chromium and playwright; a missing one is a failure.
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: Debian's chromium (tools/install_system_packages.sh)"
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with headless_chromium() as chromium:
+        yield chromium
 
 
 def open_page(browser, url: str):
