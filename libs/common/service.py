@@ -38,6 +38,11 @@ class ServiceRuntime:
     shutdown_timeout_s: float = 20.0
     _tasks: list[_RunningTask] = field(default_factory=list)
     _cleanups: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+    _started: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.health.readiness["started"] = lambda: (self._started.is_set(),
+                                                    "running" if self._started.is_set() else "starting")
 
     def start_task(self, name: str, task: Task) -> None:
         """Runs task(stop) on a thread of its own. It must run until `stop` is set; ending earlier, or raising,
@@ -53,8 +58,19 @@ class ServiceRuntime:
         """Called once every task has stopped, last registered first (what is built last is closed first)."""
         self._cleanups.append((what, cleanup))
 
+    def wait_until(self, event: threading.Event, timeout_s: float | None) -> bool:
+        """Waits during start-up for `event`; False on timeout or as soon as the service is told to stop (a SIGTERM
+        that lands while the service is still starting must not wait out a long start-up step)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not event.wait(0.2):
+            if self.stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                return False
+        return True
+
     def run(self) -> int:
-        """Blocks until SIGTERM/SIGINT or a task's failure, stops everything; returns the process's exit code."""
+        """Blocks until SIGTERM/SIGINT or a task's failure, stops everything; returns the process's exit code.
+        Until it is called the service is not ready: start-up is not finished."""
+        self._started.set()
         self.stop.wait()
         failed = [t for t in self._tasks if t.failure is not None]
         log.info("stopping", reason="task failed" if failed else "signal",

@@ -87,7 +87,9 @@ def main() -> None:
                               schema_version=lambda: schemas.current_version() or "1",
                               blur_opted_out=privacy.opted_out)
     # Budgets and recent picks survive a restart: the last hour's tasks are charged again before intake starts.
-    if not queue.wait_loaded(settings.shutdown_timeout_s * 6):
+    if not runtime.wait_until(queue.loaded, settings.shutdown_timeout_s * 6):
+        if runtime.stop.is_set():  # told to stop while starting
+            sys.exit(runtime.run())
         raise SystemExit("the task topic could not be read to its end; not starting the intake")
     for task in queue.tasks(limit=None):
         selector.restore(task.camera_id, task.envelope.event_time.seconds, task.perceptual_hash or None,

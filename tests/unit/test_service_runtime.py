@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -37,6 +38,19 @@ SERVICE = textwrap.dedent('''
     runtime.on_stop("say goodbye", lambda: print("cleaned up", flush=True))
     print(runtime.ops.port, flush=True)
     sys.exit(runtime.run())
+''')
+
+
+# A start-up step that waits (for a topic to load, say) and never finishes.
+SLOW_START = textwrap.dedent('''
+    import sys, threading
+    from libs.common.service import start_service
+    from libs.common.settings import ServiceSettings
+
+    runtime = start_service("demo", ServiceSettings(ops_port=0, shutdown_timeout_s=2))
+    print(runtime.ops.port, flush=True)
+    if not runtime.wait_until(threading.Event(), timeout_s=600):
+        sys.exit(runtime.run() if runtime.stop.is_set() else 3)
 ''')
 
 
@@ -83,6 +97,21 @@ def test_a_task_that_ignores_the_stop_makes_the_exit_non_zero_after_the_grace_pe
     assert process.wait(timeout=30) == 1
     assert time.monotonic() - started < 20  # the grace period is 2 s: it does not wait for the task's 60 s
     assert "tasks did not stop within the grace period" in process.communicate()[1]
+
+
+def test_a_service_still_starting_is_not_ready_and_a_sigterm_then_stops_it_at_once():
+    process = subprocess.Popen([sys.executable, "-c", SLOW_START], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    STARTED.append(process)
+    port = int(process.stdout.readline())
+    with pytest.raises(urllib.error.HTTPError) as not_ready:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    assert not_ready.value.code == 503
+    assert json.loads(not_ready.value.read())["checks"]["started"]["ok"] is False
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert time.monotonic() - started < 10  # not the 600 s the start-up step would have waited
 
 
 @pytest.fixture(autouse=True)
