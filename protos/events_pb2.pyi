@@ -344,18 +344,20 @@ class ServiceStatus(_message.Message):
     def __init__(self, service: _Optional[str] = ..., component: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., failures: _Optional[int] = ...) -> None: ...
 
 class MonitoringEvent(_message.Message):
-    __slots__ = ("envelope", "camera_status", "drift_alert", "model_status", "service_status")
+    __slots__ = ("envelope", "camera_status", "drift_alert", "model_status", "service_status", "rollout")
     ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     CAMERA_STATUS_FIELD_NUMBER: _ClassVar[int]
     DRIFT_ALERT_FIELD_NUMBER: _ClassVar[int]
     MODEL_STATUS_FIELD_NUMBER: _ClassVar[int]
     SERVICE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     camera_status: CameraStatus
     drift_alert: DriftAlert
     model_status: ModelStatus
     service_status: ServiceStatus
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_status: _Optional[_Union[CameraStatus, _Mapping]] = ..., drift_alert: _Optional[_Union[DriftAlert, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ..., service_status: _Optional[_Union[ServiceStatus, _Mapping]] = ...) -> None: ...
+    rollout: RolloutEvent
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., camera_status: _Optional[_Union[CameraStatus, _Mapping]] = ..., drift_alert: _Optional[_Union[DriftAlert, _Mapping]] = ..., model_status: _Optional[_Union[ModelStatus, _Mapping]] = ..., service_status: _Optional[_Union[ServiceStatus, _Mapping]] = ..., rollout: _Optional[_Union[RolloutEvent, _Mapping]] = ...) -> None: ...
 
 class AnnotationTask(_message.Message):
     __slots__ = ("envelope", "task_id", "camera_id", "frame_event_id", "frame", "reason", "proposals", "priority", "model", "state", "width", "height", "captured_at", "labels_wanted", "leases", "submission_ids", "schema_version", "reason_detail", "faces_blurred", "revision", "perceptual_hash")
@@ -516,6 +518,71 @@ class ModelVersion(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     trained_on: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., stage: _Optional[str] = ..., artifact: _Optional[_Union[ObjectRef, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., trained_on: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TrainingRun(_message.Message):
+    __slots__ = ("envelope", "run_id", "dataset", "dataset_version", "base_model", "state", "step", "done", "total", "eta_s", "candidate", "champion", "candidate_map50", "champion_map50", "reasons", "elapsed_s")
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ETA_S_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_MAP50_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_MAP50_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    run_id: str
+    dataset: str
+    dataset_version: str
+    base_model: str
+    state: str
+    step: str
+    done: int
+    total: int
+    eta_s: float
+    candidate: ModelRef
+    champion: ModelRef
+    candidate_map50: float
+    champion_map50: float
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    elapsed_s: float
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., eta_s: _Optional[float] = ..., candidate: _Optional[_Union[ModelRef, _Mapping]] = ..., champion: _Optional[_Union[ModelRef, _Mapping]] = ..., candidate_map50: _Optional[float] = ..., champion_map50: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
+
+class RolloutEvent(_message.Message):
+    __slots__ = ("envelope", "candidate", "champion", "stage", "previous_stage", "reason", "checks", "canary_share", "actor")
+    class ChecksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_STAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    envelope: Envelope
+    candidate: ModelRef
+    champion: ModelRef
+    stage: str
+    previous_stage: str
+    reason: str
+    checks: _containers.ScalarMap[str, float]
+    canary_share: float
+    actor: str
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., candidate: _Optional[_Union[ModelRef, _Mapping]] = ..., champion: _Optional[_Union[ModelRef, _Mapping]] = ..., stage: _Optional[str] = ..., previous_stage: _Optional[str] = ..., reason: _Optional[str] = ..., checks: _Optional[_Mapping[str, float]] = ..., canary_share: _Optional[float] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("x1", "y1", "x2", "y2")

@@ -31,6 +31,8 @@ ANNOTATION_LABELS = "vigil.annotations"
 DATASETS = "vigil.datasets"
 DRIFT_WINDOWS = "vigil.drift.windows"
 DRIFT_REFERENCES = "vigil.drift.references"
+TRAINING = "vigil.training"
+ROLLOUTS = "vigil.rollouts"
 
 # Produced by every service: no single owner.
 SHARED_TOPICS = frozenset({MONITORING, DLQ})
@@ -94,6 +96,11 @@ CATALOG: tuple[TopicSpec, ...] = (
     # The reference profile of each drift subject (DriftReference, the profile itself in the object store),
     # keyed by subject: compacted, the latest reference per subject forever.
     TopicSpec(DRIFT_REFERENCES, 1, -1, events_pb2.DriftReference, COMPACTED),
+    # Training jobs' progress and outcomes (TrainingRun), keyed by base model: a month of history.
+    TopicSpec(TRAINING, 1, 30 * DAY_MS, events_pb2.TrainingRun),
+    # Every rollout step of a candidate model (RolloutEvent), keyed by model name, kept forever: with the
+    # registry's history it is how a model came to serve (or why it was rolled back).
+    TopicSpec(ROLLOUTS, 1, -1, events_pb2.RolloutEvent),
 )
 
 TOPIC_OF_NAME: dict[str, TopicSpec] = {spec.name: spec for spec in CATALOG}
