@@ -41,7 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from libs.common.envelope import new_envelope
 from protos import events_pb2
-from services.annotation.agreement import box_agreement
+from libs.common.box_agreement import box_agreement
 
 OPEN, LEASED, SUBMITTED, ACCEPTED, REJECTED = "open", "leased", "submitted", "accepted", "rejected"
 STATES = (OPEN, LEASED, SUBMITTED, ACCEPTED, REJECTED)

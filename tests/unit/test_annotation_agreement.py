@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protos import events_pb2
-from services.annotation.agreement import box_agreement, box_iou
+from libs.common.box_agreement import box_agreement, box_iou
 
 
 def det(label: str, x1: float, x2: float, y1: float = 0, y2: float = 10) -> events_pb2.Detection:

@@ -1,5 +1,6 @@
-"""Agreement between two people's boxes on one frame: IoU-matched F1 (a match counts only between boxes of the same
-class) and agreement on classes (over the boxes that overlap, whatever their classes). Pure: no Kafka, no S3.
+"""Agreement between two sets of boxes on one frame (two people's labels of a task; a candidate model's detections
+and its champion's): IoU-matched F1 (a match counts only between boxes of the same class) and agreement on classes
+(over the boxes that overlap, whatever their classes). Pure: no Kafka, no S3.
 
 Matching is one-to-one and optimal (scipy's Hungarian solver): it first maximises the number of pairs whose IoU
 reaches the threshold, then (class ignored) the number of them with the same class, then their total IoU, so a
