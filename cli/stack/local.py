@@ -209,6 +209,9 @@ class LocalStack:
             from tools.extra_models import FACE_MODEL_NAME, face_model_dir
             own["VIGIL_INFERENCE_EXTRA_MODEL_DIRS"] = json.dumps([str(face_model_dir(self.paths.cache))])
             own["VIGIL_INFERENCE_PRELOAD_MODELS"] = json.dumps([FACE_MODEL_NAME])
+        if service.name == "training":  # the dataset store's reader: its read-only keys, not the writer's
+            own[service.env_var("datasets_read_access_key")] = self.config.datasets_read_access_key
+            own[service.env_var("datasets_read_secret_key")] = self.config.datasets_read_secret_key
         ops_port = getattr(ports, service.ops_port_name)
         return ComponentSpec(
             service.name, python_module_argv(service.module), lambda: service_ready(ops_port),

@@ -1,0 +1,56 @@
+"""Settings of the training service (prefix VIGIL_TRAINING_)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.cache_dir import default_cache_dir
+from libs.common.settings import ServiceSettings
+from libs.model_registry.store import BUCKET as MODELS_BUCKET
+from services.datasets.store import DEFAULT_BUCKET as DATASETS_BUCKET
+from services.inference.model_dirs import DEFAULT_DETECTOR_NAME
+from services.training.trainer import TrainingParams
+
+_DEFAULTS = TrainingParams()
+
+
+class TrainingSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_TRAINING_", extra="ignore")
+
+    base_model: str = Field(DEFAULT_DETECTOR_NAME, description="Model in the registry a candidate is trained for: "
+                            "its primary is the champion (the served default dir while it has none).")
+    datasets: list[str] = Field([], description="JSON list of the datasets whose committed versions start a "
+                                "job; empty: every dataset.")
+    min_items: int = Field(40, ge=1, description="Least number of labelled items a committed version needs "
+                           "before it is trained on (smaller ones are skipped).")
+    seed: int = Field(0, description="Seed of every job: a version trained for the base model with this seed is "
+                      "not trained again.")
+    margin: float = Field(_DEFAULTS.margin, ge=0, description="mAP@0.5 a candidate must beat the champion's by "
+                          "to be eligible.")
+    tolerance: float = Field(_DEFAULTS.tolerance, ge=0, le=1, description="How far any class's AP or recall "
+                             "may fall for the candidate still to be eligible.")
+    work_dir: Path | None = Field(None, description="Where champions are downloaded, candidates written before "
+                                  "their import and the base detector's proposals cached; unset: "
+                                  "<cache dir>/training.")
+    registry_bucket: str = Field(MODELS_BUCKET, description="Bucket of the model registry candidates are "
+                                 "imported into.")
+    datasets_bucket: str = Field(DATASETS_BUCKET, description="Bucket of the dataset store the versions are "
+                                 "read from.")
+    datasets_read_access_key: str | None = Field(None, description="Read-only S3 access key of the dataset "
+                                                 "store; unset: the S3 keys (VIGIL_S3_*) read it.")
+    datasets_read_secret_key: SecretStr | None = Field(None, description="Its secret key.")
+    max_job_s: float = Field(3600.0, gt=0, description="Longest a job may take: the consumer stays in its group "
+                             "that long between two reads of vigil.datasets (max.poll.interval.ms).")
+    progress_every_s: float = Field(1.0, gt=0, description="At most one progress event per step this often "
+                                    "(and each step's end).")
+    shutdown_timeout_s: float = Field(25.0, description="How long in-flight work may take after SIGTERM (within "
+                                      "the pod's 30 s grace): a job stops at its next progress step and is run "
+                                      "again after the restart.")
+
+    def resolved_work_dir(self) -> Path:
+        return self.work_dir or default_cache_dir() / "training"
+
+    def params(self) -> TrainingParams:
+        return TrainingParams(margin=self.margin, tolerance=self.tolerance)
