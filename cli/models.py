@@ -1,4 +1,5 @@
-"""`vigil models import | list | show | promote | rollback | reconcile`: the model registry in the object store.
+"""`vigil models import | list | show | promote | rollback | rollout | reconcile`: the model registry in the object
+store.
 
   vigil models import NAME DIR [--parent VERSION]   a converted model dir as the next immutable version
   vigil models list [--json]                        models, their versions, which one is primary
@@ -7,11 +8,18 @@
                                                     version: dataset@version, label tasks, cameras and times)
   vigil models promote NAME VERSION                 make VERSION the primary; announced on vigil.models
   vigil models rollback NAME                        the previously promoted version becomes primary again
+  vigil models rollout NAME VERSION --stage shadow|canary [--share S] [--reason TEXT]
+                                                    run VERSION beside the primary: in shadow (every camera's
+                                                    frames also go through it) or as a canary serving a share
+                                                    S of the cameras (the primary as their shadow); announced
+                                                    on vigil.models under NAME/rollout
+  vigil models rollout NAME --end [--reason TEXT]   stop the rollout in progress
   vigil models reconcile [--grace-s S]              announce the primaries vigil.models lacks (a promotion whose
                                                     announcement was lost); the inference service does it too"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import sys
@@ -21,8 +29,10 @@ from libs.common.objectstore import object_store_client
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
 from libs.model_registry.announcements import (
-    AnnouncementFailed, announce, announcement, announcements_table, primaries, repair_announcements,
+    AnnouncementFailed, announce, announce_rollout, announcement, announcements_table, primaries,
+    repair_announcements, rollout_announcement,
 )
+from libs.model_registry.history import Rollout
 from libs.model_registry.manifest import RegistryError
 from libs.model_registry.store import BUCKET, ModelRegistry
 from protos import events_pb2
@@ -38,29 +48,45 @@ def _who() -> str:
     return f"cli/{getpass.getuser()}"
 
 
-def announce_changes(kafka: KafkaSettings, messages: list[events_pb2.ModelVersion]) -> None:
+def announce_changes(kafka: KafkaSettings, messages: list[events_pb2.ModelVersion],
+                     rollout: events_pb2.ModelVersion | None = None) -> None:
+    """The primaries' announcements in order, then the rollout's (under NAME/rollout), if any."""
     config = kafka.client_config()
     ensure_topics(config, kafka.replication_factor, tuple(s for s in CATALOG if s.name == MODELS))
     try:
-        announce(announcements_table(config, "vigil-cli"), messages)
+        table = announcements_table(config, "vigil-cli")
+        announce(table, messages)
+        if rollout is not None:
+            announce_rollout(table, rollout)
     except AnnouncementFailed as exc:
         raise RegistryError(f"the promotion is recorded but not announced ({exc}); the inference service's "
                             f"registry follower announces it within VIGIL_INFERENCE_REGISTRY_RECONCILE_S") from exc
 
 
 def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: int | None, primary: int,
-                     action: str) -> None:
+                     action: str, rollout_before=None) -> None:
+    """The retired primary, the new one, and, when the new primary is the candidate that was rolled out
+    (`rollout_before`), the end of that rollout."""
     messages = []
     if retired is not None and retired != primary:
         messages.append(announcement(registry.manifest(name, retired), "retired",
                                      registry.artifact_ref(name, retired), action, _who()))
     messages.append(announcement(registry.manifest(name, primary), "primary", registry.artifact_ref(name, primary),
                                  action, _who()))
-    announce_changes(KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap), messages)
+    ended = None
+    if rollout_before is not None and rollout_before.version == primary:
+        ended = rollout_announcement(registry.manifest(name, primary), "retired",
+                                     registry.artifact_ref(name, primary), action, _who(),
+                                     reason=f"version {primary} is the primary")
+    announce_changes(_kafka(stack, args), messages, ended)
+
+
+def _kafka(stack, args) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap)
 
 
 def cmd_reconcile(stack, args: argparse.Namespace) -> int:
-    kafka = KafkaSettings(bootstrap_servers=args.bootstrap or stack.config.kafka_bootstrap)
+    kafka = _kafka(stack, args)
     registry = _registry(stack, args)
     table = announcements_table(kafka.client_config(), "vigil-cli")
     announced = {name: int(m.model.version)
@@ -130,33 +156,75 @@ def lineage_lines(registry: ModelRegistry, name: str, version: int | None) -> li
     return lines
 
 
+def rollout_line(name: str, rollout: Rollout | None) -> str:
+    if rollout is None:
+        return f"{name}: no rollout in progress"
+    where = "in shadow" if rollout.stage == "shadow" else f"as a canary on {rollout.share:.0%} of the cameras"
+    return (f"{name}: version {rollout.version} rolled out {where} since {rollout.at} by {rollout.by}"
+            + (f" ({rollout.reason})" if rollout.reason else ""))
+
+
 def cmd_show(stack, args: argparse.Namespace) -> int:
+    registry = _registry(stack, args)
     if args.lineage:
-        print("\n".join(lineage_lines(_registry(stack, args), args.name, args.version)))
+        rollout = registry.rollout(args.name)
+        print("\n".join([*lineage_lines(registry, args.name, args.version),
+                         *([rollout_line(args.name, rollout)] if rollout else [])]))
         return 0
-    print(json.dumps(_registry(stack, args).manifest(args.name, args.version), indent=2))
+    manifest = registry.manifest(args.name, args.version)
+    rollout = registry.rollout(args.name)
+    # Where the model stands now, beside the version's manifest: its primary and the rollout in progress.
+    manifest["registry"] = {"primary": registry.primary(args.name),
+                            "rollout": None if rollout is None else dataclasses.asdict(rollout)}
+    print(json.dumps(manifest, indent=2))
     return 0
 
 
 def cmd_promote(stack, args: argparse.Namespace) -> int:
     registry = _registry(stack, args)
+    rollout = registry.rollout(args.name)
     previous = registry.promote(args.name, args.version, _who())
-    _announce_change(stack, args, registry, args.name, previous, args.version, "promote")
+    _announce_change(stack, args, registry, args.name, previous, args.version, "promote", rollout)
     print(f"{args.name} version {args.version} is primary" + (f" (was {previous})" if previous else ""))
     return 0
 
 
 def cmd_rollback(stack, args: argparse.Namespace) -> int:
     registry = _registry(stack, args)
+    rollout = registry.rollout(args.name)
     retired, restored = registry.rollback(args.name, _who())
-    _announce_change(stack, args, registry, args.name, retired, restored, "rollback")
+    _announce_change(stack, args, registry, args.name, retired, restored, "rollback", rollout)
     print(f"{args.name} version {restored} is primary again (version {retired} retired)")
+    return 0
+
+
+def cmd_rollout(stack, args: argparse.Namespace) -> int:
+    """Writes the rollout stage to the model's history, then announces it (like promote)."""
+    registry = _registry(stack, args)
+    if args.end:
+        if args.version is not None or args.stage:
+            raise RegistryError("--end takes the model's name only")
+        ended = registry.end_rollout(args.name, _who(), args.reason)
+        version, stage, share, action = ended.version, "retired", 0.0, "end_rollout"
+    else:
+        if args.version is None or not args.stage:
+            raise RegistryError("a rollout needs VERSION and --stage shadow|canary (or --end)")
+        share = args.share if args.share is not None else (0.0 if args.stage == "shadow" else None)
+        if share is None:
+            raise RegistryError("a canary needs --share (0..1 of the cameras)")
+        registry.set_rollout(args.name, args.version, args.stage, _who(), share, args.reason)
+        version, stage, action = args.version, args.stage, "rollout"
+    message = rollout_announcement(registry.manifest(args.name, version), stage,
+                                   registry.artifact_ref(args.name, version), action, _who(), share, args.reason)
+    announce_changes(_kafka(stack, args), [], message)
+    print(rollout_line(args.name, registry.rollout(args.name)) if not args.end
+          else f"{args.name}: rollout of version {version} ended")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> dict:
     models = subparsers.add_parser("models", help="the model registry: import, list, show, promote, rollback, "
-                                   "reconcile",
+                                   "rollout, reconcile",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models.add_argument("--bucket", default=BUCKET, help=f"the registry's bucket (default {BUCKET})")
     models.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local stack's)")
@@ -177,11 +245,18 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     promote.add_argument("version", type=int)
     rollback = sub.add_parser("rollback", help="promote the previously promoted version again")
     rollback.add_argument("name")
+    rollout = sub.add_parser("rollout", help="run a candidate version in shadow or as a canary, or --end it")
+    rollout.add_argument("name")
+    rollout.add_argument("version", type=int, nargs="?")
+    rollout.add_argument("--stage", choices=("shadow", "canary"))
+    rollout.add_argument("--share", type=float, help="canary: the share of cameras it serves, in (0, 1]")
+    rollout.add_argument("--reason", default="", help="why, recorded in the history and the announcement")
+    rollout.add_argument("--end", action="store_true", help="stop the rollout in progress")
     reconcile = sub.add_parser("reconcile", help="announce the primaries vigil.models lacks")
     reconcile.add_argument("--grace-s", type=float, default=30.0,
                            help="leave changes younger than this alone: their writer may be announcing them")
     commands = {"import": cmd_import, "list": cmd_list, "show": cmd_show, "promote": cmd_promote,
-                "rollback": cmd_rollback, "reconcile": cmd_reconcile}
+                "rollback": cmd_rollback, "rollout": cmd_rollout, "reconcile": cmd_reconcile}
 
     def cmd_models(stack, args: argparse.Namespace) -> int:
         try:

@@ -1,6 +1,11 @@
 """The registry's announcements on vigil.models (compacted, keyed by model name): a ModelVersion per stage
 change, so every inference server follows which version of each model is primary.
 
+A model's rollout (a candidate version in shadow or canary, history.py) is announced under its own key,
+`rollout_key(name)` = "NAME/rollout", so compaction keeps it beside the primary's: stage "shadow" or "canary",
+or "retired" once the rollout is over (the candidate no longer runs). A reader tells the two apart by the key
+(a model name never holds a '/'); `primaries` ignores rollout announcements by their stage.
+
 The object store is the truth and the topic its announcement: a promotion written to the store whose
 announcement never went out (the writer died between the two) is found by `unannounced_primaries` and announced
 again by `repair_announcements`, which the inference service's registry follower runs periodically."""
@@ -18,6 +23,8 @@ from libs.model_registry.manifest import RegistryError
 from protos import events_pb2
 
 RECONCILER = "registry-reconcile"
+ROLLOUT_SUFFIX = "rollout"
+ROLLOUT_ANNOUNCED_STAGES = ("shadow", "canary", "retired")
 
 
 class AnnouncementFailed(RegistryError):
@@ -36,6 +43,35 @@ def announcement(manifest: dict, stage: str, artifact: events_pb2.ObjectRef, act
     )
 
 
+def rollout_key(name: str) -> str:
+    """The key of a model's rollout announcement on vigil.models (beside its primary's, keyed by name)."""
+    return f"{name}/{ROLLOUT_SUFFIX}"
+
+
+def rollout_name(key: str) -> str | None:
+    """The model whose rollout a vigil.models key holds, None for a primary's key."""
+    name, slash, suffix = key.rpartition("/")
+    return name if slash and suffix == ROLLOUT_SUFFIX else None
+
+
+def rollout_announcement(manifest: dict, stage: str, artifact: events_pb2.ObjectRef, action: str, by: str,
+                         share: float = 0.0, reason: str = "") -> events_pb2.ModelVersion:
+    """The ModelVersion announcing the candidate version `manifest` at rollout stage "shadow", "canary" or
+    "retired" (rollout over), written with announce_rollout."""
+    if stage not in ROLLOUT_ANNOUNCED_STAGES:
+        raise ValueError(f"rollout stage {stage!r} is not one of {', '.join(ROLLOUT_ANNOUNCED_STAGES)}")
+    message = announcement(manifest, stage, artifact, action, by)
+    message.metadata.update(share=repr(float(share)), reason=reason)
+    return message
+
+
+def rollout_share(message: events_pb2.ModelVersion) -> float:
+    try:
+        return float(message.metadata.get("share", "0") or 0.0)
+    except ValueError:
+        return 0.0
+
+
 def announcements_table(client_config: dict[str, str], client_id: str,
                         topic: str = MODELS) -> CompactedTable[events_pb2.ModelVersion]:
     """vigil.models as a table: model name -> its latest announcement."""
@@ -50,6 +86,31 @@ def announce(table: CompactedTable[events_pb2.ModelVersion], messages: list[even
             table.put(message.model.name, message)
     except TableWriteFailed as exc:
         raise AnnouncementFailed(f"announcement on {table.topic} failed: {exc}") from exc
+
+
+def announce_rollout(table: CompactedTable[events_pb2.ModelVersion], message: events_pb2.ModelVersion) -> None:
+    """Writes a rollout announcement under rollout_key(its model name). Raises AnnouncementFailed unless it was
+    delivered."""
+    try:
+        table.put(rollout_key(message.model.name), message)
+    except TableWriteFailed as exc:
+        raise AnnouncementFailed(f"rollout announcement on {table.topic} failed: {exc}") from exc
+
+
+def rollouts(entries: Iterable[tuple[str, events_pb2.ModelVersion | None]],
+             bucket: str | None = None) -> dict[str, events_pb2.ModelVersion]:
+    """The last rollout announcement per model among (key, message) `entries` (in log order), of the registry in
+    `bucket` if one is given. A deleted rollout key (a tombstone, value None) is left out."""
+    latest: dict[str, events_pb2.ModelVersion] = {}
+    for key, message in entries:
+        name = rollout_name(key)
+        if name is None or message is None or message.model.name != name:
+            continue
+        if bucket is not None and message.artifact.bucket != bucket:
+            continue
+        if message.stage in ROLLOUT_ANNOUNCED_STAGES and message.model.version.isdigit():
+            latest[name] = message
+    return latest
 
 
 def primaries(messages: Iterable[events_pb2.ModelVersion | None],

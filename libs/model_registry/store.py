@@ -2,7 +2,8 @@
 (`NAME/VERSION/` + a manifest of sha256, sizes and metadata) and a promotion pointer per model with its history.
 
 Layout in the bucket: `NAME/VERSION/<files>`, `NAME/VERSION/manifest.json` (written last: a version without it
-is an unfinished import, never listed nor reused), `NAME/promotion.json` (every promote and rollback)."""
+is an unfinished import, never listed nor reused), `NAME/promotion.json` (every promote and rollback, and every
+rollout stage of a candidate version: history.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,9 @@ from minio import Minio
 from minio.error import S3Error
 
 from libs.common.objectstore import RefConflict, compare_and_swap_ref, read_ref
-from libs.model_registry.history import current_primary, rollback_target
+from libs.model_registry.history import (
+    Rollout, current_primary, current_rollout, end_rollout_entry, rollback_target, rollout_entry,
+)
 from libs.model_registry.manifest import (
     CHUNK, MANIFEST, CorruptArtifact, RegistryError, UnknownModel, UnknownVersion, VersionExists,
     build_manifest, check_name, checked_file_paths, file_digest, next_version, parent_from_lineage,
@@ -105,6 +108,10 @@ class ModelRegistry:
     def primary(self, name: str) -> int | None:
         return current_primary(self.history(name))
 
+    def rollout(self, name: str) -> Rollout | None:
+        """The candidate version rolled out now (shadow or canary), if any."""
+        return current_rollout(self.history(name))
+
     # writing
 
     def import_dir(self, name: str, model_dir: Path, by: str, parent_version: int | None = None) -> dict:
@@ -173,6 +180,23 @@ class ModelRegistry:
         history = self._change_history(name, lambda history: {
             "action": "rollback", "version": rollback_target(history), "by": by})
         return current_primary(history), rollback_target(history)
+
+    def set_rollout(self, name: str, version: int, stage: str, by: str, share: float = 0.0,
+                    reason: str = "") -> Rollout | None:
+        """Runs `version` beside the primary: stage "shadow" (share 0: every camera) or "canary" (on `share`,
+        in (0, 1], of the cameras). Replaces the rollout in progress, if any, and returns it. Refuses an unknown
+        version and the primary itself."""
+        self.manifest_bytes(name, version)  # unknown model or version: a clear error, nothing written
+        history = self._change_history(name, lambda history: rollout_entry(
+            history, name, version, stage, share, by, reason))
+        return current_rollout(history)
+
+    def end_rollout(self, name: str, by: str, reason: str = "") -> Rollout:
+        """Stops the rollout in progress (the candidate no longer runs); returns it. NoRollout if none is."""
+        if not self.versions(name):
+            raise UnknownModel(f"no model {name!r} in the registry")
+        return current_rollout(self._change_history(name, lambda history: end_rollout_entry(
+            history, name, by, reason)))
 
     def download(self, name: str, version: int, dest: Path) -> Path:
         """Writes the version's files into `dest` (created; must not exist), each checked against its sha256

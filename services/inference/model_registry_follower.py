@@ -8,8 +8,13 @@ The object store is the registry's truth: every `reconcile_s` the follower compa
 with the primary last announced on vigil.models, and announces one whose announcement was lost (its writer died
 between the store and the topic), so every server and the metrics store get it after all.
 
+A model's rollout (announced under the key "NAME/rollout") runs a candidate version of a served model beside
+it: downloaded the same way, loaded from its dir with the repository's loader, warmed up, then set in the
+server's rollout slot (shadow, or canary on a share of cameras); "retired", or the candidate becoming the
+primary, clears the slot. A candidate that fails to load is reported as failed and nothing else changes.
+
 The announcements are a compacted table (libs/common/compacted.py), read whole on every start with no consumer
-group offsets, so a restarted server serves the primary."""
+group offsets, so a restarted server serves the primary and resumes the rollout."""
 from __future__ import annotations
 
 import json
@@ -21,7 +26,9 @@ from libs.common.compacted import Change
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
-from libs.model_registry.announcements import announce, announcements_table, primaries, repair_announcements
+from libs.model_registry.announcements import (
+    announce, announcements_table, primaries, repair_announcements, rollout_share, rollouts,
+)
 from libs.model_registry.manifest import MANIFEST, RegistryError, checked_file_paths, file_digest
 from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
@@ -56,6 +63,7 @@ class ModelRegistryFollower:
         self.repository = repository
         self.cache_dir = Path(cache_dir)
         self.current: dict[str, int] = {}  # name -> the registry version serving (known once one was applied)
+        self.candidate: tuple[str, int] | None = None  # (name, registry version) in the server's rollout slot
         self._stop = threading.Event()
         self.table = announcements_table(client_config, "vigil-inference-models", topic)
         self._follower = self.table.follower(
@@ -70,7 +78,15 @@ class ModelRegistryFollower:
 
     def apply(self, message: events_pb2.ModelVersion) -> str:
         """Makes the announced primary serve if it is one of ours and not serving yet; returns what happened:
-        ignored, current, loaded or failed."""
+        ignored, current, loaded or failed. A candidate of that version in the rollout slot stops once the
+        primary is swapped in (it is the primary now, for every camera)."""
+        outcome = self._apply_primary(message)
+        if outcome != "ignored":
+            self._clear_rollout(message.model.name, int(message.model.version),
+                                f"version {message.model.version} is the primary")
+        return outcome
+
+    def _apply_primary(self, message: events_pb2.ModelVersion) -> str:
         name, version = message.model.name, int(message.model.version)
         source_version = message.metadata.get("source_version", "")
         if name not in self.served() or message.artifact.bucket != self.registry.bucket:
@@ -104,6 +120,58 @@ class ModelRegistryFollower:
                  action=message.metadata.get("action", ""))
         return "loaded"
 
+    def apply_rollout(self, message: events_pb2.ModelVersion) -> str:
+        """Runs the announced candidate in the server's rollout slot (stage shadow or canary), or stops it
+        (retired); returns what happened: ignored, current, updated, loaded, cleared or failed."""
+        name, version, stage = message.model.name, int(message.model.version), message.stage
+        if name not in self.served() or message.artifact.bucket != self.registry.bucket:
+            return "ignored"
+        primary = self.announced.get(name, self.current.get(name))
+        if stage == "retired" or version == primary:  # over, or the candidate is the primary now
+            return self._clear_rollout(name, version, f"rollout of version {version} over")
+        slot, share = self.server.rollout, rollout_share(message)
+        if self.candidate == (name, version) and slot is not None:
+            if (slot.stage, slot.share) == (stage, share):
+                return "current"
+            self.server.set_rollout(stage, slot.candidate, share)
+            log.info("rollout stage changed", model=name, version=version, stage=stage, share=share)
+            return "updated"
+        source_version = message.metadata.get("source_version", "")
+        role = f"rollout {stage} of registry version {version}"
+        try:
+            model_dir = verified_download(self.registry, name, version, self.cache_dir)
+        except Exception as exc:
+            self.server.on_status(name, source_version, "failed", f"{role}: {type(exc).__name__}: {exc}")
+            log.warning("rollout candidate not downloaded", model=name, version=version, error=str(exc))
+            self._clear_rollout(name, None, f"its successor {version} failed")
+            return "failed"
+        try:
+            candidate = self.server.load_candidate(name, source_version, lambda: self.repository.loader(model_dir),
+                                                   role)
+        except ModelLoadFailed as exc:  # reported by the server already
+            log.warning("rollout candidate not loaded", model=name, version=version, error=str(exc))
+            self._clear_rollout(name, None, f"its successor {version} failed")
+            return "failed"
+        if self.candidate is not None and self.candidate[0] != name:  # one rollout slot per server
+            self._clear_rollout(self.candidate[0], None, f"a rollout of {name} takes the slot")
+        self.server.set_rollout(stage, candidate, share)
+        self.candidate = (name, version)
+        log.info("rollout candidate running", model=name, version=version, source_version=candidate.version,
+                 stage=stage, share=share, action=message.metadata.get("action", ""))
+        return "loaded"
+
+    def _clear_rollout(self, name: str, version: int | None, why: str) -> str:
+        """Empties the rollout slot if it holds a candidate of `name` (of `version`, if given)."""
+        slot = self.server.rollout
+        if self.candidate is None or self.candidate[0] != name or version not in (None, self.candidate[1]):
+            return "ignored"
+        self.server.set_rollout("", None)
+        self.candidate = None
+        if slot is not None:
+            self.server.on_status(name, slot.candidate.version, "unloaded", why)
+        log.info("rollout candidate stopped", model=name, reason=why)
+        return "cleared"
+
     def reconcile(self) -> list[str]:
         """Announces the primaries the registry holds and the topic lacks; returns their model names."""
         messages = repair_announcements(self.registry, dict(self.announced), grace_s=self.reconcile_s)
@@ -133,13 +201,19 @@ class ModelRegistryFollower:
                 log.warning("registry announcements not reconciled", error=str(exc))
 
     def _apply_changes(self, changes: list[Change]) -> None:
-        # Only the latest primary per model in what has arrived (a start hands over one per model).
-        latest = primaries([c.value for c in changes if not c.problem], self.registry.bucket)
+        # Only the latest primary and the latest rollout per model in what has arrived (a start hands over one
+        # of each per model); primaries first, so a candidate that has become the primary is not loaded again.
+        usable = [c for c in changes if not c.problem]
+        latest = primaries([c.value for c in usable], self.registry.bucket)
         self.announced.update({name: int(message.model.version) for name, message in latest.items()})
-        for message in latest.values():
+        steps = [(self.apply, message) for message in latest.values()]
+        steps += [(self.apply_rollout, message)
+                  for message in rollouts([(c.key, c.value) for c in usable], self.registry.bucket).values()]
+        for step, message in steps:
             if self._stop.is_set():
                 break
             try:
-                self.apply(message)
+                step(message)
             except Exception as exc:  # never let one announcement stop the follower
-                log.exception("model announcement not applied", model=message.model.name, error=str(exc))
+                log.exception("model announcement not applied", model=message.model.name, stage=message.stage,
+                              error=str(exc))

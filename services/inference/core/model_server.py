@@ -65,6 +65,19 @@ class ModelIndexEntry:
     reason: str = ""
 
 
+ROLLOUT_STAGES = ("shadow", "canary")
+
+
+@dataclass(frozen=True)
+class RolloutSlot:
+    """A candidate version of a served model running beside it (a registry rollout): in "shadow" it also sees
+    the frames of every camera its model serves; in "canary" it serves `share` of those cameras (by the stable
+    hash of routing.py) and the model it stands in for runs as their shadow."""
+    stage: str
+    candidate: Detector
+    share: float
+
+
 def warm_up(model: Detector) -> None:
     """One inference before a model takes traffic, so the first request is not the slow one."""
     width, height = model.input_size
@@ -90,6 +103,8 @@ class ModelServer:
         self.camera_models = dict(camera_models or {})  # camera id -> model name; others get the default
         self.repository = repository
         self.max_input_bytes = max_input_bytes
+        # The candidate rolled out now (None: none), replaced in one assignment; read once per routing decision.
+        self.rollout: RolloutSlot | None = None
         self.models: dict[str, Detector] = {default_model.name: default_model}
         self.failures: dict[str, str] = {}  # name -> why its last load failed
         self.loading: set[str] = set()
@@ -102,16 +117,19 @@ class ModelServer:
         self.ready.set()
 
     def model(self, name: str, version: str = "") -> Detector:
+        """The model loaded under `name`; with `version`, that version, which may be the candidate rolled out."""
         model = self.models.get(name)
+        rollout = self.rollout
+        if version and rollout is not None and (rollout.candidate.name, rollout.candidate.version) == (name, version):
+            return rollout.candidate
         if model is None or (version and version != model.version):
             raise ModelNotFound(f"model '{name}'{' version ' + version if version else ''} is not loaded; "
                                 f"loaded: {', '.join(f'{m.name}:{m.version}' for m in self.models.values())}")
         return model
 
-    def model_for_camera(self, camera_id: str) -> Detector:
-        """The model a camera's frames go through: its own if one is set and loaded, else the canary model if
-        the camera is in the canary share and it is loaded, else the default. Read per frame, so a model loaded
-        or swapped meanwhile takes over from the next batch on."""
+    def _routed(self, camera_id: str) -> Detector:
+        """The camera's model before any rollout: its own if one is set and loaded, else the canary model if
+        the camera is in the canary share and it is loaded, else the default."""
         name = self.camera_models.get(camera_id)
         if name is None and self.canary_model and in_canary(camera_id, self.canary_share):
             name = self.canary_model
@@ -121,9 +139,42 @@ class ModelServer:
                 return model
         return self.default_model
 
+    def model_for_camera(self, camera_id: str) -> Detector:
+        """The model a camera's frames go through: the camera's model (_routed), unless a canary of a candidate
+        version of that model is rolled out and the camera is in its share. Read per frame, so a model loaded
+        or swapped meanwhile takes over from the next batch on."""
+        model, rollout = self._routed(camera_id), self.rollout
+        if (rollout is not None and rollout.stage == "canary" and rollout.candidate.name == model.name
+                and in_canary(camera_id, rollout.share)):
+            return rollout.candidate
+        return model
+
     def shadow_for_camera(self, camera_id: str) -> Detector | None:
-        """The shadow model that also sees this camera's frames (every camera's), if one is set and loaded."""
-        return self.models.get(self.shadow_model) if self.shadow_model else None
+        """The model that also sees this camera's frames, its results marked shadow. While a candidate is rolled
+        out it replaces the configured shadow model: in shadow, the candidate for every camera of the model it
+        is a version of; in canary, that model (the champion) for the cameras the candidate serves, so their
+        disagreement stays measurable. Otherwise the configured shadow model (every camera), if loaded."""
+        rollout = self.rollout
+        if rollout is None:
+            return self.models.get(self.shadow_model) if self.shadow_model else None
+        model = self._routed(camera_id)
+        if rollout.candidate.name != model.name:
+            return None
+        if rollout.stage == "shadow":
+            return rollout.candidate
+        return model if in_canary(camera_id, rollout.share) else None
+
+    def set_rollout(self, stage: str, detector: Detector | None, share: float = 0.0) -> None:
+        """Runs `detector` (a candidate version of a served model, loaded and warmed up by the caller) at rollout
+        `stage` ("shadow" or "canary" on `share` of the cameras), from the next batch on; None stops it."""
+        if detector is None:
+            self.rollout = None
+            return
+        if stage not in ROLLOUT_STAGES:
+            raise ValueError(f"rollout stage {stage!r} is not one of {', '.join(ROLLOUT_STAGES)}")
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"a canary share is in [0, 1], not {share}")
+        self.rollout = RolloutSlot(stage, detector, share)
 
     # -- the repository extension -------------------------------------------------------------------------
 
@@ -149,21 +200,8 @@ class ModelServer:
         version = (self.repository.available().get(name, "") if self.repository else "")
         with self._lock:
             self.loading.add(name)
-        self.on_status(name, version, "loading", "")
         try:
-            try:
-                model = self.repository.load(name)
-                warm_up(model)
-            except ModelNotFound:
-                raise
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                with self._lock:
-                    self.failures[name] = reason
-                serving = self.models.get(name)
-                self.on_status(name, version, "failed", reason + (f"; version {serving.version} keeps serving"
-                                                                  if serving else ""))
-                raise ModelLoadFailed(f"model '{name}' failed to load: {exc}") from exc
+            model = self._load_warm(name, version, lambda: self.repository.load(name), "")
             with self._lock:
                 self.models[name] = model
                 self.failures.pop(name, None)
@@ -174,6 +212,34 @@ class ModelServer:
         finally:
             with self._lock:
                 self.loading.discard(name)
+
+    def load_candidate(self, name: str, version: str, load: Callable[[], Detector], role: str) -> Detector:
+        """Loads and warms up a candidate version of the served model `name` (for set_rollout), reported as
+        the model's status with `role` as the reason (e.g. "rollout shadow"); what serves is not touched."""
+        model = self._load_warm(name, version, load, f"; {role}")
+        self.on_status(name, model.version, "ready", role)
+        return model
+
+    def _load_warm(self, name: str, version: str, load: Callable[[], Detector], role: str) -> Detector:
+        """load() and one warm-up inference, reported as loading, then failed (raising ModelLoadFailed); `role`
+        ends the reasons of a candidate's load."""
+        self.on_status(name, version, "loading", role.removeprefix("; "))
+        try:
+            model = load()
+            warm_up(model)
+            return model
+        except ModelNotFound:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}{role}"
+            if not role:  # the name's own load: the repository index tells why it failed
+                with self._lock:
+                    self.failures[name] = reason
+            serving = self.models.get(name)
+            self.on_status(name, version, "failed", reason + (f"; version {serving.version} keeps serving"
+                                                              if serving else ""))
+            raise ModelLoadFailed(f"model '{name}'{' version ' + version if role else ''} failed to load: {exc}"
+                                  ) from exc
 
     def unload(self, name: str) -> None:
         with self._lock:
