@@ -1,5 +1,5 @@
-"""The metrics sink: vigil.inference, vigil.monitoring, vigil.drift.windows, the annotation topics, vigil.datasets
-and vigil.dlq → ClickHouse, the read-only query API over it, and the dashboard (with each camera's newest frame,
+"""The metrics sink: vigil.inference, vigil.monitoring, vigil.drift.windows, the annotation topics, vigil.datasets,
+vigil.training, vigil.rollouts and vigil.dlq → ClickHouse, the read-only query API over it, and the dashboard (with each camera's newest frame,
 followed from vigil.frames)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Kafka side of the sink: decodes the events of every topic that reports something (inference results,
 monitoring events, sensor anomaly results, model version announcements, drift windows, annotation tasks and
-labels, dataset events, dead letters), hands their rows to the sink in one insert per table per batch, and
+labels, dataset events, training runs, rollout steps, dead letters), hands their rows to the sink in one insert per table per batch, and
 dead-letters the events that cannot be stored. Also: consumer lag from librdkafka's statistics, and the newest
 frame of each camera for the dashboard."""
 from __future__ import annotations
@@ -17,12 +17,14 @@ from libs.common.envelope import new_envelope
 from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected, Retryable
 from libs.common.logs import get_logger
 from libs.common.topics import (ANNOTATION_LABELS, ANNOTATION_TASKS, DATASETS, DRIFT_WINDOWS, FRAMES, INFERENCE,
-                                INFERENCE_SENSORS, MODELS, MONITORING, TOPIC_OF_NAME, message_type)
+                                INFERENCE_SENSORS, MODELS, MONITORING, ROLLOUTS, TOPIC_OF_NAME, TRAINING,
+                                message_type)
 from protos import events_pb2
 from services.metrics.rows import INFERENCE as INFERENCE_TABLE, ANNOTATION_TASKS as ANNOTATION_TASKS_TABLE, \
-    ANNOTATIONS, DATASET_EVENTS, DEAD_LETTERS, MODEL_VERSIONS, SENSOR_ANOMALIES, InvalidEvent, Rows, \
-    annotation_label_row, annotation_task_row, dataset_event_row, dead_letter_row, drift_window_rows, inference_row, \
-    model_version_row, monitoring_rows, sensor_anomaly_row
+    ANNOTATIONS, DATASET_EVENTS, DEAD_LETTERS, MODEL_VERSIONS, ROLLOUT_EVENTS, SENSOR_ANOMALIES, TRAINING_RUNS, \
+    InvalidEvent, Rows, annotation_label_row, annotation_task_row, dataset_event_row, dead_letter_row, \
+    drift_window_rows, inference_row, model_version_row, monitoring_rows, rollout_event_row, sensor_anomaly_row, \
+    training_run_row
 from services.metrics.latest_frames import LatestFrames
 from services.metrics.protobuf_ingest import FramedBatch, StagedBatch, UnparseableBatch, frame_batch
 from services.metrics.sink import EventSink
@@ -78,6 +80,14 @@ def _dataset_event(event: events_pb2.DatasetVersion, _msg: Message, rows: Rows) 
     rows.setdefault(DATASET_EVENTS.name, []).append(dataset_event_row(event))
 
 
+def _training_run(event: events_pb2.TrainingRun, _msg: Message, rows: Rows) -> None:
+    rows.setdefault(TRAINING_RUNS.name, []).append(training_run_row(event))
+
+
+def _rollout(event: events_pb2.RolloutEvent, _msg: Message, rows: Rows) -> None:
+    rows.setdefault(ROLLOUT_EVENTS.name, []).append(rollout_event_row(event))
+
+
 # The rows of each event type the sink stores. Which type a topic carries is the topic catalog's word
 # (libs/common/topics.py, TopicSpec.message), not this module's: a topic is decoded as its spec says.
 ROWS_OF = {
@@ -85,10 +95,11 @@ ROWS_OF = {
     events_pb2.SensorAnomalyResult: _sensor_anomaly, events_pb2.ModelVersion: _model_version,
     events_pb2.DriftWindow: _drift_window, events_pb2.AnnotationTask: _annotation_task,
     events_pb2.AnnotationLabel: _annotation_label, events_pb2.DatasetVersion: _dataset_event,
+    events_pb2.TrainingRun: _training_run, events_pb2.RolloutEvent: _rollout,
 }
 # What the sink reads besides the dead-letter topic.
 SINK_TOPICS = (INFERENCE, MONITORING, INFERENCE_SENSORS, MODELS, DRIFT_WINDOWS, ANNOTATION_TASKS, ANNOTATION_LABELS,
-               DATASETS)
+               DATASETS, TRAINING, ROLLOUTS)
 
 
 def topic_decoder(topic: str) -> Callable[[Message, Rows], None]:

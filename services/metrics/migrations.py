@@ -516,3 +516,58 @@ MIGRATIONS += [
         {_events_engine("dataset, event_time, event_id", None)}
     """),
 ]
+
+MIGRATIONS += [
+    # Closing the loop (issue #13): training jobs and rollouts, each step an event on Kafka and a row here.
+    (35, "training_runs", f"""
+        -- Every TrainingRun on vigil.training, one row per report: a job started, each step's progress, and its
+        -- outcome (eligible, refused at the gate, failed) with the candidate's and the champion's mAP@0.5. A job's
+        -- run_id is derived from (dataset version, base model); its state is its newest report.
+        CREATE TABLE IF NOT EXISTS training_runs (
+            event_id UUID,
+            run_id String,
+            dataset LowCardinality(String),
+            dataset_version String,
+            base_model LowCardinality(String),
+            state LowCardinality(String),        -- started, progress, eligible, refused, failed
+            step LowCardinality(String),         -- proposals, fit, calibrate, evaluate, import, ...
+            done UInt32,
+            total UInt32,
+            eta_s Nullable(Float64),             -- seconds the step is expected to take still; NULL: unknown
+            candidate_name LowCardinality(String),
+            candidate_version String,
+            champion_name LowCardinality(String),
+            champion_version String,
+            candidate_map50 Float64,
+            champion_map50 Float64,
+            reasons Array(String),               -- why the gate refused it, or why the job failed
+            elapsed_s Float64,                   -- seconds since the job started
+            producer LowCardinality(String),
+            event_time DateTime64(3, 'UTC')
+        )
+        -- Kept as long as the registry's history (model_versions): how a model version came to be.
+        {_events_engine("base_model, run_id, event_time, event_id", 3650)}
+    """),
+    (36, "rollout_events", f"""
+        -- Every RolloutEvent on vigil.rollouts: a candidate version's steps (shadow, canary, promoted,
+        -- rolled_back), why each was taken and the live checks measured over the stage it ends. A rollback is also
+        -- a MonitoringEvent on vigil.monitoring (in monitoring_events, kind rollout), never a second row here.
+        CREATE TABLE IF NOT EXISTS rollout_events (
+            event_id UUID,
+            model_name LowCardinality(String),
+            candidate_version String,
+            candidate_precision LowCardinality(String),
+            champion_name LowCardinality(String),
+            champion_version String,
+            stage LowCardinality(String),        -- shadow, canary, promoted, rolled_back
+            previous_stage LowCardinality(String),
+            reason String,
+            checks Map(LowCardinality(String), Float64),  -- frames, error_rate, latency_p95_ms, disagreement, ...
+            canary_share Float64,
+            actor LowCardinality(String),        -- rollout (the controller) or a person
+            event_time DateTime64(3, 'UTC')
+        )
+        -- Kept forever, like the topic: with the registry's history it is how a model came to serve.
+        {_events_engine("model_name, event_time, event_id", None)}
+    """),
+]

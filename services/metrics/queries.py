@@ -30,6 +30,8 @@ _WINDOW = "minute >= toStartOfMinute({since:DateTime64(3, 'UTC')}) AND minute < 
 _EVENT_WINDOW = "event_time >= {since:DateTime64(3, 'UTC')} AND event_time < {until:DateTime64(3, 'UTC')}"
 # An annotation task's revision by when it was published (its event time is the task's creation).
 _PUBLISHED_WINDOW = _EVENT_WINDOW.replace("event_time", "published_time")
+# A training run or a candidate's rollout by its newest report or step.
+_LAST_WINDOW = _EVENT_WINDOW.replace("event_time", "last_time")
 _SECONDS = "greatest(1, dateDiff('second', {since:DateTime64(3, 'UTC')}, {until:DateTime64(3, 'UTC')}))"
 _CAMERA = "({camera_id:String} = '' OR camera_id = {camera_id:String})"
 _MODEL = "({model_name:String} = '' OR model_name = {model_name:String})"
@@ -38,6 +40,26 @@ _DRIFT_SUBJECT = " AND ".join(f"({{{p}:String}} = '' OR {p} = {{{p}:String}})"
                               for p in ("subject", "camera_id", "sensor_id", "model_name"))
 _DRIFT_PARAMETERS = {p: ("String", "") for p in ("subject", "camera_id", "sensor_id", "model_name")}
 _DATASET = "({dataset:String} = '' OR dataset = {dataset:String})"
+
+# Reports of one job or steps of one rollout may share a millisecond: the later state, or stage, goes last.
+_TRAINING_STATE_RANK = "multiIf(state = 'started', 0, state = 'progress', 1, 2)"
+_ROLLOUT_STAGE_RANK = "multiIf(stage = 'shadow', 0, stage = 'canary', 1, 2)"
+# A run's newest report (by time, then elapsed seconds, then state), and the gate's figures from the newest report
+# that has them (the outcome, or a later step such as the import). `ordering` and `evaluated` are computed under
+# the aggregation, so that no aggregate reads a column its neighbour's alias shadows.
+_TRAINING_REPORTS = f"""
+    SELECT *, (event_time, elapsed_s, {_TRAINING_STATE_RANK}) AS ordering,
+           candidate_map50 != 0 OR champion_map50 != 0 OR state IN ('eligible', 'refused') AS evaluated
+    FROM training_runs"""
+# argMax skips NULLs: an unknown ETA (NULL) is taken in a tuple, so that the newest report's unknown is not
+# replaced by an older report's estimate.
+_NEWEST_OF_RUN = ", ".join(
+    [f"argMax({column}, ordering) AS {column}" for column in (
+        "state", "step", "done", "total", "elapsed_s", "candidate_name", "candidate_version", "champion_name",
+        "champion_version", "reasons")]
+    + ["argMax(tuple(eta_s), ordering).1 AS eta_s"]
+    + [f"if(countIf(evaluated) = 0, NULL, argMaxIf({column}, ordering, evaluated)) AS {column}"
+       for column in ("candidate_map50", "champion_map50")])
 
 NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
     NamedQuery(
@@ -194,6 +216,73 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
             ORDER BY dataset, event_time, version""",
         {"dataset": ("String", ""), "branch": ("String", ""), "limit": ("UInt32", 1000)},
         default_window=timedelta(days=3650)),
+    NamedQuery(
+        "training_runs", "The training jobs, newest first: each run's dataset version and base model, its newest "
+                         "report (state started/progress/eligible/refused/failed, step, done of total, ETA in s or "
+                         "null, seconds since it started), the candidate it registered and the champion it was "
+                         "measured against with both mAP@0.5 (null until evaluated) and the reasons of a refusal or "
+                         "failure; runs whose newest report is in the window; filters dataset, base_model, state "
+                         "(the newest); default window: ten years.",
+        f"""SELECT * FROM (
+                SELECT run_id, any(dataset) AS dataset, any(dataset_version) AS dataset_version,
+                       any(base_model) AS base_model, min(event_time) AS started_time, max(event_time) AS last_time,
+                       {_NEWEST_OF_RUN}
+                FROM ({_TRAINING_REPORTS} WHERE {_DATASET}
+                        AND ({{base_model:String}} = '' OR base_model = {{base_model:String}})
+                      LIMIT 1 BY event_id)
+                GROUP BY run_id)
+            WHERE {_LAST_WINDOW}
+              AND ({{state:String}} = '' OR state = {{state:String}})
+            ORDER BY started_time DESC, run_id LIMIT {{limit:UInt32}}""",
+        {"dataset": ("String", ""), "base_model": ("String", ""), "state": ("String", ""), "limit": ("UInt32", 50)},
+        default_window=timedelta(days=3650)),
+    NamedQuery(
+        "training_events", "Every report of the training jobs, oldest first (a run's progress: state, step, done "
+                           "of total, ETA, elapsed); filter run_id; the newest `limit` in the window; default "
+                           "window: a day.",
+        f"""SELECT * FROM (
+                SELECT event_time, run_id, dataset, dataset_version, base_model, state, step, done, total, eta_s,
+                       elapsed_s, candidate_version, candidate_map50, champion_map50, reasons
+                FROM training_runs
+                WHERE {_EVENT_WINDOW} AND ({{run_id:String}} = '' OR run_id = {{run_id:String}})
+                ORDER BY event_time DESC, elapsed_s DESC, {_TRAINING_STATE_RANK} DESC LIMIT 1 BY event_id
+                LIMIT {{limit:UInt32}})
+            ORDER BY run_id, event_time, elapsed_s, {_TRAINING_STATE_RANK}""",
+        {"run_id": ("String", ""), "limit": ("UInt32", 1000)}, default_window=timedelta(days=1)),
+    NamedQuery(
+        "rollout_steps", "Each model's rollout steps in order (shadow, canary, promoted or rolled_back): the "
+                         "candidate and champion versions, the stage left and entered, why, the live checks over "
+                         "the stage that ended, the canary's share of cameras and who took the step; the newest "
+                         "`limit` in the window, per model oldest first; filters model_name, candidate_version; "
+                         "default window: ten years.",
+        f"""SELECT * FROM (
+                SELECT event_time, model_name, candidate_version, champion_version, previous_stage, stage, reason,
+                       checks, canary_share, actor
+                FROM rollout_events
+                WHERE {_EVENT_WINDOW} AND {_MODEL}
+                  AND ({{candidate_version:String}} = '' OR candidate_version = {{candidate_version:String}})
+                ORDER BY event_time DESC, {_ROLLOUT_STAGE_RANK} DESC LIMIT 1 BY event_id LIMIT {{limit:UInt32}})
+            ORDER BY model_name, event_time, {_ROLLOUT_STAGE_RANK}""",
+        {"model_name": ("String", ""), "candidate_version": ("String", ""), "limit": ("UInt32", 1000)},
+        default_window=timedelta(days=3650)),
+    NamedQuery(
+        "rollouts", "Each candidate version's rollout, newest first: its stages in order (e.g. shadow, canary, "
+                    "promoted), where it is now, why its newest step was taken, the champion, when it began and "
+                    "last moved; candidates whose newest step is in the window; filter model_name; default "
+                    "window: ten years.",
+        f"""SELECT * FROM (
+                SELECT model_name, candidate_version, argMax(champion_version, ordering) AS champion_version,
+                       arrayMap(step -> step.2, arraySort(groupArray((ordering, stage_entered)))) AS stages,
+                       argMax(stage, ordering) AS stage, argMax(reason, ordering) AS reason,
+                       argMax(checks, ordering) AS checks, argMax(canary_share, ordering) AS canary_share,
+                       min(event_time) AS started_time, max(event_time) AS last_time
+                FROM (SELECT *, (event_time, {_ROLLOUT_STAGE_RANK}) AS ordering, stage AS stage_entered
+                      FROM rollout_events
+                      WHERE {_MODEL} LIMIT 1 BY event_id)
+                GROUP BY model_name, candidate_version)
+            WHERE {_LAST_WINDOW}
+            ORDER BY started_time DESC, model_name, candidate_version LIMIT {{limit:UInt32}}""",
+        {"model_name": ("String", ""), "limit": ("UInt32", 100)}, default_window=timedelta(days=3650)),
     NamedQuery(
         "dead_letter_rate", "Dead letters per minute, origin topic and reason, and per second.",
         f"""SELECT minute, origin_topic, reason, sum(letters) AS letters, round(letters / 60, 4) AS per_second

@@ -76,9 +76,16 @@ ANNOTATION_TASKS = TableSpec("annotation_tasks", (
 DATASET_EVENTS = TableSpec("dataset_events", (
     "event_id", "dataset", "version", "action", "actor", "message", "branch", "tag", "item_count",
     "parent_versions", "manifest", "manifest_sha256", "statistics", "schema_version", "event_time"))
+TRAINING_RUNS = TableSpec("training_runs", (
+    "event_id", "run_id", "dataset", "dataset_version", "base_model", "state", "step", "done", "total", "eta_s",
+    "candidate_name", "candidate_version", "champion_name", "champion_version", "candidate_map50",
+    "champion_map50", "reasons", "elapsed_s", "producer", "event_time"))
+ROLLOUT_EVENTS = TableSpec("rollout_events", (
+    "event_id", "model_name", "candidate_version", "candidate_precision", "champion_name", "champion_version",
+    "stage", "previous_stage", "reason", "checks", "canary_share", "actor", "event_time"))
 TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DRIFT_WINDOWS, DRIFT_ALERTS,
                                        DEAD_LETTERS, SENSOR_ANOMALIES, MODEL_VERSIONS, ANNOTATIONS,
-                                       ANNOTATION_TASKS, DATASET_EVENTS)}
+                                       ANNOTATION_TASKS, DATASET_EVENTS, TRAINING_RUNS, ROLLOUT_EVENTS)}
 
 # Dead letters carry no envelope of their own (their bytes may be anything): their id is derived from where
 # they sit in the dead-letter topic, so a re-read dead letter gets the same id.
@@ -204,6 +211,42 @@ def dataset_event_row(event: events_pb2.DatasetVersion) -> tuple[Any, ...]:
     )
 
 
+def training_run_row(run: events_pb2.TrainingRun) -> tuple[Any, ...]:
+    """One row in the order of TRAINING_RUNS' columns: one report of a training job (vigil.training): started, a
+    step's progress, or its outcome (eligible, refused at the gate, failed) with both models' mAP@0.5 and the
+    reasons. A state this sink does not know is stored all the same; an unknown ETA (negative) is NULL."""
+    if not run.run_id:
+        raise InvalidEvent("TrainingRun.run_id is empty")
+    if not run.state:
+        raise InvalidEvent("TrainingRun.state is empty")
+    return (
+        _uuid(run.envelope.event_id, "envelope.event_id"), run.run_id, run.dataset, run.dataset_version,
+        run.base_model, run.state, run.step, run.done, run.total, run.eta_s if run.eta_s >= 0 else None,
+        run.candidate.name, run.candidate.version, run.champion.name, run.champion.version, run.candidate_map50,
+        run.champion_map50, list(run.reasons), run.elapsed_s, run.envelope.producer, _ms(run.envelope.event_time),
+    )
+
+
+def _rollout_model(rollout: events_pb2.RolloutEvent) -> str:
+    """The model a rollout is of: the candidate's name (the champion's, should a step name no candidate)."""
+    return rollout.candidate.name or rollout.champion.name
+
+
+def rollout_event_row(rollout: events_pb2.RolloutEvent) -> tuple[Any, ...]:
+    """One row in the order of ROLLOUT_EVENTS' columns: a step of a candidate's rollout (vigil.rollouts: shadow,
+    canary, promoted, rolled_back), why it was taken, and the live checks measured over the stage it ends."""
+    if not _rollout_model(rollout):
+        raise InvalidEvent("RolloutEvent names no model (candidate.name and champion.name are empty)")
+    if not rollout.stage:
+        raise InvalidEvent("RolloutEvent.stage is empty")
+    candidate, champion = rollout.candidate, rollout.champion
+    return (
+        _uuid(rollout.envelope.event_id, "envelope.event_id"), _rollout_model(rollout), candidate.version,
+        candidate.precision, champion.name, champion.version, rollout.stage, rollout.previous_stage,
+        rollout.reason, dict(rollout.checks), rollout.canary_share, rollout.actor, _ms(rollout.envelope.event_time),
+    )
+
+
 _CAMERA_STATES = {v: k.removeprefix("CAMERA_STATE_").lower()
                   for k, v in events_pb2.CameraState.items()}
 
@@ -257,13 +300,14 @@ def _drift_alert_row(event_id: uuid.UUID, event_ms: int, alert: events_pb2.Drift
 def monitoring_rows(event: events_pb2.MonitoringEvent) -> Rows:
     """A monitoring_events row for every event, plus its row in camera_health or drift_alerts. A drift alert's
     scores are not drift_scores rows: those come from the windows (drift_window_rows), which hold every score,
-    the alert's among them."""
+    the alert's among them. Likewise a rollback (rollout) is a monitoring_events row only: its rollout_events row
+    comes from the same step on vigil.rollouts (rollout_event_row)."""
     env = event.envelope
     event_id = _uuid(env.event_id, "envelope.event_id")
     kind = event.WhichOneof("detail")
     if kind is None:
-        raise InvalidEvent("MonitoringEvent has no detail (camera_status, drift_alert, model_status or "
-                           "service_status)")
+        raise InvalidEvent("MonitoringEvent has no detail (camera_status, drift_alert, model_status, "
+                           "service_status or rollout)")
     detail = getattr(event, kind)
     event_ms = _ms(env.event_time)
     rows: Rows = {}
@@ -280,6 +324,9 @@ def monitoring_rows(event: events_pb2.MonitoringEvent) -> Rows:
         rows[DRIFT_ALERTS.name] = [alert_row]
     elif kind == "service_status":
         subject = f"{detail.service}/{detail.component}"
+    elif kind == "rollout":
+        # A rollback announced for alerting: its rollout_events row comes from vigil.rollouts, not from here.
+        subject = _rollout_model(detail)
     else:
         subject = detail.model.name
     rows[MONITORING.name] = [(
