@@ -556,7 +556,7 @@ class TrainingRun(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., run_id: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_version: _Optional[str] = ..., base_model: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., eta_s: _Optional[float] = ..., candidate: _Optional[_Union[ModelRef, _Mapping]] = ..., champion: _Optional[_Union[ModelRef, _Mapping]] = ..., candidate_map50: _Optional[float] = ..., champion_map50: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
 
 class RolloutEvent(_message.Message):
-    __slots__ = ("envelope", "candidate", "champion", "stage", "previous_stage", "reason", "checks", "canary_share", "actor")
+    __slots__ = ("envelope", "candidate", "champion", "stage", "previous_stage", "reason", "checks", "canary_share", "actor", "cameras", "registry_version")
     class ChecksEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -573,6 +573,8 @@ class RolloutEvent(_message.Message):
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
+    CAMERAS_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_VERSION_FIELD_NUMBER: _ClassVar[int]
     envelope: Envelope
     candidate: ModelRef
     champion: ModelRef
@@ -582,7 +584,9 @@ class RolloutEvent(_message.Message):
     checks: _containers.ScalarMap[str, float]
     canary_share: float
     actor: str
-    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., candidate: _Optional[_Union[ModelRef, _Mapping]] = ..., champion: _Optional[_Union[ModelRef, _Mapping]] = ..., stage: _Optional[str] = ..., previous_stage: _Optional[str] = ..., reason: _Optional[str] = ..., checks: _Optional[_Mapping[str, float]] = ..., canary_share: _Optional[float] = ..., actor: _Optional[str] = ...) -> None: ...
+    cameras: _containers.RepeatedScalarFieldContainer[str]
+    registry_version: int
+    def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., candidate: _Optional[_Union[ModelRef, _Mapping]] = ..., champion: _Optional[_Union[ModelRef, _Mapping]] = ..., stage: _Optional[str] = ..., previous_stage: _Optional[str] = ..., reason: _Optional[str] = ..., checks: _Optional[_Mapping[str, float]] = ..., canary_share: _Optional[float] = ..., actor: _Optional[str] = ..., cameras: _Optional[_Iterable[str]] = ..., registry_version: _Optional[int] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("x1", "y1", "x2", "y2")
