@@ -1,5 +1,6 @@
 """The local stack's demo CCTV camera: real pedestrian footage (vtest.avi from Debian's opencv-doc) served
-over RTSP by GStreamer, looped forever at 10 fps, on one or several mount paths (rtsp_camera_server.py)."""
+over RTSP by GStreamer, looped forever at 10 fps, on one or several mount paths (rtsp_camera_server.py), and the
+same footage darkened as a camera at dusk sees it on /dusk (every pixel x DUSK_GAIN, frame for frame)."""
 from __future__ import annotations
 
 import socket
@@ -16,6 +17,9 @@ HOST = "127.0.0.1"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_camera_server.py")
 FOOTAGE_NAME = "vtest.avi"
+DUSK_PATH = "dusk"
+# The dimmed camera's gain on every pixel, as tests/integration/site_footage.py's DIM.
+DUSK_GAIN = 0.12
 DEBIAN_PACKAGES = (
     "python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
     "gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav"
@@ -33,6 +37,11 @@ def footage_path(cache: Path) -> Path:
 def encoded_footage_path(cache: Path) -> Path:
     """The footage encoded once to H.264 (what the server streams without re-encoding)."""
     return cache / "assets" / "camera" / "vtest.h264.mkv"
+
+
+def dusk_footage_path(cache: Path, gain: float = DUSK_GAIN) -> Path:
+    """The footage darkened by `gain`, encoded once the same way (what /dusk streams)."""
+    return cache / "assets" / "camera" / f"vtest.dim-{gain:g}.h264.mkv"
 
 
 def fetch_footage(cache: Path) -> Path:
@@ -62,16 +71,21 @@ def _check_gstreamer() -> None:
 
 
 def encode_footage(cache: Path) -> Path:
-    """Encode the footage to H.264 once (a few seconds), so the server starts at once and only repacks it."""
+    """Encode the footage to H.264 once (a few seconds), as filmed and darkened for /dusk, so the server starts at
+    once and only repacks it."""
     encoded = encoded_footage_path(cache)
-    if not encoded.is_file():
-        log(f"encoding {FOOTAGE_NAME} to H.264 ...")
+    if not encoded.is_file() or not dusk_footage_path(cache).is_file():
+        log(f"encoding {FOOTAGE_NAME} to H.264 (and darkened x{DUSK_GAIN:g} for /{DUSK_PATH}) ...")
         subprocess.run(
             [str(SYSTEM_PYTHON), str(SERVER_SCRIPT), "--file", str(fetch_footage(cache)), "--encoded", str(encoded),
-             "--encode-only"],
+             *_dusk_argv(cache), "--encode-only"],
             check=True,
         )
     return encoded
+
+
+def _dusk_argv(cache: Path, path: str = DUSK_PATH) -> list[str]:
+    return ["--dim-path", path, "--dim-gain", f"{DUSK_GAIN:g}", "--dim-encoded", str(dusk_footage_path(cache))]
 
 
 def install(cache: Path) -> None:
@@ -98,9 +112,11 @@ def spec(
     fps: float | None = None,
     rtp_port_min: int = 41000,
     rtp_port_max: int = 41999,
+    dusk_path: str | None = DUSK_PATH,
 ) -> ComponentSpec:
     """RTSP on 127.0.0.1:`port` (TCP-interleaved or UDP; UDP's RTP/RTCP ports come from
-    [rtp_port_min, rtp_port_max], skipping busy ones). `fps` None plays at the footage's own 10 fps."""
+    [rtp_port_min, rtp_port_max], skipping busy ones). `fps` None plays at the footage's own 10 fps. The darkened
+    footage is on /`dusk_path` too (None: not served)."""
     data = paths.data(NAME)
     argv = [
         str(SYSTEM_PYTHON), str(SERVER_SCRIPT),
@@ -112,6 +128,8 @@ def spec(
         "--encoded", str(encoded_footage_path(paths.cache)),
         "--rtp-ports", f"{rtp_port_min}-{rtp_port_max}",
     ]
+    if dusk_path:
+        argv += _dusk_argv(paths.cache, dusk_path)
     if fps is not None:
         argv += ["--fps", str(fps)]
 

@@ -1,13 +1,19 @@
 #!/usr/bin/python3
 """A demo CCTV camera: serves one video file over RTSP as H.264, looped forever at its native frame rate,
-on one or several mount paths. Runs under Debian's /usr/bin/python3 (GStreamer's RTSP server through `gi`),
-so it imports nothing from Vigil.
+on one or several mount paths, and optionally the same footage darkened (`--dim-path`, e.g. /dusk: a camera at
+dusk). Runs under Debian's /usr/bin/python3 (GStreamer's RTSP server through `gi`), so it imports nothing from Vigil.
 
 The footage is encoded to H.264 once (closed GOPs: every GOP starts with an IDR carrying SPS/PPS) and kept
 in memory as access units. A feeder thread per active stream pushes them into a live `appsrc` at the frame
 rate and wraps around from the last frame to the first IDR: the stream's timestamps keep increasing and the
 decoder sees an ordinary keyframe, so a client reads across the loop point without noticing it. No
 re-encoding at run time, so eight cameras cost little CPU.
+
+The darkened footage is encoded once too, from the same source with the same encoder, through `videobalance
+contrast=G saturation=G`: on I420 that is Y' = 16 + G (Y - 16) and C' = 128 + G (C - 128), which is exactly every
+R, G, B value times G (BT.601's YCbCr -> RGB is linear in Y - 16 and C - 128), i.e. OpenCV's
+`convertScaleAbs(frame, alpha=G)` up to rounding. It has the same frames in the same order, so frame i of the
+dimmed mount is frame i of the normal one darkened, and both loop at the same point.
 """
 from __future__ import annotations
 
@@ -48,16 +54,21 @@ def _run_to_eos(pipeline: Gst.Pipeline, what: str) -> None:
         pipeline.set_state(Gst.State.NULL)
 
 
-def encode_h264(source: Path, target: Path) -> None:
-    """Encode `source` (anything decodebin reads) to H.264 in Matroska (which keeps the frame rate).
-    Written to a temporary file and renamed, so a killed encode never looks finished."""
+def dim_filter(gain: float) -> str:
+    """Every pixel's R, G, B times `gain` (see the module's docstring), as a filter on I420."""
+    return f"videobalance contrast={gain:g} saturation={gain:g} ! " if gain != 1.0 else ""
+
+
+def encode_h264(source: Path, target: Path, gain: float = 1.0) -> None:
+    """Encode `source` (anything decodebin reads) to H.264 in Matroska (which keeps the frame rate), darkened by
+    `gain` when it is below 1. Written to a temporary file and renamed, so a killed encode never looks finished."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=target.name + ".", suffix=".partial", dir=target.parent)
     os.close(fd)
     started = time.monotonic()
     try:
         pipeline = Gst.parse_launch(
-            f"filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=I420 ! "
+            f"filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=I420 ! {dim_filter(gain)}"
             f"{ENCODER.format(gop=KEYFRAME_INTERVAL)} ! h264parse ! matroskamux ! filesink name=sink"
         )
         pipeline.get_by_name("src").set_property("location", str(source))
@@ -68,7 +79,8 @@ def encode_h264(source: Path, target: Path) -> None:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
-    log(f"encoded {source.name} to H.264 in {time.monotonic() - started:.1f} s")
+    dimmed = f" darkened x{gain:g}" if gain != 1.0 else ""
+    log(f"encoded {source.name}{dimmed} to H.264 in {time.monotonic() - started:.1f} s")
 
 
 @dataclass(frozen=True)
@@ -247,36 +259,56 @@ def main(argv: list[str] | None = None) -> int:
         "--rtp-ports", type=port_range, default=(41000, 41999), metavar="MIN-MAX",
         help="UDP ports for RTP/RTCP to UDP clients (busy ones are skipped)",
     )
+    parser.add_argument("--dim-path", default=None,
+                        help="also serve the footage darkened (a camera at dusk) on this mount path, e.g. dusk")
+    parser.add_argument("--dim-gain", type=float, default=0.12, help="the darkened mount's gain on every pixel")
+    parser.add_argument(
+        "--dim-encoded", type=Path, default=None,
+        help="where to keep the darkened footage encoded (default: next to --encoded, *.dim-GAIN.h264.mkv)",
+    )
     parser.add_argument("--encode-only", action="store_true", help="encode the footage if needed and exit")
     args = parser.parse_args(argv)
+    if not 0.0 < args.dim_gain <= 1.0:
+        parser.error("--dim-gain is in (0, 1]")
 
     Gst.init(None)
     encoded = args.encoded or args.file.with_suffix(".h264.mkv")
-    if not encoded.exists():
-        if not args.file.is_file():
-            log(f"footage not found: {args.file}")
-            return 2
-        encode_h264(args.file, encoded)
+    dim_encoded = args.dim_encoded or encoded.with_name(
+        encoded.name.removesuffix(".h264.mkv") + f".dim-{args.dim_gain:g}.h264.mkv")
+    wanted = [(encoded, 1.0)] + ([(dim_encoded, args.dim_gain)] if args.dim_path else [])
+    for target, gain in wanted:
+        if not target.exists():
+            if not args.file.is_file():
+                log(f"footage not found: {args.file}")
+                return 2
+            encode_h264(args.file, target, gain)
     if args.encode_only:
         return 0
 
     footage = Footage.load(encoded)
     fps = args.fps or footage.fps
+    served = [(path, footage) for path in mount_paths(args.path, max(1, args.mounts))]
+    if args.dim_path:
+        dimmed = Footage.load(dim_encoded)
+        if len(dimmed.access_units) != len(footage.access_units):
+            log(f"{dim_encoded} has {len(dimmed.access_units)} frames, {encoded} {len(footage.access_units)}: "
+                "delete the darkened one to encode it again")
+            return 2
+        served.append(("/" + args.dim_path.strip("/"), dimmed))
     epoch = time.monotonic() - args.start_at
 
     server = GstRtspServer.RTSPServer()
     server.set_address(args.host)
     server.set_service(str(args.port))
     mounts = server.get_mount_points()
-    paths = mount_paths(args.path, max(1, args.mounts))
     # Without a pool, the RTP/RTCP sockets of UDP clients bind to 0.0.0.0 and ::.
     pool = GstRtspServer.RTSPAddressPool()
     rtp_min, rtp_max = args.rtp_ports
     if not pool.add_range(args.host, args.host, rtp_min, rtp_max, 0):
         log(f"bad RTP port range {rtp_min}-{rtp_max} for {args.host}")
         return 2
-    factories = [LoopingCameraFactory(footage, fps, epoch, path.strip("/"), pool) for path in paths]
-    for path, factory in zip(paths, factories):
+    factories = [LoopingCameraFactory(clip, fps, epoch, path.strip("/"), pool) for path, clip in served]
+    for (path, _clip), factory in zip(served, factories):
         mounts.add_factory(path, factory)
 
     loop = GLib.MainLoop()
@@ -298,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, stop)
     log(
         f"serving {len(footage.access_units)} frames at {fps:g} fps, looped, on "
-        + ", ".join(f"rtsp://{args.host}:{args.port}{p}" for p in paths)
+        + ", ".join(f"rtsp://{args.host}:{args.port}{p}" for p, _clip in served)
     )
     loop.run()
     return 0
