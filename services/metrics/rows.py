@@ -29,6 +29,9 @@ class TableSpec:
     # Columns that tell apart the rows of one event, where an event has several (a window's scores, one per
     # feature and statistic): a replayed event's rows are dropped by its id, one batch's copies by (id, these).
     row_key: tuple[str, ...] = ()
+    # Whether the sink looks a batch's ids up over the whole table rather than around their event times: for a
+    # small table whose producer may announce an event again later under its id with a new time.
+    ids_across_time: bool = False
 
     @property
     def time_index(self) -> int:
@@ -79,7 +82,9 @@ DATASET_EVENTS = TableSpec("dataset_events", (
 TRAINING_RUNS = TableSpec("training_runs", (
     "event_id", "run_id", "dataset", "dataset_version", "base_model", "state", "step", "done", "total", "eta_s",
     "candidate_name", "candidate_version", "champion_name", "champion_version", "candidate_map50",
-    "champion_map50", "reasons", "elapsed_s", "producer", "event_time"))
+    "champion_map50", "reasons", "elapsed_s", "producer", "event_time"),
+    # A run's outcome is announced again (same id, a new time) when a replayed trigger finds it trained.
+    ids_across_time=True)
 ROLLOUT_EVENTS = TableSpec("rollout_events", (
     "event_id", "model_name", "candidate_version", "candidate_precision", "champion_name", "champion_version",
     "stage", "previous_stage", "reason", "checks", "canary_share", "actor", "event_time"))

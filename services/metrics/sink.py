@@ -104,7 +104,8 @@ class EventSink:
     def _write_table(self, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
         unique = _dedupe_within(rows, spec)
         times = [row[spec.time_index] for row in unique.values()]
-        already = self.store.stored_event_ids(spec.name, sorted({key[0] for key in unique}), (min(times), max(times)))
+        already = self.store.stored_event_ids(spec.name, sorted({key[0] for key in unique}),
+                                              None if spec.ids_across_time else (min(times), max(times)))
         fresh = [row for key, row in unique.items() if key[0] not in already]
         duplicates = len(rows) - len(fresh)
         if fresh:

@@ -121,18 +121,19 @@ class MetricsStore:
                 done.append(version)
             return done
 
-    def stored_event_ids(self, table: str, event_ids: Sequence[str], time_range: tuple[int, int]) -> set[str]:
+    def stored_event_ids(self, table: str, event_ids: Sequence[str], time_range: tuple[int, int] | None
+                         ) -> set[str]:
         """Which of these event ids the table already holds. The time range (the events' own event_time
-        span, in ms since the epoch) lets the engine skip all but a few granules."""
+        span, in ms since the epoch) lets the engine skip all but a few granules; None looks at every row."""
         if not event_ids:
             return set()
+        within = ("event_time BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+                  "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC') AND ") if time_range else ""
         with self._lock:
             rows = self._client.query(
-                f"SELECT DISTINCT toString(event_id) FROM {table} "
-                "WHERE event_time BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC') "
-                "AND event_id IN {ids:Array(UUID)}",
-                parameters={"lo": time_range[0], "hi": time_range[1], "ids": list(event_ids)},
+                f"SELECT DISTINCT toString(event_id) FROM {table} WHERE {within}event_id IN {{ids:Array(UUID)}}",
+                parameters={"ids": list(event_ids), **({"lo": time_range[0], "hi": time_range[1]}
+                                                       if time_range else {})},
             ).result_rows
         return {row[0] for row in rows}
 

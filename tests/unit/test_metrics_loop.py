@@ -286,3 +286,18 @@ def test_bad_reports_and_steps_are_rejected(store):
     assert [o.reason if isinstance(o, Rejected) else o for o in outcomes] == [
         "invalid_event", "invalid_event", "malformed_event", "malformed_event"]
     assert "run_id is empty" in outcomes[0].detail and "stage is empty" in outcomes[1].detail
+
+
+def test_an_outcome_announced_again_later_under_its_id_is_stored_once(store):
+    # The training service announces a run's outcome again when a replayed trigger finds the version trained
+    # (services/training/run_events.py, already_trained): the same event id, a new event time.
+    first = report("r9", "eligible", 0, step="evaluate", elapsed_s=300, candidate="9", champion="8",
+                   candidate_map50=0.7, champion_map50=0.6)
+    again = report("r9", "eligible", 90, step="evaluate", elapsed_s=0, candidate="9", champion="8",
+                   candidate_map50=0.7, champion_map50=0.6, event_id=first.envelope.event_id)
+    assert handle(store, message(first)) == [[]]
+    assert handle(store, message(again)) == [[]]
+    [[rows]] = store.query_readonly("SELECT count() FROM training_runs WHERE run_id = 'r9'")["rows"]
+    assert rows == 1
+    [run] = named(store, "training_runs", state="eligible", dataset="people", since="", until="")[:1]
+    assert (run["run_id"], run["elapsed_s"]) == ("r9", 300)
