@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 VIGIL := $(VENV)/bin/vigil
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status test test-unit test-integration bench protos manifests lock clean-state
+.PHONY: install up down status demo-loop test test-unit test-integration bench protos manifests lock clean-state
 
 $(STAMP): requirements.lock pyproject.toml tools/install_system_packages.sh
 	bash tools/install_system_packages.sh
@@ -30,6 +30,11 @@ down:
 status:
 	$(VIGIL) status
 
+# The feedback loop on the running stack (`make up` first), watched on the dashboard: a camera darkens, drift
+# alerts, a scripted annotator labels, a version is committed, a candidate trained, gated, rolled out, promoted.
+demo-loop: install
+	$(VIGIL) demo loop
+
 # The unit tests first, offline and without the stack or its downloads (a failure stops here, so CI fails fast);
 # then the stack's downloads and the integration tests, with the unit tests marked heavy (asset downloads, model
 # builds, quantization).
@@ -52,6 +57,7 @@ bench: install
 	$(PY) -m bench.annotation_selection
 	$(PY) -m bench.annotation_ui
 	$(PY) -m bench.datasets
+	$(PY) -m bench.loop
 
 # Regenerate protos/*_pb2*.py from protos/*.proto (a test fails when they are stale).
 protos:

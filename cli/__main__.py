@@ -176,7 +176,7 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "tail": cmd_ta
 # Command groups that live in modules of their own (e.g. `vigil cameras ...`, `vigil models ...`). Each
 # module has `register(subparsers) -> dict[str, Callable[[LocalStack, argparse.Namespace], int]]`.
 COMMAND_MODULES: list[str] = ["cli.cameras", "cli.sensors", "cli.models", "cli.drift", "cli.annotations",
-                              "cli.datasets", "cli.train"]
+                              "cli.datasets", "cli.train", "cli.demo.loop"]
 
 
 def _register_command_modules(sub: argparse._SubParsersAction) -> None:

@@ -32,7 +32,7 @@ def main() -> None:
     client = object_store_client(object_store)
     ensure_bucket(client, settings.bucket)
 
-    store = DatasetStore(client, settings.bucket)
+    store = DatasetStore(client, settings.bucket, bucket_s=settings.split_group_s)
     intake = LabelIntake(store, lambda ref: get_verified(client, ref), settings.dataset, settings.branch,
                          CommitPolicy(settings.commit_every_labels, settings.commit_every_min * 60))
     adapter = LabelsAdapter(intake)

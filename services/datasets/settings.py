@@ -17,6 +17,9 @@ class DatasetsSettings(ServiceSettings):
                                      "waiting...")
     commit_every_min: float = Field(10.0, gt=0, description="...or when the oldest waiting label has waited this "
                                     "many minutes, whichever comes first.")
+    split_group_s: float = Field(600.0, gt=0, description="Frames of one camera captured within the same period of "
+                                 "this many seconds share a split (train, val or test), so neighbouring frames "
+                                 "never sit on both sides of an evaluation.")
     commit_host: str = Field("127.0.0.1", description="Address of the commit endpoint (POST /commit commits the "
                              "waiting labels now).")
     commit_port: int = Field(8094, description="Port of the commit endpoint.")

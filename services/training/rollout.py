@@ -30,7 +30,7 @@ import numpy as np
 
 from libs.common.box_agreement import box_agreement
 from protos import events_pb2
-from services.inference.core.routing import in_canary
+from services.inference.core.routing import camera_position, in_canary
 
 SHADOW, CANARY, PROMOTED, ROLLED_BACK = "shadow", "canary", "promoted", "rolled_back"
 EMPTY = "(no detection)"
@@ -60,6 +60,14 @@ class RolloutPolicy:
         return self.shadow_min_s if stage == SHADOW else self.canary_min_s
 
 
+def canary_share(cameras: set[str], share: float) -> float:
+    """`share`, or, when no camera seen falls in it (a site of few cameras), the least share that takes one: a
+    canary without traffic would judge nothing."""
+    if not cameras or any(in_canary(camera, share) for camera in cameras):
+        return share
+    return min(1.0, min(camera_position(camera) for camera in cameras) + 1e-6)
+
+
 @dataclass(frozen=True)
 class Rollout:
     """A candidate in a stage, as the registry says: `candidate` and `champion` are the model.json versions their
@@ -71,6 +79,7 @@ class Rollout:
     stage: str
     since: float
     share: float = 0.0
+    cameras: tuple[str, ...] = ()  # the cameras the candidate was trained on
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,7 @@ class RolloutJudge:
         # model -> event time of the candidate's first result in the stage: the champion's results before it are
         # not held against the candidate (it was still being downloaded and warmed up on the servers).
         self.live_since: dict[str, float] = {}
+        self.cameras: dict[str, set[str]] = {}  # model -> cameras whose results were seen (for the canary's share)
         # (model, frame event id) -> (received at, side, result): the first half of a pair, oldest first.
         self._pending: OrderedDict[tuple[str, str], tuple[float, str, events_pb2.InferenceResult]] = OrderedDict()
 
@@ -190,6 +200,8 @@ class RolloutJudge:
         if rollout is None or at < rollout.since:
             return
         side = {rollout.candidate: "candidate", rollout.champion: "champion"}.get(result.model.version)
+        if side is not None:
+            self.cameras.setdefault(rollout.model, set()).add(result.camera_id)
         if side is None or not self._expects_pair(rollout, result):
             return
         if side == "candidate":

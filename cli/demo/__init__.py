@@ -1,0 +1,1 @@
+"""Demonstrations on the running local stack (`vigil demo ...`)."""
