@@ -6,15 +6,14 @@ DatasetStore; and the same version with its train and val labels shuffled among 
 SeaweedFS S3, the store on it and the version."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-import openvino as ov
 import pytest
 
+from cli.demo.reference import reference_model_dir
 from cli.stack.objectstore import ReadOnlyIdentity
 from libs.common.cache_dir import default_cache_dir
 from libs.common.objectstore import ensure_bucket
@@ -31,22 +30,6 @@ SITE_CLASSES = ("person", "car", "bicycle")  # the site's label schema: the refe
 # The S3's read-only identity of the dataset bucket, as the local stack gives the store's readers (training).
 READER = ReadOnlyIdentity("vigil-datasets-reader", "site-reader", "site-reader-secret", ("vigil-datasets",))
 CAPTURED_FROM = 1_800_000_000.0  # the first frame's capture time; frames follow at the footage's 10 fps
-
-
-def reference_model_dir(base_dir: Path, out: Path, size: tuple[int, int]) -> Path:
-    """The base YOLO dir with its network reshaped to `size` (width, height): the same weights seeing the frame
-    at a higher resolution (the heads' grids follow the input)."""
-    width, height = size
-    out.mkdir(parents=True)
-    model = ov.Core().read_model(base_dir / "model.xml")
-    model.reshape({model.input(0).get_any_name(): [1, 3, height, width]})
-    ov.save_model(model, out / "model.xml", compress_to_fp16=False)
-    for name in ("labels.txt", "embedding_projection.npy"):
-        (out / name).write_bytes((base_dir / name).read_bytes())
-    metadata = json.loads((base_dir / "model.json").read_text())
-    metadata["input"]["shape"] = [1, 3, height, width]
-    (out / "model.json").write_text(json.dumps({**metadata, "name": "reference"}))
-    return out
 
 
 def site_store(client) -> DatasetStore:
