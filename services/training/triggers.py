@@ -4,6 +4,7 @@ was trained on: a replayed announcement finds its candidate there and is not tra
 `trained_version`, which reads the registry."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -14,8 +15,11 @@ from protos import events_pb2
 class TriggerPolicy:
     datasets: frozenset[str] = frozenset()  # empty: every dataset
     min_items: int = 40
+    # A version committed longer ago is history (a first start reads vigil.datasets from its beginning), not a
+    # trigger; None: any age.
+    max_age_s: float | None = None
 
-    def skip_reason(self, event: events_pb2.DatasetVersion) -> str | None:
+    def skip_reason(self, event: events_pb2.DatasetVersion, now_s: float | None = None) -> str | None:
         """Why this announcement starts no job, or None when it does."""
         if event.action != "commit":
             return f"action {event.action or '(none)'}, not a commit"
@@ -26,6 +30,10 @@ class TriggerPolicy:
         items = labelled_items(event)
         if items < self.min_items:
             return f"{items} labelled items, fewer than {self.min_items}"
+        committed_ns = event.envelope.event_time.ToNanoseconds()
+        age_s = (time.time() if now_s is None else now_s) - committed_ns / 1e9
+        if self.max_age_s is not None and committed_ns and age_s > self.max_age_s:
+            return f"committed {age_s / 3600:.1f} h ago, longer than {self.max_age_s / 3600:.1f} h"
         return None
 
 

@@ -53,3 +53,13 @@ def test_a_version_trained_with_the_same_seed_is_found_in_the_registry():
     assert first_trained_on([other_seed, converted], "site", "abc123", 0) is None
     assert first_trained_on([same], "site", "abc124", 0) is None
     assert first_trained_on([same], "lab", "abc123", 0) is None
+
+
+def test_a_version_committed_long_ago_is_history_not_a_trigger():
+    event = announced()
+    event.envelope.event_time.FromSeconds(1_000_000)
+    policy = TriggerPolicy(max_age_s=24 * 3600)
+    assert policy.skip_reason(event, now_s=1_000_000 + 3600) is None
+    assert "25.0 h ago" in policy.skip_reason(event, now_s=1_000_000 + 25 * 3600)
+    assert TriggerPolicy().skip_reason(event, now_s=1_000_000 + 25 * 3600) is None  # no limit
+    assert policy.skip_reason(announced(), now_s=1e10) is None  # no commit time: not judged by age
