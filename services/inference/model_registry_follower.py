@@ -29,7 +29,7 @@ from libs.common.topics import MODELS
 from libs.model_registry.announcements import (
     announce, announcements_table, primaries, repair_announcements, rollout_share, rollouts,
 )
-from libs.model_registry.manifest import MANIFEST, RegistryError, checked_file_paths, file_digest
+from libs.model_registry.manifest import MANIFEST, file_digest
 from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
 from services.inference.core.model_repository import ModelNotFound, PinnedRepository
@@ -39,14 +39,17 @@ log = get_logger(__name__)
 
 
 def verified_download(registry: ModelRegistry, name: str, version: int, cache_dir: Path) -> Path:
-    """`cache_dir/NAME/VERSION`, re-used if every file still matches the manifest saved with it, else
-    (re-)downloaded and verified by the registry."""
+    """`cache_dir/NAME/VERSION`, re-used if every file matches the registry's manifest of that version, else
+    (re-)downloaded and verified by the registry. The registry's manifest, not the one cached with the files: the
+    cache outlives a registry (a new bucket, a fresh stack), whose version 2 may be another model than the
+    cached version 2 of an earlier one."""
     dest = Path(cache_dir) / name / str(version)
+    manifest = registry.manifest(name, version)
     try:
-        manifest = checked_file_paths(json.loads((dest / MANIFEST).read_text()))
         if all(file_digest(dest / f["path"]) == (f["sha256"], f["size"]) for f in manifest["files"]):
+            (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
             return dest
-    except (OSError, ValueError, KeyError, RegistryError):
+    except OSError:
         pass
     shutil.rmtree(dest, ignore_errors=True)
     return registry.download(name, version, dest)
