@@ -56,9 +56,9 @@ def main() -> None:
     producer = DeliveringProducer(producer_config(kafka, client_id="training"))
     rollout = start_rollout(runtime, kafka, settings, registry, default_champion)
     adapter = DatasetVersionsAdapter(
-        train, TriggerPolicy(frozenset(settings.datasets), settings.min_items, settings.max_age_h * 3600), registry, settings.base_model,
-        settings.seed, publish=lambda out: (producer.produce(out), producer.poll(0)), stop=runtime.stop,
-        beat=heartbeat.beat, progress_every_s=settings.progress_every_s,
+        train, TriggerPolicy(frozenset(settings.datasets), settings.min_items, settings.max_age_h * 3600), registry,
+        settings.base_model, settings.seed, publish=lambda out: (producer.produce(out), producer.poll(0)),
+        stop=runtime.stop, beat=heartbeat.beat, progress_every_s=settings.progress_every_s,
         on_eligible=rollout.start_for if settings.rollout else None,
     )
     runner = KafkaRunner(kafka, service="training", group_id="vigil-training", topics=[DATASETS],
