@@ -1,7 +1,8 @@
 """A candidate version of the default model rolled out through the registry on a real stack (SeaweedFS, Kafka,
 the inference service): `vigil models rollout` in shadow puts its results on vigil.inference.shadow while the
 champion keeps vigil.inference; as a canary on every camera it serves vigil.inference with the champion as the
-shadow; the service restarted mid-rollout resumes it from vigil.models; `--end` stops it."""
+shadow; the service restarted mid-rollout resumes it from vigil.models; `--end` stops it, and a promotion of the
+candidate makes it the primary for every camera and ends its rollout."""
 from __future__ import annotations
 
 import time
@@ -115,12 +116,19 @@ def test_a_candidate_runs_in_shadow_then_as_a_canary_survives_a_restart_and_stop
     assert cmd_rollout(stack, rollout_args(end=True, reason="enough")) == 0
     assert registry.rollout(NAME) is None
     frames.until({c: (champion, None) for c in CAMERAS}, "the candidate stopped")
+
+    # Shadow again, then the candidate promoted: it serves every camera and its rollout is over.
+    assert cmd_rollout(stack, rollout_args(version=2, stage="shadow")) == 0
+    frames.until({c: (champion, CANDIDATE) for c in CAMERAS}, "the candidate in shadow again")
+    assert cmd_promote(stack, types.SimpleNamespace(bucket=BUCKET, bootstrap=None, name=NAME, version=2)) == 0
+    frames.until({c: (CANDIDATE, None) for c in CAMERAS}, "the promoted candidate serving, no shadow")
+    assert registry.rollout(NAME) is None
     assert [e["action"] for e in registry.history(NAME)] == ["promote", "rollout", "rollout", "rollout",
-                                                             "end_rollout"]
+                                                             "end_rollout", "rollout", "promote"]
 
     bootstrap = stack.config.kafka_bootstrap
     keyed = [(m.key().decode(), events_pb2.ModelVersion.FromString(m.value()))
              for m in read_range(bootstrap, MODELS, None, end_offsets(bootstrap, MODELS))]
     assert [(v.stage, v.metadata["share"], v.metadata["action"]) for key, v in keyed if key == rollout_key(NAME)] == [
         ("shadow", "0.0", "rollout"), ("canary", "1.0", "rollout"), ("canary", "0.5", "rollout"),
-        ("retired", "0.0", "end_rollout")]
+        ("retired", "0.0", "end_rollout"), ("shadow", "0.0", "rollout"), ("retired", "0.0", "promote")]
