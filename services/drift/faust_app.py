@@ -2,7 +2,8 @@
 costs more per event than the 20,000 events/s target allows) or, VIGIL_DRIFT_SOURCE_READER=faust, a faust agent
 reads vigil.frames, vigil.inference, vigil.inference.shadow and vigil.inference.sensors in batches and hands them
 to the DriftProcessor; a timer closes the windows of subjects gone silent; a second agent follows
-vigil.drift.references (references set by hand). Every subject's state (open windows, the windows collected towards
+vigil.drift.references (references set by hand), a third vigil.rollouts (a promoted model's training cameras
+re-learn their input references: promotion.py). Every subject's state (open windows, the windows collected towards
 its reference, its alert, the offsets applied) is a value of the faust Table "drift-state", whose changelog topic
 rebuilds it after a restart or a SIGKILL.
 
@@ -30,12 +31,14 @@ from libs.common.kafka import DLQ_ERROR, DLQ_ORIGIN_OFFSET, DLQ_ORIGIN_PARTITION
 from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.settings import KafkaSettings
-from libs.common.topics import DRIFT_REFERENCES
+from libs.common.topics import DRIFT_REFERENCES, ROLLOUTS
 from protos import events_pb2
 from services.drift.processor import SOURCE_TOPICS, DriftProcessor, ProcessorOutput, reference_announcement
+from services.drift.promotion import Promotion, apply_promotion, plan_promotion, promotion_of, relearnt_references
 from services.drift.references import ReferenceStore
 from services.drift.settings import DriftSettings
 from services.drift.source_reader import read_sources
+from services.drift.window_reader import windows_in_range
 
 log = get_logger(__name__)
 SERVICE = "drift"
@@ -209,6 +212,47 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
                 log.info("reference set", subject=announcement.subject, source=announcement.source,
                          set_by=announcement.set_by)
 
+    async def accept_promotion(promotion: Promotion) -> None:
+        """The input references of the cameras a promoted model was trained on, re-learnt from their recent
+        windows read back from vigil.drift.windows (in a thread), or dropped to be learnt afresh (promotion.py)."""
+        await app.tables.recovery.completed.wait()
+        restore_once()
+        now = time.time()
+        plan = plan_promotion(processor.monitor, promotion, now)
+        for camera, why in plan.skipped.items():
+            log.info("reference kept after a promotion", camera=camera, promotion=promotion.source, why=why)
+        if not plan.relearn:
+            return
+
+        def read(selection, wanted) -> None:
+            windows_in_range(kafka, selection, wanted, late_s=0.0)
+        try:
+            profiles, thin = await asyncio.get_running_loop().run_in_executor(
+                None, relearnt_references, plan, processor.monitor, now, read)
+        except Exception as exc:  # noqa: BLE001 (unreadable history: learnt afresh from the next windows)
+            log.warning("recent windows not read back; references learnt afresh", promotion=promotion.source,
+                        error=f"{type(exc).__name__}: {exc}")
+            profiles, thin = [], [r.key for r in plan.relearn]
+        output = apply_promotion(processor.monitor, plan, profiles, thin, processor.touched)
+        for key in thin:
+            log.info("reference dropped after a promotion: learnt afresh from the next windows", subject=str(key),
+                     promotion=promotion.source)
+        await publish(output)
+
+    @app.agent(app.topic(ROLLOUTS, schema=RAW), name="drift-rollouts")
+    async def follow_rollouts(stream):
+        """Promotions: from the group's committed offset (the latest at a first start: promotions told before the
+        service existed are history its references already reflect, or not its business)."""
+        async for event in stream.events():
+            try:
+                promotion = promotion_of(event.message.value or b"")
+            except ValueError as exc:  # not the drift service's to dead-letter: the topic is the controller's
+                log.warning("rollout event not read", error=str(exc), offset=event.message.offset)
+                continue
+            if promotion is not None:
+                await accept_promotion(promotion)
+                heartbeat.beat()
+
     @app.timer(interval=max(1.0, min(5.0, settings.window_s / 6)))
     async def close_idle_windows():
         if not app.tables.recovery.completed.is_set():
@@ -218,6 +262,6 @@ def build_app(settings: DriftSettings, kafka: KafkaSettings, processor: DriftPro
         heartbeat.beat()
 
     # In place of the app's own handler, which only tells the consumer (faust sets it as the agents are made).
-    for agent in (*agents, follow_references):
+    for agent in (*agents, follow_references, follow_rollouts):
         agent._on_error = on_agent_crash  # noqa: SLF001
     return drift

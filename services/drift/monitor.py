@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.drift.alerts import CLEAR_AFTER, RAISE_AFTER, AlertDecision, AlertHysteresis, AlertState
-from services.drift.profiles import REFERENCE_WINDOWS, ReferenceBuilder, ReferenceProfile
+from services.drift.profiles import FIRST_WINDOWS, REFERENCE_WINDOWS, ReferenceBuilder, ReferenceProfile
 from services.drift.windows import (
     EMBEDDING_CAPACITY, NUMERIC_CAPACITY, WINDOW_S, ClosedWindow, ComparisonPolicy, DriftKey, TumblingWindows,
     WindowAccumulator, WindowVerdict, compare_window)
@@ -56,6 +56,12 @@ class DriftMonitor:
         alert stays open until the windows read clean against the new reference."""
         self.references[profile.key] = profile
         self.builders.pop(profile.key, None)
+
+    def relearn(self, key: DriftKey, source: str) -> None:
+        """The key's reference dropped, to be learnt afresh from its next windows, as a new key's is; the profile
+        they make carries `source` (why). An open alert stays open until the windows read clean against it."""
+        self.references.pop(key, None)
+        self.builders[key] = ReferenceBuilder(key, self.policy.reference_windows, self.policy.comparison, source)
 
     def close_idle(self, now: float) -> list[WindowOutcome]:
         """Close the windows the clock has passed (cameras gone silent) and return every outcome pending."""
@@ -119,13 +125,16 @@ class DriftMonitor:
         return {"open": [w.to_state() for w in self.windows.open.get(key, {}).values()],
                 "closed_until": self.windows.closed_until(key),
                 "collected": [w.to_json() for w in builder.collected] if builder else [],
+                "building_source": builder.source if builder else None,
                 "alert": alert.to_state() if alert else None}
 
     def restore_key(self, key: DriftKey, state: dict) -> None:
         self.windows.restore(key, [WindowAccumulator.from_state(w) for w in state["open"]], state["closed_until"])
-        if state["collected"] and key not in self.references:
+        # A reference being re-learnt (relearn) is restored with its reason even before its first window.
+        source = state.get("building_source") or FIRST_WINDOWS
+        if (state["collected"] or source != FIRST_WINDOWS) and key not in self.references:
             builder = self.builders[key] = ReferenceBuilder(key, self.policy.reference_windows,
-                                                            self.policy.comparison)
+                                                            self.policy.comparison, source)
             builder.collected = [ClosedWindow.from_json(w) for w in state["collected"]]
         if state["alert"] is not None:
             self.hysteresis.states[key] = AlertState.from_state(state["alert"])

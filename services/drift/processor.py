@@ -39,7 +39,7 @@ from services.drift.features import (
     InferenceColumns, InferenceOutput, ShadowPairing, record_frames, record_inferences, record_sensor_reading,
     record_sensor_score, record_shadow_disagreement)
 from services.drift.monitor import DriftMonitor, WindowOutcome
-from services.drift.profiles import ReferenceProfile
+from services.drift.profiles import FIRST_WINDOWS, TIME_RANGE, ReferenceProfile
 from services.drift.windows import DriftKey
 
 PRODUCER = "drift"
@@ -365,6 +365,11 @@ class DriftProcessor:
         return key
 
 
+# DriftReference.source of a profile's source; any other (a re-learning's reason, "promotion of yolov3-tiny version
+# 4") is announced as it is, so `vigil drift reference show` tells why the reference is what it is.
+ANNOUNCED_SOURCES = {FIRST_WINDOWS: "auto", TIME_RANGE: "manual"}
+
+
 def reference_announcement(profile: ReferenceProfile, ref: events_pb2.ObjectRef) -> Outbound:
     """The DriftReference for a profile stored at `ref`, keyed by subject on the compacted topic."""
     key = profile.key
@@ -373,12 +378,18 @@ def reference_announcement(profile: ReferenceProfile, ref: events_pb2.ObjectRef)
         envelope=new_envelope(subject.split("|")[0], PRODUCER, event_id=derived_id("reference", subject, ref.sha256)),
         subject=subject, camera_id=_camera(key), sensor_id=_sensor(key),
         model=events_pb2.ModelRef(name=key.model_name, version=key.model_version), profile=ref,
-        source="auto" if profile.source == "first_windows" else "manual", set_by=profile.set_by,
+        source=ANNOUNCED_SOURCES.get(profile.source, profile.source), set_by=profile.set_by,
         windows=profile.windows)
     announcement.set_time.FromNanoseconds(int(profile.set_at * 1e9))
     announcement.range_start.FromNanoseconds(int(profile.start * 1e9))
     announcement.range_end.FromNanoseconds(int(profile.end * 1e9))
     return Outbound(DRIFT_REFERENCES, announcement.SerializeToString(), subject.encode())
+
+
+def reference_withdrawal(key: DriftKey) -> Outbound:
+    """The subject's tombstone on vigil.drift.references: its reference is being learnt afresh, and a restarted
+    service must not load the old one back."""
+    return Outbound(DRIFT_REFERENCES, None, subject_of(key).encode())
 
 
 def _camera(key: DriftKey) -> str:

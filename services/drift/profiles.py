@@ -38,6 +38,8 @@ CALIBRATION_MAX_WINDOWS = 30
 # capped below the maximum, so a window wholly apart from the reference always counts.
 BOUNDED_METRICS = {"ks": 1.0, "jensen_shannon": 1.0}
 BOUNDED_CAP = 0.95
+# ReferenceProfile.source of an automatic reference and of one set by hand from a time range.
+FIRST_WINDOWS, TIME_RANGE = "first_windows", "time_range"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class ReferenceProfile:
     start: float  # event time span of the windows it was built from (seconds since the epoch)
     end: float
     windows: int
-    source: str  # "first_windows" (automatic) or "time_range" (set by hand)
+    # "first_windows" (automatic), "time_range" (set by hand), or why it was re-learnt: "promotion of yolov3-tiny
+    # version 4" (promotion.py)
+    source: str
     set_by: str
     set_at: float  # seconds since the epoch
     # feature -> (metric, threshold): a bound from the reference's own window-to-window spread (see above)
@@ -126,18 +130,19 @@ def profile_for_time_range(key: DriftKey, windows: Iterable[ClosedWindow], start
               and w.summary.frames >= policy.min_frames]
     if not chosen:
         raise ValueError(f"no window of {key} with at least {policy.min_frames} frames lies in the range")
-    return profile_from_windows(key, chosen, "time_range", set_by, set_at, policy)
+    return profile_from_windows(key, chosen, TIME_RANGE, set_by, set_at, policy)
 
 
 class ReferenceBuilder:
     """The automatic reference of one key: the first `windows` windows with at least `min_frames` frames after
-    the key appears (a window with too little data is skipped, not counted)."""
+    the key appears, or after its reference was dropped to be learnt afresh (`source` says why: a promotion); a
+    window with too little data is skipped, not counted."""
 
     def __init__(self, key: DriftKey, windows: int = REFERENCE_WINDOWS,
-                 policy: ComparisonPolicy = ComparisonPolicy()) -> None:
+                 policy: ComparisonPolicy = ComparisonPolicy(), source: str = FIRST_WINDOWS) -> None:
         if windows < 1:
             raise ValueError("a reference is built from at least one window")
-        self.key, self.windows, self.policy = key, windows, policy
+        self.key, self.windows, self.policy, self.source = key, windows, policy, source
         self.collected: list[ClosedWindow] = []
 
     def offer(self, window: ClosedWindow, now: float) -> ReferenceProfile | None:
@@ -147,7 +152,7 @@ class ReferenceBuilder:
         self.collected.append(window)
         if len(self.collected) < self.windows:
             return None
-        return profile_from_windows(self.key, self.collected, "first_windows", "drift", now, self.policy)
+        return profile_from_windows(self.key, self.collected, self.source, "drift", now, self.policy)
 
     @property
     def done(self) -> bool:

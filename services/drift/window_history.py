@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from protos import events_pb2
-from services.drift.profiles import CALIBRATION_MIN_WINDOWS, ReferenceProfile, profile_for_time_range
+from services.drift.profiles import (
+    CALIBRATION_MIN_WINDOWS, ReferenceProfile, profile_for_time_range, profile_from_windows)
 from services.drift.windows import ClosedWindow, ComparisonPolicy, DriftKey
 
 # Below this many windows with enough data a reference has no spread to learn thresholds from (profiles.py).
@@ -38,17 +39,21 @@ def closed_window(event: events_pb2.DriftWindow) -> ClosedWindow:
 @dataclass
 class RangeSelection:
     """The windows of a time range, by key: those lying wholly in [start, end), deduplicated (a window published
-    twice, after a restart, counts once), and how many were left out and why."""
+    twice, after a restart, counts once), and how many were left out and why. With `window_s`, only windows of
+    that length (another worker's, or a former setting's, are not the same measure)."""
 
     start: float
     end: float
     windows: dict[DriftKey, dict[float, ClosedWindow]] = field(default_factory=dict)
     unreadable: int = 0
+    window_s: float | None = None
 
     def offer(self, event: events_pb2.DriftWindow, wanted: Callable[[DriftKey], bool]) -> bool:
         key = key_of(event)
-        if not wanted(key) or not (self.start <= seconds(event.window_start)
-                                   and seconds(event.window_end) <= self.end):
+        start, end = seconds(event.window_start), seconds(event.window_end)
+        if not wanted(key) or not (self.start <= start and end <= self.end):
+            return False
+        if self.window_s is not None and abs(end - start - self.window_s) > 1e-3:
             return False
         try:
             window = closed_window(event)
@@ -69,6 +74,21 @@ def build_references(selection: RangeSelection, keys: Iterable[DriftKey], set_by
     """A reference set by hand for each key, from the selection's windows of that key."""
     return [profile_for_time_range(key, selection.usable(key, policy), selection.start, selection.end, set_by,
                                    set_at, policy) for key in keys]
+
+
+def recent_references(selection: RangeSelection, keys: Iterable[DriftKey], windows: int, min_windows: int,
+                      source: str, set_by: str, set_at: float, policy: ComparisonPolicy = ComparisonPolicy(),
+                      ) -> tuple[list[ReferenceProfile], list[DriftKey]]:
+    """For each key, a reference from its newest `windows` windows of the selection with enough data; the keys
+    with fewer than `min_windows` such windows are returned apart (nothing built for them)."""
+    profiles, thin = [], []
+    for key in keys:
+        usable = selection.usable(key, policy)[-windows:]
+        if len(usable) < min_windows:
+            thin.append(key)
+        else:
+            profiles.append(profile_from_windows(key, usable, source, set_by, set_at, policy))
+    return profiles, thin
 
 
 def camera_subject_filter(camera_id: str, model_name: str | None = None,
