@@ -294,13 +294,68 @@ async function refreshDatasets() {
   trail.dataset.rows = String(events.length);
 }
 
+// The loop, whatever the chosen window (the queries' own default: ten years): the newest training runs with their
+// progress and the gate's figures, each candidate's rollout (its stages in order, why its last step was taken),
+// and the newest rollout steps with the checks measured over the stage each one ended.
+function runProgress(r) {
+  if (r.state === "started") return "started";
+  const eta = r.eta_s === null ? "" : `, ~${Math.round(r.eta_s)} s left`;
+  const step = r.step ? `${r.step} ${r.done}/${r.total}` : "";
+  const elapsed = `${Math.round(r.elapsed_s)} s in`;
+  return r.state === "progress" ? `${step}${eta} (${elapsed})` : `${step ? step + ", " : ""}${elapsed}`;
+}
+
+const mapFigure = value => value === null ? "–" : value.toFixed(3);
+const stageName = stage => stage.replace("_", " ");
+
+async function refreshLoop() {
+  const [runs, rollouts, steps] = await Promise.all([
+    named("training_runs", {since: "", until: "", limit: 10}), named("rollouts", {since: "", until: "", limit: 10}),
+    named("rollout_steps", {since: "", until: "", limit: 10}),
+  ]);
+  const time = t => t.replace("T", " ").slice(0, 19);
+  const runTable = document.getElementById("training-runs");
+  runTable.querySelector("tbody").replaceChildren(...runs.map(r => {
+    const candidate = r.candidate_version ? ` (v${r.candidate_version} vs ${r.champion_version ? "v" + r.champion_version : "default"})` : "";
+    const row = tableRow(
+      [time(r.started_time), `${r.dataset}@${r.dataset_version.slice(0, 12)}`, r.base_model, r.state, runProgress(r),
+       `${mapFigure(r.candidate_map50)} / ${mapFigure(r.champion_map50)}${candidate}`, r.reasons.join("; ")],
+      {run: r.run_id, state: r.state, dataset: r.dataset});
+    row.cells[3].className = `loop-${r.state}`;
+    return row;
+  }));
+  runTable.dataset.rows = String(runs.length);
+  document.getElementById("training-runs-caption").textContent = runs.length ? "" : "no training run yet";
+  const rolloutTable = document.getElementById("rollouts");
+  rolloutTable.querySelector("tbody").replaceChildren(...rollouts.map(r => {
+    const row = tableRow(
+      [r.model_name, r.candidate_version, r.champion_version, r.stages.map(stageName).join(" → "), r.reason,
+       time(r.last_time)],
+      {model: r.model_name, version: r.candidate_version, stage: r.stage});
+    row.cells[3].className = `loop-${r.stage}`;
+    return row;
+  }));
+  rolloutTable.dataset.rows = String(rollouts.length);
+  // rollout_steps gives the newest steps per model oldest first: newest first here.
+  const newest = [...steps].sort((a, b) => seconds(b.event_time) - seconds(a.event_time));
+  const stepTable = document.getElementById("rollout-steps");
+  stepTable.querySelector("tbody").replaceChildren(...newest.map(s => tableRow(
+    [time(s.event_time), s.model_name, s.candidate_version,
+     `${s.previous_stage ? stageName(s.previous_stage) + " → " : ""}${stageName(s.stage)}` +
+       (s.stage === "canary" ? ` (${Math.round(s.canary_share * 100)}% of cameras)` : ""),
+     s.actor,
+     Object.entries(s.checks).sort().map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toFixed(3)}`).join(", ")],
+    {model: s.model_name, version: s.candidate_version, stage: s.stage})));
+  stepTable.dataset.rows = String(newest.length);
+}
+
 async function refreshAll() {
   const error = document.getElementById("error");
   try {
     nextWindow();
     await refreshCameras();
     await Promise.all([refreshLive(), refreshCharts(), refreshSensorAnomalies(), refreshModels(),
-                      refreshDrift(), refreshAnnotation(), refreshDatasets()]);
+                      refreshDrift(), refreshAnnotation(), refreshDatasets(), refreshLoop()]);
     error.textContent = "";
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.refreshed = String(Number(document.body.dataset.refreshed || 0) + 1);
