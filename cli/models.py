@@ -14,8 +14,9 @@ store.
                                                     S of the cameras (the primary as their shadow); announced
                                                     on vigil.models under NAME/rollout
   vigil models rollout NAME --end [--reason TEXT]   stop the rollout in progress
-  vigil models reconcile [--grace-s S]              announce the primaries vigil.models lacks (a promotion whose
-                                                    announcement was lost); the inference service does it too"""
+  vigil models reconcile [--grace-s S]              announce the primaries and rollouts vigil.models lacks (a
+                                                    change whose announcement was lost); the inference service
+                                                    does it too"""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
 from libs.model_registry.announcements import (
     AnnouncementFailed, announce, announce_rollout, announcement, announcements_table, primaries,
-    repair_announcements, rollout_announcement,
+    repair_announcements, repair_rollout_announcements, rollout_announcement, rollout_state, rollouts,
 )
 from libs.model_registry.history import Rollout
 from libs.model_registry.manifest import RegistryError
@@ -89,15 +90,21 @@ def cmd_reconcile(stack, args: argparse.Namespace) -> int:
     kafka = _kafka(stack, args)
     registry = _registry(stack, args)
     table = announcements_table(kafka.client_config(), "vigil-cli")
+    snapshot = table.snapshot()
     announced = {name: int(m.model.version)
-                 for name, m in primaries(table.snapshot().values(), registry.bucket).items()}
+                 for name, m in primaries(snapshot.values(), registry.bucket).items()}
     messages = repair_announcements(registry, announced, args.grace_s)
     if messages:
         announce_changes(kafka, messages)
     for message in messages:
         print(f"{message.model.name} version {message.model.version} announced as primary")
-    if not messages:
-        print(f"every primary is announced on {MODELS}")
+    announced_rollouts = {name: rollout_state(m) for name, m in rollouts(snapshot.items(), registry.bucket).items()}
+    rollout_messages = repair_rollout_announcements(registry, announced_rollouts, args.grace_s)
+    for message in rollout_messages:
+        announce_changes(kafka, [], message)
+        print(f"{message.model.name} version {message.model.version} announced as {message.stage} (rollout)")
+    if not messages and not rollout_messages:
+        print(f"every primary is announced on {MODELS}, and every rollout")
     return 0
 
 

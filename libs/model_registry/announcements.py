@@ -8,7 +8,8 @@ or "retired" once the rollout is over (the candidate no longer runs). A reader t
 
 The object store is the truth and the topic its announcement: a promotion written to the store whose
 announcement never went out (the writer died between the two) is found by `unannounced_primaries` and announced
-again by `repair_announcements`, which the inference service's registry follower runs periodically."""
+again by `repair_announcements` (a rollout's by `repair_rollout_announcements`), which the inference service's
+registry follower runs periodically."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ from typing import Iterable
 from libs.common.compacted import CompactedTable, TableWriteFailed
 from libs.common.envelope import new_envelope
 from libs.common.topics import MODELS
-from libs.model_registry.history import current_primary
+from libs.model_registry.history import current_primary, current_rollout
 from libs.model_registry.manifest import RegistryError
 from protos import events_pb2
 
@@ -149,3 +150,39 @@ def repair_announcements(registry, announced: dict[str, int], grace_s: float) ->
     stale = unannounced_primaries(histories, announced, datetime.now(timezone.utc), grace_s)
     return [announcement(registry.manifest(name, version), "primary", registry.artifact_ref(name, version),
                          "reconcile", RECONCILER) for name, version in sorted(stale.items())]
+
+
+RolloutState = tuple[int, str, float]  # (registry version, stage, share) as a rollout announcement states it
+
+
+def rollout_state(message: events_pb2.ModelVersion) -> RolloutState:
+    return int(message.model.version), message.stage, rollout_share(message)
+
+
+def unannounced_rollouts(histories: dict[str, list[dict]], announced: dict[str, RolloutState], now: datetime,
+                         grace_s: float) -> dict[str, RolloutState]:
+    """name -> the rollout state to announce, for the models whose rollout in the store is not the one last
+    announced: the store's rollout, or (the announced candidate, "retired", 0.0) when the topic still shows a
+    rollout the store has ended (by end_rollout or by a promotion). A change younger than grace_s is left alone."""
+    stale = {}
+    for name, history in histories.items():
+        rollout, said = current_rollout(history), announced.get(name)
+        if rollout is not None:
+            wanted = (rollout.version, rollout.stage, rollout.share)
+        elif said is not None and said[1] != "retired":
+            wanted = (said[0], "retired", 0.0)
+        else:
+            continue
+        if said != wanted and (now - datetime.fromisoformat(history[-1]["at"])).total_seconds() >= grace_s:
+            stale[name] = wanted
+    return stale
+
+
+def repair_rollout_announcements(registry, announced: dict[str, RolloutState], grace_s: float
+                                 ) -> list[events_pb2.ModelVersion]:
+    """The rollout announcements the topic lacks, from the registry's state (a ModelRegistry)."""
+    histories = {name: registry.history(name) for name in registry.models()}
+    stale = unannounced_rollouts(histories, announced, datetime.now(timezone.utc), grace_s)
+    return [rollout_announcement(registry.manifest(name, version), stage, registry.artifact_ref(name, version),
+                                 "reconcile", RECONCILER, share, "announced again from the registry's history")
+            for name, (version, stage, share) in sorted(stale.items())]

@@ -4,9 +4,9 @@ version) and hot-swapped in through ModelServer.load, which warms it beside the 
 assignment. A download or load that fails leaves the current version serving and is reported as a failed
 ModelStatus on vigil.monitoring.
 
-The object store is the registry's truth: every `reconcile_s` the follower compares each model's primary there
-with the primary last announced on vigil.models, and announces one whose announcement was lost (its writer died
-between the store and the topic), so every server and the metrics store get it after all.
+The object store is the registry's truth: every `reconcile_s` the follower compares each model's primary (and
+rollout) there with the one last announced on vigil.models, and announces one whose announcement was lost (its
+writer died between the store and the topic), so every server and the metrics store get it after all.
 
 A model's rollout (announced under the key "NAME/rollout") runs a candidate version of a served model beside
 it: downloaded the same way, loaded from its dir with the repository's loader, warmed up, then set in the
@@ -27,7 +27,8 @@ from libs.common.logs import get_logger
 from libs.common.ops import Heartbeat
 from libs.common.topics import MODELS
 from libs.model_registry.announcements import (
-    announce, announcements_table, primaries, repair_announcements, rollout_share, rollouts,
+    announce, announce_rollout, announcements_table, primaries, repair_announcements, repair_rollout_announcements,
+    rollout_key, rollout_share, rollout_state, rollouts,
 )
 from libs.model_registry.manifest import MANIFEST, file_digest
 from libs.model_registry.store import ModelRegistry
@@ -61,6 +62,7 @@ class ModelRegistryFollower:
                  reconcile_s: float = 60.0) -> None:
         self.reconcile_s = reconcile_s
         self.announced: dict[str, int] = {}  # name -> the primary last announced on the topic (every model)
+        self.announced_rollouts: dict[str, tuple[int, str, float]] = {}  # name -> its last rollout announcement
         self.registry = registry
         self.server = server
         self.repository = repository
@@ -176,13 +178,19 @@ class ModelRegistryFollower:
         return "cleared"
 
     def reconcile(self) -> list[str]:
-        """Announces the primaries the registry holds and the topic lacks; returns their model names."""
+        """Announces the primaries and rollouts the registry holds and the topic lacks; returns their keys."""
         messages = repair_announcements(self.registry, dict(self.announced), grace_s=self.reconcile_s)
         if messages:
             announce(self.table, messages)
             log.warning("promotions whose announcement was lost announced again",
                         models={m.model.name: m.model.version for m in messages})
-        return [m.model.name for m in messages]
+        rollout_messages = repair_rollout_announcements(self.registry, dict(self.announced_rollouts),
+                                                        grace_s=self.reconcile_s)
+        for message in rollout_messages:
+            announce_rollout(self.table, message)
+            log.warning("rollout stage whose announcement was lost announced again", model=message.model.name,
+                        version=message.model.version, stage=message.stage)
+        return [m.model.name for m in messages] + [rollout_key(m.model.name) for m in rollout_messages]
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -209,9 +217,10 @@ class ModelRegistryFollower:
         usable = [c for c in changes if not c.problem]
         latest = primaries([c.value for c in usable], self.registry.bucket)
         self.announced.update({name: int(message.model.version) for name, message in latest.items()})
+        latest_rollouts = rollouts([(c.key, c.value) for c in usable], self.registry.bucket)
+        self.announced_rollouts.update({name: rollout_state(m) for name, m in latest_rollouts.items()})
         steps = [(self.apply, message) for message in latest.values()]
-        steps += [(self.apply_rollout, message)
-                  for message in rollouts([(c.key, c.value) for c in usable], self.registry.bucket).values()]
+        steps += [(self.apply_rollout, message) for message in latest_rollouts.values()]
         for step, message in steps:
             if self._stop.is_set():
                 break

@@ -2,7 +2,8 @@
 the inference service): `vigil models rollout` in shadow puts its results on vigil.inference.shadow while the
 champion keeps vigil.inference; as a canary on every camera it serves vigil.inference with the champion as the
 shadow; the service restarted mid-rollout resumes it from vigil.models; `--end` stops it, and a promotion of the
-candidate makes it the primary for every camera and ends its rollout."""
+candidate makes it the primary for every camera and ends its rollout; a rollout whose announcement was lost is
+announced by reconciling."""
 from __future__ import annotations
 
 import time
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cli.models import cmd_promote, cmd_rollout
+from cli.models import cmd_promote, cmd_reconcile, cmd_rollout
 from libs.common.envelope import new_envelope
 from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SHADOW, MODELS
 from libs.model_registry.announcements import rollout_key
@@ -126,9 +127,15 @@ def test_a_candidate_runs_in_shadow_then_as_a_canary_survives_a_restart_and_stop
     assert [e["action"] for e in registry.history(NAME)] == ["promote", "rollout", "rollout", "rollout",
                                                              "end_rollout", "rollout", "promote"]
 
+    # A rollout recorded but never announced (its writer died in between) is announced by reconciling.
+    registry.set_rollout(NAME, 1, "shadow", "test", reason="the old champion, watched")
+    assert cmd_reconcile(stack, types.SimpleNamespace(bucket=BUCKET, bootstrap=None, grace_s=0.0)) == 0
+    frames.until({c: (CANDIDATE, champion) for c in CAMERAS}, "the old champion in shadow after reconciling")
+
     bootstrap = stack.config.kafka_bootstrap
     keyed = [(m.key().decode(), events_pb2.ModelVersion.FromString(m.value()))
              for m in read_range(bootstrap, MODELS, None, end_offsets(bootstrap, MODELS))]
     assert [(v.stage, v.metadata["share"], v.metadata["action"]) for key, v in keyed if key == rollout_key(NAME)] == [
         ("shadow", "0.0", "rollout"), ("canary", "1.0", "rollout"), ("canary", "0.5", "rollout"),
-        ("retired", "0.0", "end_rollout"), ("shadow", "0.0", "rollout"), ("retired", "0.0", "promote")]
+        ("retired", "0.0", "end_rollout"), ("shadow", "0.0", "rollout"), ("retired", "0.0", "promote"),
+        ("shadow", "0.0", "reconcile")]

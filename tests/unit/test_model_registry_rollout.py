@@ -2,10 +2,13 @@
 under NAME/rollout on vigil.models, beside the primary's."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 
 from libs.model_registry.announcements import (
-    announcement, primaries, rollout_announcement, rollout_key, rollout_name, rollout_share, rollouts,
+    announcement, primaries, rollout_announcement, rollout_key, rollout_name, rollout_share, rollout_state, rollouts,
+    unannounced_rollouts,
 )
 from libs.model_registry.history import (
     NoRollout, Rollout, current_primary, current_rollout, end_rollout_entry, promoted_stack, rollback_target,
@@ -111,3 +114,33 @@ def test_primaries_ignore_rollout_announcements_and_rollouts_take_only_those_und
     assert rollouts(entries, bucket="another-registry") == {}
     # A rollout announcement under a primary's key, or of another model than its key names, is not one.
     assert rollouts([(NAME, shadow), ("other/rollout", shadow), (rollout_key(NAME), None)]) == {}
+
+
+def stamped(entries, at="2026-11-29T10:00:00+00:00"):
+    return [{**e, "at": at} for e in entries]
+
+
+NOW = datetime(2026, 11, 29, 10, 1, tzinfo=timezone.utc)  # a minute after the entries
+
+
+def test_a_rollout_stage_whose_announcement_was_lost_is_found_once_older_than_the_grace():
+    history = stamped([promote(1), rollout(2, "canary", 0.25)])
+    assert unannounced_rollouts({NAME: history}, {}, NOW, grace_s=30) == {NAME: (2, "canary", 0.25)}
+    assert unannounced_rollouts({NAME: history}, {NAME: (2, "shadow", 0.0)}, NOW, 30) == {NAME: (2, "canary", 0.25)}
+    assert unannounced_rollouts({NAME: history}, {NAME: (2, "canary", 0.25)}, NOW, 30) == {}
+    assert unannounced_rollouts({NAME: history}, {}, NOW, grace_s=120) == {}, "its writer may be announcing it"
+
+
+def test_a_rollout_ended_in_the_store_but_still_announced_is_retired_and_none_is_left_alone():
+    ended = stamped([promote(1), rollout(2, "shadow"), END])
+    promoted = stamped([promote(1), rollout(2, "canary", 0.5), promote(2)])
+    for history in (ended, promoted):
+        assert unannounced_rollouts({NAME: history}, {NAME: (2, "canary", 0.5)}, NOW, 30) == {
+            NAME: (2, "retired", 0.0)}
+        assert unannounced_rollouts({NAME: history}, {NAME: (2, "retired", 0.0)}, NOW, 30) == {}
+    assert unannounced_rollouts({NAME: stamped([promote(1)])}, {}, NOW, 30) == {}
+
+
+def test_the_rollout_state_of_an_announcement_round_trips_its_share():
+    message = rollout_announcement(manifest(2), "canary", ARTIFACT, "rollout", "ci", 0.1 + 0.2)
+    assert rollout_state(message) == (2, "canary", 0.1 + 0.2)
