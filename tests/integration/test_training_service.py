@@ -77,6 +77,13 @@ def announced(stack, store, version, registry):
     wait_for(lambda: outcome_of(recorder, run), JOB_TIMEOUT_S, interval_s=2, what=f"the outcome of run {run}")
     yield event, recorder, run, primary
     recorder.stop()
+    # The stack's rollout controller (training's on_eligible) put the eligible candidate into shadow: ended here,
+    # so that the session's later tests find no rollout of the model in progress.
+    outcome = outcome_of(recorder, run)
+    rollout = registry.rollout(MODEL)
+    if outcome and rollout is not None and rollout.version == int(outcome[0].candidate.version):
+        print(f"ending the rollout of {MODEL}:{rollout.version} ({rollout.stage})")
+        registry.end_rollout(MODEL, by="test", reason="test_training_service is over")
 
 
 def test_an_announced_version_is_trained_with_progress_and_its_candidate_registered_with_lineage(
