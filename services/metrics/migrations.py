@@ -571,3 +571,13 @@ MIGRATIONS += [
         {_events_engine("model_name, event_time, event_id", None)}
     """),
 ]
+
+MIGRATIONS += [
+    # RolloutEvent gained the candidate's registry version (candidate_version is the version its results carry) and
+    # the cameras it was trained on (whose drift references are re-learnt once it is promoted).
+    (37, "rollout_events_cameras", """
+        ALTER TABLE rollout_events
+            ADD COLUMN IF NOT EXISTS registry_version UInt32 AFTER candidate_precision,
+            ADD COLUMN IF NOT EXISTS cameras Array(LowCardinality(String)) AFTER actor
+    """),
+]

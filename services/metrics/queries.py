@@ -252,12 +252,13 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
     NamedQuery(
         "rollout_steps", "Each model's rollout steps in order (shadow, canary, promoted or rolled_back): the "
                          "candidate and champion versions, the stage left and entered, why, the live checks over "
-                         "the stage that ended, the canary's share of cameras and who took the step; the newest "
+                         "the stage that ended, the canary's share of cameras, who took the step and the cameras "
+                         "the candidate was trained on; the newest "
                          "`limit` in the window, per model oldest first; filters model_name, candidate_version; "
                          "default window: ten years.",
         f"""SELECT * FROM (
-                SELECT event_time, model_name, candidate_version, champion_version, previous_stage, stage, reason,
-                       checks, canary_share, actor
+                SELECT event_time, model_name, candidate_version, registry_version, champion_version, previous_stage,
+                       stage, reason, checks, canary_share, actor, cameras
                 FROM rollout_events
                 WHERE {_EVENT_WINDOW} AND {_MODEL}
                   AND ({{candidate_version:String}} = '' OR candidate_version = {{candidate_version:String}})
@@ -267,15 +268,17 @@ NAMED_QUERIES: dict[str, NamedQuery] = {q.name: q for q in (
         default_window=timedelta(days=3650)),
     NamedQuery(
         "rollouts", "Each candidate version's rollout, newest first: its stages in order (e.g. shadow, canary, "
-                    "promoted), where it is now, why its newest step was taken, the champion, when it began and "
-                    "last moved; candidates whose newest step is in the window; filter model_name; default "
+                    "promoted), where it is now, why its newest step was taken, the champion, the cameras it "
+                    "was trained on, when it began and last moved; candidates whose newest step is in the window; filter model_name; default "
                     "window: ten years.",
         f"""SELECT * FROM (
-                SELECT model_name, candidate_version, argMax(champion_version, ordering) AS champion_version,
+                SELECT model_name, candidate_version, max(registry_version) AS registry_version,
+                       argMax(champion_version, ordering) AS champion_version,
                        arrayMap(step -> step.2, arraySort(groupArray((ordering, stage_entered)))) AS stages,
                        argMax(stage, ordering) AS stage, argMax(reason, ordering) AS reason,
                        argMax(checks, ordering) AS checks, argMax(canary_share, ordering) AS canary_share,
-                       min(event_time) AS started_time, max(event_time) AS last_time
+                       arraySort(groupUniqArrayArray(cameras)) AS cameras, min(event_time) AS started_time,
+                       max(event_time) AS last_time
                 FROM (SELECT *, (event_time, {_ROLLOUT_STAGE_RANK}) AS ordering, stage AS stage_entered
                       FROM rollout_events
                       WHERE {_MODEL} LIMIT 1 BY event_id)

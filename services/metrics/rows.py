@@ -87,7 +87,8 @@ TRAINING_RUNS = TableSpec("training_runs", (
     ids_across_time=True)
 ROLLOUT_EVENTS = TableSpec("rollout_events", (
     "event_id", "model_name", "candidate_version", "candidate_precision", "champion_name", "champion_version",
-    "stage", "previous_stage", "reason", "checks", "canary_share", "actor", "event_time"))
+    "stage", "previous_stage", "reason", "checks", "canary_share", "actor", "event_time", "registry_version",
+    "cameras"))
 TABLES = {spec.name: spec for spec in (INFERENCE, MONITORING, CAMERA_HEALTH, DRIFT, DRIFT_WINDOWS, DRIFT_ALERTS,
                                        DEAD_LETTERS, SENSOR_ANOMALIES, MODEL_VERSIONS, ANNOTATIONS,
                                        ANNOTATION_TASKS, DATASET_EVENTS, TRAINING_RUNS, ROLLOUT_EVENTS)}
@@ -239,7 +240,8 @@ def _rollout_model(rollout: events_pb2.RolloutEvent) -> str:
 
 def rollout_event_row(rollout: events_pb2.RolloutEvent) -> tuple[Any, ...]:
     """One row in the order of ROLLOUT_EVENTS' columns: a step of a candidate's rollout (vigil.rollouts: shadow,
-    canary, promoted, rolled_back), why it was taken, and the live checks measured over the stage it ends."""
+    canary, promoted, rolled_back), why it was taken, the live checks measured over the stage it ends, and the
+    cameras the candidate was trained on."""
     if not _rollout_model(rollout):
         raise InvalidEvent("RolloutEvent names no model (candidate.name and champion.name are empty)")
     if not rollout.stage:
@@ -249,6 +251,7 @@ def rollout_event_row(rollout: events_pb2.RolloutEvent) -> tuple[Any, ...]:
         _uuid(rollout.envelope.event_id, "envelope.event_id"), _rollout_model(rollout), candidate.version,
         candidate.precision, champion.name, champion.version, rollout.stage, rollout.previous_stage,
         rollout.reason, dict(rollout.checks), rollout.canary_share, rollout.actor, _ms(rollout.envelope.event_time),
+        rollout.registry_version, list(rollout.cameras),
     )
 
 

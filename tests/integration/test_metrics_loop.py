@@ -48,7 +48,8 @@ def rollout_step(model: str, minute: int, candidate: str, champion: str, stage: 
                               event_id=str(uuid.uuid4())),
         candidate=events_pb2.ModelRef(name=model, version=candidate),
         champion=events_pb2.ModelRef(name=model, version=champion), stage=stage, previous_stage=previous,
-        reason=reason, checks=checks or {}, canary_share=share, actor="rollout")
+        reason=reason, checks=checks or {}, canary_share=share, actor="rollout", cameras=["dock", "lobby"],
+        registry_version=int(candidate))
 
 
 def count(stack, table: str, where: str) -> int:
@@ -126,6 +127,7 @@ def test_the_loop_queries_answer_through_the_api(stack, loop):
         ("5", "", "shadow"), ("5", "shadow", "canary"), ("5", "canary", "promoted"), ("6", "", "shadow"),
         ("6", "shadow", "rolled_back")]
     assert steps[-1]["reason"] == "disagreement 0.62 > 0.40" and steps[-1]["checks"]["disagreement"] == 0.62
+    assert (steps[-1]["registry_version"], steps[-1]["cameras"]) == (6, ["dock", "lobby"])
     rollouts = named(stack, "rollouts", model_name=model)
     assert [(r["candidate_version"], r["stages"], r["stage"]) for r in rollouts] == [
         ("6", ["shadow", "rolled_back"], "rolled_back"), ("5", ["shadow", "canary", "promoted"], "promoted")]
@@ -148,7 +150,8 @@ def test_the_dashboard_shows_the_run_and_each_rollout(stack, loop):
     # started, dataset@version, base model, state, progress, mAP candidate / champion, why
     assert run[1:4] == [f"{dataset}@b2c3d4e5f6a7", model, "eligible"], run
     assert run[5] == "0.610 / 0.520 (v5 vs v4)", run
-    # model, candidate, champion, steps, why, last step
+    # model, candidate, champion, steps, why, last step, trained on cameras
     assert promoted[:5] == [model, "5", "4", "shadow → canary → promoted",
                             "canary passed its checks over 300 frames"], promoted
+    assert promoted[6] == "dock, lobby", promoted
     assert rolled_back[:5] == [model, "6", "5", "shadow → rolled back", "disagreement 0.62 > 0.40"], rolled_back

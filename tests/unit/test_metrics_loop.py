@@ -49,13 +49,15 @@ def report(run_id: str, state: str, minute: float, step: str = "", done: int = 0
 
 def step(candidate: str, stage: str, previous: str, minute: float, reason: str = "", champion: str = "4",
          checks: dict[str, float] | None = None, canary_share: float = 0.0, actor: str = "rollout",
-         model: str = MODEL, event_id: str | None = None) -> events_pb2.RolloutEvent:
-    """A rollout step as the rollout controller publishes it."""
+         model: str = MODEL, event_id: str | None = None, cameras: tuple[str, ...] = ("dock", "lobby")
+         ) -> events_pb2.RolloutEvent:
+    """A rollout step as the rollout controller publishes it; the registry version is the candidate's plus 10."""
     return events_pb2.RolloutEvent(
         envelope=envelope(minute, "rollout", event_id),
         candidate=events_pb2.ModelRef(name=model, version=candidate, precision="fp32"),
         champion=events_pb2.ModelRef(name=model, version=champion), stage=stage, previous_stage=previous,
-        reason=reason, checks=checks or {}, canary_share=canary_share, actor=actor)
+        reason=reason, checks=checks or {}, canary_share=canary_share, actor=actor, cameras=list(cameras),
+        registry_version=int(candidate) + 10 if candidate else 0)
 
 
 def rollback_alert(rollout: events_pb2.RolloutEvent) -> events_pb2.MonitoringEvent:
@@ -92,6 +94,7 @@ def test_a_rollout_step_is_one_row_with_its_checks():
     assert (row["stage"], row["previous_stage"], row["reason"], row["canary_share"], row["actor"]) == (
         "canary", "shadow", "shadow passed its checks over 300 frames", 0.5, "rollout")
     assert row["checks"] == {"frames": 300.0, "error_rate": 0.0, "disagreement": 0.12}
+    assert (row["registry_version"], row["cameras"]) == (15, ["dock", "lobby"])
 
 
 def test_reports_and_steps_without_what_they_are_about_are_invalid():
@@ -163,7 +166,7 @@ ROLLBACK = step("6", "rolled_back", "canary", 38, reason="disagreement 0.62 > 0.
 ROLLOUT_STEPS = [
     # yolov3-tiny 5: shadow, canary and promoted, the canary and the promotion in one millisecond (a hand-made
     # promotion right as the canary began).
-    step("5", "shadow", "", 6, reason="eligible: mAP@0.5 0.61 > 0.52"),
+    step("5", "shadow", "", 6, reason="eligible: mAP@0.5 0.61 > 0.52", cameras=("lobby", "dock")),
     step("5", "canary", "shadow", 16, reason="shadow passed its checks over 300 frames",
          checks={"frames": 300, "error_rate": 0.0, "latency_p95_ms": 31, "disagreement": 0.1}, canary_share=0.5),
     step("5", "promoted", "canary", 16, reason="promoted by hand", actor="ann",
@@ -174,7 +177,7 @@ ROLLOUT_STEPS = [
          checks={"frames": 300, "disagreement": 0.2}, canary_share=0.5),
     ROLLBACK,
     # Another model's shadow.
-    step("2", "shadow", "", 50, reason="eligible", model="ssdlite-person", champion="1"),
+    step("2", "shadow", "", 50, reason="eligible", model="ssdlite-person", champion="1", cameras=("gate",)),
 ]
 
 
@@ -259,6 +262,7 @@ def test_rollout_steps_are_each_models_steps_in_order(store, stored):
     assert (rollback["reason"], rollback["champion_version"], rollback["canary_share"], rollback["actor"]) == (
         "disagreement 0.62 > 0.40", "5", 0.5, "rollout")
     assert rollback["checks"] == {"frames": 250.0, "error_rate": 0.0, "disagreement": 0.62}
+    assert (rollback["registry_version"], rollback["cameras"]) == (16, ["dock", "lobby"])
     assert [s["stage"] for s in named(store, "rollout_steps", model_name=MODEL, candidate_version="5")] == [
         "shadow", "canary", "promoted"]
     # The newest two steps, per model oldest first.
@@ -276,6 +280,8 @@ def test_rollouts_give_each_candidates_path_and_where_it_is(store, stored):
     assert (rolled_back["reason"], rolled_back["champion_version"], rolled_back["checks"]["disagreement"]) == (
         "disagreement 0.62 > 0.40", "5", 0.62)
     assert rolled_back["started_time"].replace(tzinfo=timezone.utc) == T0 + timedelta(minutes=30)
+    assert [(r["registry_version"], r["cameras"]) for r in rollouts] == [
+        (12, ["gate"]), (16, ["dock", "lobby"]), (15, ["dock", "lobby"])]
     assert [r["candidate_version"] for r in named(store, "rollouts", model_name="ssdlite-person")] == ["2"]
 
 

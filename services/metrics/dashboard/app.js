@@ -330,7 +330,7 @@ async function refreshLoop() {
   rolloutTable.querySelector("tbody").replaceChildren(...rollouts.map(r => {
     const row = tableRow(
       [r.model_name, r.candidate_version, r.champion_version, r.stages.map(stageName).join(" → "), r.reason,
-       time(r.last_time)],
+       time(r.last_time), r.cameras.join(", ")],
       {model: r.model_name, version: r.candidate_version, stage: r.stage});
     row.cells[3].className = `loop-${r.stage}`;
     return row;
