@@ -3,16 +3,18 @@ store.
 
   vigil models import NAME DIR [--parent VERSION]   a converted model dir as the next immutable version
   vigil models list [--json]                        models, their versions, which one is primary
-  vigil models show NAME [VERSION] [--lineage]      a version's manifest as JSON (default: the latest); --lineage:
-                                                    where it comes from, back through its parents (a trained
-                                                    version: dataset@version, label tasks, cameras and times)
+  vigil models show NAME [VERSION] [--lineage]      a version's manifest as JSON (default: the latest), with the
+                                                    model's primary and rollout in progress under "registry";
+                                                    --lineage: where it comes from, back through its parents (a
+                                                    trained version: dataset@version, label tasks, cameras and
+                                                    times), and the rollout in progress
   vigil models promote NAME VERSION                 make VERSION the primary; announced on vigil.models
   vigil models rollback NAME                        the previously promoted version becomes primary again
   vigil models rollout NAME VERSION --stage shadow|canary [--share S] [--reason TEXT]
                                                     run VERSION beside the primary: in shadow (every camera's
                                                     frames also go through it) or as a canary serving a share
-                                                    S of the cameras (the primary as their shadow); announced
-                                                    on vigil.models under NAME/rollout
+                                                    S (default 0.25) of the cameras, the primary as their
+                                                    shadow; announced on vigil.models under NAME/rollout
   vigil models rollout NAME --end [--reason TEXT]   stop the rollout in progress
   vigil models reconcile [--grace-s S]              announce the primaries and rollouts vigil.models lacks (a
                                                     change whose announcement was lost); the inference service
@@ -31,7 +33,8 @@ from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
 from libs.model_registry.announcements import (
     AnnouncementFailed, announce, announce_rollout, announcement, announcements_table, primaries,
-    repair_announcements, repair_rollout_announcements, rollout_announcement, rollout_state, rollouts,
+    registry_rollout_announcement, repair_announcements, repair_rollout_announcements, rollout_state,
+    rollouts,
 )
 from libs.model_registry.history import Rollout
 from libs.model_registry.manifest import RegistryError
@@ -60,7 +63,7 @@ def announce_changes(kafka: KafkaSettings, messages: list[events_pb2.ModelVersio
         if rollout is not None:
             announce_rollout(table, rollout)
     except AnnouncementFailed as exc:
-        raise RegistryError(f"the promotion is recorded but not announced ({exc}); the inference service's "
+        raise RegistryError(f"the change is recorded but not announced ({exc}); the inference service's "
                             f"registry follower announces it within VIGIL_INFERENCE_REGISTRY_RECONCILE_S") from exc
 
 
@@ -76,9 +79,8 @@ def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: i
                                  action, _who()))
     ended = None
     if rollout_before is not None and rollout_before.version == primary:
-        ended = rollout_announcement(registry.manifest(name, primary), "retired",
-                                     registry.artifact_ref(name, primary), action, _who(),
-                                     reason=f"version {primary} is the primary")
+        ended = registry_rollout_announcement(registry, name, primary, "retired", action, _who(),
+                                              reason=f"version {primary} is the primary")
     announce_changes(_kafka(stack, args), messages, ended)
 
 
@@ -205,6 +207,9 @@ def cmd_rollback(stack, args: argparse.Namespace) -> int:
     return 0
 
 
+CANARY_SHARE = 0.25  # a canary's share of cameras without --share
+
+
 def cmd_rollout(stack, args: argparse.Namespace) -> int:
     """Writes the rollout stage to the model's history, then announces it (like promote)."""
     registry = _registry(stack, args)
@@ -216,13 +221,10 @@ def cmd_rollout(stack, args: argparse.Namespace) -> int:
     else:
         if args.version is None or not args.stage:
             raise RegistryError("a rollout needs VERSION and --stage shadow|canary (or --end)")
-        share = args.share if args.share is not None else (0.0 if args.stage == "shadow" else None)
-        if share is None:
-            raise RegistryError("a canary needs --share (0..1 of the cameras)")
+        share = args.share if args.share is not None else (0.0 if args.stage == "shadow" else CANARY_SHARE)
         registry.set_rollout(args.name, args.version, args.stage, _who(), share, args.reason)
         version, stage, action = args.version, args.stage, "rollout"
-    message = rollout_announcement(registry.manifest(args.name, version), stage,
-                                   registry.artifact_ref(args.name, version), action, _who(), share, args.reason)
+    message = registry_rollout_announcement(registry, args.name, version, stage, action, _who(), share, args.reason)
     announce_changes(_kafka(stack, args), [], message)
     print(rollout_line(args.name, registry.rollout(args.name)) if not args.end
           else f"{args.name}: rollout of version {version} ended")
@@ -256,7 +258,8 @@ def register(subparsers: argparse._SubParsersAction) -> dict:
     rollout.add_argument("name")
     rollout.add_argument("version", type=int, nargs="?")
     rollout.add_argument("--stage", choices=("shadow", "canary"))
-    rollout.add_argument("--share", type=float, help="canary: the share of cameras it serves, in (0, 1]")
+    rollout.add_argument("--share", type=float, help=f"canary: the share of cameras it serves, in (0, 1] "
+                         f"(default {CANARY_SHARE})")
     rollout.add_argument("--reason", default="", help="why, recorded in the history and the announcement")
     rollout.add_argument("--end", action="store_true", help="stop the rollout in progress")
     reconcile = sub.add_parser("reconcile", help="announce the primaries vigil.models lacks")

@@ -66,6 +66,13 @@ def rollout_announcement(manifest: dict, stage: str, artifact: events_pb2.Object
     return message
 
 
+def registry_rollout_announcement(registry, name: str, version: int, stage: str, action: str, by: str,
+                                  share: float = 0.0, reason: str = "") -> events_pb2.ModelVersion:
+    """rollout_announcement of `version` of `name` as the registry (a ModelRegistry) holds it."""
+    return rollout_announcement(registry.manifest(name, version), stage, registry.artifact_ref(name, version),
+                                action, by, share, reason)
+
+
 def rollout_share(message: events_pb2.ModelVersion) -> float:
     try:
         return float(message.metadata.get("share", "0") or 0.0)
@@ -183,6 +190,6 @@ def repair_rollout_announcements(registry, announced: dict[str, RolloutState], g
     """The rollout announcements the topic lacks, from the registry's state (a ModelRegistry)."""
     histories = {name: registry.history(name) for name in registry.models()}
     stale = unannounced_rollouts(histories, announced, datetime.now(timezone.utc), grace_s)
-    return [rollout_announcement(registry.manifest(name, version), stage, registry.artifact_ref(name, version),
-                                 "reconcile", RECONCILER, share, "announced again from the registry's history")
+    return [registry_rollout_announcement(registry, name, version, stage, "reconcile", RECONCILER, share,
+                                          "announced again from the registry's history")
             for name, (version, stage, share) in sorted(stale.items())]

@@ -6,6 +6,8 @@ candidate makes it the primary for every camera and ends its rollout; a rollout 
 announced by reconciling."""
 from __future__ import annotations
 
+import getpass
+import json
 import time
 import types
 
@@ -13,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cli.__main__ import main
 from cli.models import cmd_promote, cmd_reconcile, cmd_rollout
 from libs.common.envelope import new_envelope
 from libs.common.topics import FRAMES, INFERENCE, INFERENCE_SHADOW, MODELS
@@ -75,13 +78,19 @@ class Frames:
                  what=f"{what}: {expected} (last seen {seen[-1:]})")
 
 
+def vigil_models(stack, capsys, *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["--state-dir", str(stack.paths.state), "models", *args])
+    return code, capsys.readouterr().out
+
+
 def rollout_args(**kwargs):
     return types.SimpleNamespace(**{"bucket": BUCKET, "bootstrap": None, "name": NAME, "version": None,
                                     "stage": None, "share": None, "reason": "", "end": False, **kwargs})
 
 
 def test_a_candidate_runs_in_shadow_then_as_a_canary_survives_a_restart_and_stops_when_ended(rollout_stack,
-                                                                                              tmp_path):
+                                                                                              tmp_path, capsys):
     from tools.darknet_converter import ensure_default_model
 
     stack = rollout_stack
@@ -105,8 +114,14 @@ def test_a_candidate_runs_in_shadow_then_as_a_canary_survives_a_restart_and_stop
     frames.until({c: (CANDIDATE, champion) for c in CAMERAS}, "the candidate serving, the champion its shadow")
 
     # Half the cameras: cam-c (0.11) on the candidate, cam-a (0.60) back on the champion without a shadow.
-    assert cmd_rollout(stack, rollout_args(version=2, stage="canary", share=0.5)) == 0
+    assert vigil_models(stack, capsys, "rollout", NAME, "2", "--stage", "canary", "--share", "0.5")[0] == 0
     frames.until({"cam-c": (CANDIDATE, champion), "cam-a": (champion, None)}, "a canary on half the cameras")
+    code, out = vigil_models(stack, capsys, "show", NAME)
+    assert code == 0 and json.loads(out)["registry"]["primary"] == 1
+    assert {k: v for k, v in json.loads(out)["registry"]["rollout"].items() if k != "at"} == {
+        "version": 2, "stage": "canary", "share": 0.5, "by": f"cli/{getpass.getuser()}", "reason": ""}
+    assert "version 2 rolled out as a canary on 50% of the cameras" in vigil_models(
+        stack, capsys, "show", NAME, "1", "--lineage")[1]
 
     # Both keys are kept on the compacted topic: a restarted server serves the primary and resumes the canary.
     assert registry.primary(NAME) == 1 and registry.rollout(NAME) == Rollout(2, "canary", 0.5)
