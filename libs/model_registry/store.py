@@ -202,7 +202,8 @@ class ModelRegistry:
         """Writes the version's files into `dest` (created; must not exist), each checked against its sha256
         and size. A mismatch raises CorruptArtifact and leaves nothing at `dest`."""
         dest = Path(dest)
-        manifest = self.manifest(name, version)
+        _, manifest_bytes = self.manifest_bytes(name, version)
+        manifest = checked_file_paths(json.loads(manifest_bytes))
         if dest.exists():
             raise RegistryError(f"{dest} exists: download into a new directory")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,8 @@ class ModelRegistry:
                     raise CorruptArtifact(f"s3://{self.bucket}/{key} does not match its manifest (sha256 "
                                           f"{digest.hexdigest()[:12]}..., {size} bytes; expected "
                                           f"{entry['sha256'][:12]}..., {entry['size']} bytes): refused")
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            # As stored: its sha256 is the one announcements name (artifact_ref), so a cached copy is recognised.
+            (staging / MANIFEST).write_bytes(manifest_bytes)
             staging.rename(dest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -17,6 +17,7 @@ The announcements are a compacted table (libs/common/compacted.py), read whole o
 group offsets, so a restarted server serves the primary and resumes the rollout."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import threading
@@ -30,7 +31,7 @@ from libs.model_registry.announcements import (
     announce, announce_rollout, announcements_table, primaries, repair_announcements, repair_rollout_announcements,
     rollout_key, rollout_share, rollout_state, rollouts,
 )
-from libs.model_registry.manifest import MANIFEST, file_digest
+from libs.model_registry.manifest import MANIFEST, checked_file_paths, file_digest
 from libs.model_registry.store import ModelRegistry
 from protos import events_pb2
 from services.inference.core.model_repository import ModelNotFound, PinnedRepository
@@ -39,16 +40,27 @@ from services.inference.core.model_server import ModelLoadFailed, ModelServer
 log = get_logger(__name__)
 
 
-def verified_download(registry: ModelRegistry, name: str, version: int, cache_dir: Path) -> Path:
-    """`cache_dir/NAME/VERSION`, re-used if every file matches the registry's manifest of that version, else
-    (re-)downloaded and verified by the registry. The registry's manifest, not the one cached with the files: the
-    cache outlives a registry (a new bucket, a fresh stack), whose version 2 may be another model than the
-    cached version 2 of an earlier one."""
+def verified_download(registry: ModelRegistry, name: str, version: int, cache_dir: Path,
+                      manifest_sha256: str = "") -> Path:
+    """`cache_dir/NAME/VERSION`, re-used if every file matches the version's manifest, else (re-)downloaded and
+    verified by the registry. The manifest cached with the files counts only if its sha256 is the one announced
+    (`manifest_sha256`, the announcement's artifact), which needs no store: a server restarted while the store is
+    away still swaps in a cached version. Otherwise the registry's manifest counts: the cache outlives a registry
+    (a new bucket, a fresh stack), whose version 2 may be another model than an earlier one's cached version 2."""
     dest = Path(cache_dir) / name / str(version)
-    manifest = registry.manifest(name, version)
+    try:
+        cached = (dest / MANIFEST).read_bytes()
+    except OSError:
+        cached = None
+    if cached is not None and manifest_sha256 and hashlib.sha256(cached).hexdigest() == manifest_sha256:
+        data = cached
+    else:
+        data = registry.manifest_bytes(name, version)[1]
+    manifest = checked_file_paths(json.loads(data))
     try:
         if all(file_digest(dest / f["path"]) == (f["sha256"], f["size"]) for f in manifest["files"]):
-            (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            if data != cached:
+                (dest / MANIFEST).write_bytes(data)
             return dest
     except OSError:
         pass
@@ -102,7 +114,7 @@ class ModelRegistryFollower:
             self.current[name] = version
             return "current"
         try:
-            model_dir = verified_download(self.registry, name, version, self.cache_dir)
+            model_dir = verified_download(self.registry, name, version, self.cache_dir, message.artifact.sha256)
         except Exception as exc:
             reason = f"registry version {version}: {type(exc).__name__}: {exc}"
             self.server.on_status(name, source_version, "failed", reason + (
@@ -144,7 +156,7 @@ class ModelRegistryFollower:
         source_version = message.metadata.get("source_version", "")
         role = f"rollout {stage} of registry version {version}"
         try:
-            model_dir = verified_download(self.registry, name, version, self.cache_dir)
+            model_dir = verified_download(self.registry, name, version, self.cache_dir, message.artifact.sha256)
         except Exception as exc:
             self.server.on_status(name, source_version, "failed", f"{role}: {type(exc).__name__}: {exc}")
             log.warning("rollout candidate not downloaded", model=name, version=version, error=str(exc))
