@@ -128,6 +128,8 @@ def test_the_scripted_annotator_labels_queued_frames_through_the_api_and_they_ar
         assert measured.f1 == 1.0, (tid, measured)
         assert label.verdict == ("nothing_to_label" if tid == empty else "labelled")
         assert label.annotator in {c.name for c in credentials}
+        # What the datasets service needs of an accepted label to make it an item (labels_intake.label_problem).
+        assert label.frame.bucket == BUCKET and label.frame.key and (label.width, label.height) != (0, 0)
     assert accepted[contested].kind == "review" and accepted[contested].reviewer == credentials[1].name
     assert accepted[ids[1]].kind == "submission" and accepted[ids[1]].agreement == pytest.approx(1.0)
     person_labels = [label for label in labels_of(stack, {contested}) if label.annotator == person.name]
