@@ -32,7 +32,7 @@ from libs.common.objectstore import object_store_client
 from libs.common.settings import KafkaSettings, ObjectStoreSettings
 from libs.common.topics import CATALOG, MODELS, ensure_topics
 from libs.model_registry.announcements import (
-    AnnouncementFailed, announce, announce_rollout, announcement, announcements_table, primaries,
+    AnnouncementFailed, announce, announce_rollout, announcements_table, primaries, primary_change_announcements,
     registry_rollout_announcement, repair_announcements, repair_rollout_announcements, rollout_state,
     rollouts,
 )
@@ -68,19 +68,8 @@ def announce_changes(kafka: KafkaSettings, messages: list[events_pb2.ModelVersio
 
 
 def _announce_change(stack, args, registry: ModelRegistry, name: str, retired: int | None, primary: int,
-                     action: str, rollout_before=None) -> None:
-    """The retired primary, the new one, and, when the new primary is the candidate that was rolled out
-    (`rollout_before`), the end of that rollout."""
-    messages = []
-    if retired is not None and retired != primary:
-        messages.append(announcement(registry.manifest(name, retired), "retired",
-                                     registry.artifact_ref(name, retired), action, _who()))
-    messages.append(announcement(registry.manifest(name, primary), "primary", registry.artifact_ref(name, primary),
-                                 action, _who()))
-    ended = None
-    if rollout_before is not None and rollout_before.version == primary:
-        ended = registry_rollout_announcement(registry, name, primary, "retired", action, _who(),
-                                              reason=f"version {primary} is the primary")
+                     action: str, rollout_before: Rollout | None = None) -> None:
+    messages, ended = primary_change_announcements(registry, name, retired, primary, action, _who(), rollout_before)
     announce_changes(_kafka(stack, args), messages, ended)
 
 

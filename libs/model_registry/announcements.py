@@ -19,7 +19,7 @@ from typing import Iterable
 from libs.common.compacted import CompactedTable, TableWriteFailed
 from libs.common.envelope import new_envelope
 from libs.common.topics import MODELS
-from libs.model_registry.history import current_primary, current_rollout
+from libs.model_registry.history import Rollout, current_primary, current_rollout
 from libs.model_registry.manifest import RegistryError
 from protos import events_pb2
 
@@ -71,6 +71,25 @@ def registry_rollout_announcement(registry, name: str, version: int, stage: str,
     """rollout_announcement of `version` of `name` as the registry (a ModelRegistry) holds it."""
     return rollout_announcement(registry.manifest(name, version), stage, registry.artifact_ref(name, version),
                                 action, by, share, reason)
+
+
+def primary_change_announcements(registry, name: str, retired: int | None, primary: int, action: str, by: str,
+                                 rollout_before: Rollout | None = None
+                                 ) -> tuple[list[events_pb2.ModelVersion], events_pb2.ModelVersion | None]:
+    """What a promote or rollback (`action`) announces, from the registry (a ModelRegistry): the retired primary
+    (if another) and the new one, for `announce`; and when the new primary is the candidate rolled out before
+    (`rollout_before`, ModelRegistry.rollout before the change), the end of its rollout, for `announce_rollout`."""
+    messages = []
+    if retired is not None and retired != primary:
+        messages.append(announcement(registry.manifest(name, retired), "retired",
+                                     registry.artifact_ref(name, retired), action, by))
+    messages.append(announcement(registry.manifest(name, primary), "primary", registry.artifact_ref(name, primary),
+                                 action, by))
+    ended = None
+    if rollout_before is not None and rollout_before.version == primary:
+        ended = registry_rollout_announcement(registry, name, primary, "retired", action, by,
+                                              reason=f"version {primary} is the primary")
+    return messages, ended
 
 
 def rollout_share(message: events_pb2.ModelVersion) -> float:
