@@ -69,7 +69,7 @@ class Timeline:
 
     def stages(self) -> dict[str, float]:
         """Each stage's own duration: from the step before it to it."""
-        order = ["drift_detected", "first_task", "labelled_and_committed", "trained", "shadow", "canary",
+        order = ["drift_detected", "first_label", "labelled_and_committed", "trained", "shadow", "canary",
                  "promoted"]
         durations, previous = {}, 0.0
         for step in order:
@@ -88,8 +88,10 @@ def pace_services(stack_factory, paced: bool, progress=say) -> None:
 
 
 def run_loop(stack, args: argparse.Namespace) -> dict:
-    from cli.demo.annotator import run_annotator
-    from protos import events_pb2
+    from cli.annotations import BUCKET as ANNOTATION_BUCKET, stack_s3_client
+    from cli.demo.annotator import run_annotator, scripted_users
+    from cli.demo.reference import Reference
+    from services.annotation.web.users import UserStore
 
     config = stack.config
     events = EventLog(config.kafka_bootstrap, [MONITORING, DATASETS, TRAINING, ROLLOUTS, DRIFT_REFERENCES])
@@ -104,8 +106,18 @@ def run_loop(stack, args: argparse.Namespace) -> dict:
         events.wait_for(DRIFT_REFERENCES, lambda e: e.camera_id == args.camera and not e.model.name,
                         args.step_timeout, f"drift reference for {args.camera}", since=started)
 
-        annotator = threading.Thread(target=run_annotator, name="annotator", daemon=True, kwargs=dict(
-            base_url=config.annotation_url, credentials=args.annotator, stop=stop_annotating))
+        # The scripted annotator signs in as two people (an annotator, and a reviewer who also labels) and labels
+        # whatever is queued, from here to the promotion.
+        credentials = scripted_users(UserStore(stack_s3_client(stack), ANNOTATION_BUCKET))
+        labelled: dict = {}
+
+        def on_label(task: dict, _label: dict) -> None:
+            if task.get("camera_id") == args.camera and timeline.drift_at and "first_label" not in timeline.marks:
+                timeline.mark("first_label", time.time(), rule=task.get("selection", {}).get("rule"))
+
+        annotator = threading.Thread(target=lambda: labelled.update(stats=run_annotator(
+            f"http://127.0.0.1:{config.ports.annotation_ui}", credentials, stop_annotating, Reference.load(),
+            on_label=on_label)), name="annotator", daemon=True)
         annotator.start()
 
         timeline.drift_at = time.time()
@@ -150,8 +162,10 @@ def run_loop(stack, args: argparse.Namespace) -> dict:
                                   args.step_timeout, f"the drift alert of {args.camera} cleared",
                                   since=timeline.drift_at)
         timeline.mark("alert_cleared", cleared.at)
+        annotator.join(60)
         summary = {"stages_s": timeline.stages(), "marks_s": timeline.marks, **timeline.facts,
-                   "drift_to_promoted_s": timeline.marks.get("promoted")}
+                   "drift_to_promoted_s": timeline.marks.get("promoted"),
+                   "annotator": labelled["stats"].as_dict() if "stats" in labelled else None}
         if not args.skip_bad_runs:
             summary["worse_candidates"] = bad_runs(stack, events, version.event.version, args)
         return summary
