@@ -3,7 +3,7 @@ API (services/annotation/web/api.py) with its users' tokens, its answers taken f
 (reference.py: the served network at the frame's full 768x576, dark frames brightened first; F1 0.94 on the dusk
 camera's frames against its answers on the frames as filmed, see there).
 
-    stats = run_annotator("http://127.0.0.1:8090", scripted_users(users), stop, Reference.load(), max_tasks=40)
+    stats = run_annotator("http://127.0.0.1:8091", scripted_users(users), stop, Reference.load(), max_tasks=40)
 
 Each round, every user in turn leases their next task (GET /api/tasks/next, Bearer token), fetches its image, asks
 the reference, and submits: the boxes in the task's schema (its classes, at least its min_box_px a side, inside the

@@ -9,7 +9,7 @@ SERVICE = ServiceDeclaration(
     settings=(("annotation", AnnotationSettings),),
     start_rank=30,  # after inference (its results and its face model) and drift (its alerts)
     local_ops_port=9105,
-    ports=(ServicePort("annotation_ui", "ui_port", local_port=8090, container_port=8090),),
+    ports=(ServicePort("annotation_ui", "ui_port", local_port=8091, container_port=8091),),
     owns_topics=(topics.ANNOTATION_TASKS, topics.ANNOTATION_LABELS),
     peer_addresses=(PeerAddress("inference_grpc", service="inference", port="grpc"),),
     resources=Resources(cpu="500m", memory="512Mi"),

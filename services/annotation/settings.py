@@ -52,7 +52,7 @@ class AnnotationSettings(ServiceSettings):
                                               "(when it requires one).")
     # --- the review UI and API (services/annotation/web) ---
     ui_host: str = Field("127.0.0.1", description="Address of the review UI and its JSON API.")
-    ui_port: int = Field(8090, description="Port of the review UI and its JSON API.")
+    ui_port: int = Field(8091, description="Port of the review UI and its JSON API.")
     # --- consuming ---
     batch_max_events: int = Field(500, description="Results taken from Kafka at once.")
     batch_max_wait_s: float = Field(0.2, description="...or after this long, whichever comes first.")

@@ -56,6 +56,15 @@ def test_port_names_are_unique_across_the_stack_and_a_test_stack_gets_each_a_fre
     assert all(isinstance(getattr(ports, name), int) for name in names)
 
 
+def test_the_local_stacks_default_ports_are_all_different():
+    # Two services on one default port: the second of them fails to start on a fresh `make up`.
+    ports = StackPorts()
+    numbers = {name: getattr(ports, name) for name in ("kafka", "kafka_controller", "s3", "s3_master", "s3_volume",
+                                                       "s3_filer", "rtsp", *ports.services)}
+    clashes = {n: [name for name, p in numbers.items() if p == n] for n in numbers.values()}
+    assert {n: names for n, names in clashes.items() if len(names) > 1} == {}
+
+
 def test_a_stack_created_before_services_declared_their_ports_keeps_its_ports():
     old = {"kafka": 1, "kafka_controller": 2, "s3": 3, "s3_master": 4, "s3_volume": 5, "s3_filer": 6, "rtsp": 7,
            "grpc": 11, "query_api": 12, "ingest_ops": 13, "sensors_http": 14, "inference_ops": 15, "metrics_ops": 16}
