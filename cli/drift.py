@@ -16,7 +16,11 @@ in the object store and announces it on the compacted vigil.drift.references, wh
 next window is compared with it. Without --model a camera's input and every model version's outputs seen in the
 range get a reference; with --model, that model's outputs only (every version seen, or the one given). A subject
 with fewer than --min-windows usable windows in the range is left as it was (said on stderr); when none has
-enough, nothing is written and the exit code is 2."""
+enough, nothing is written and the exit code is 2.
+
+A reference's source, as `reference show` gives it: "auto" (the subject's first windows), "manual" (`reference
+set`), or "promotion of MODEL version V": the service re-learnt a camera's input reference from its windows since
+its drift began when a model trained on the camera's frames was promoted (services/drift/promotion.py)."""
 from __future__ import annotations
 
 import argparse
