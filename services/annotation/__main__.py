@@ -32,7 +32,7 @@ def selection_policy(settings: AnnotationSettings) -> SelectionPolicy:
         rare_class_share=settings.rare_class_share, drift_sample_rate=settings.drift_sample_rate,
         audit_share=settings.audit_share, camera_budget_per_hour=settings.camera_budget_per_hour,
         total_budget_per_hour=settings.total_budget_per_hour,
-        near_duplicate_distance=settings.duplicate_distance)
+        near_duplicate_distance=settings.duplicate_distance, near_duplicate_cooldown_s=settings.duplicate_cooldown_s)
 
 
 def ensure_schema(schemas: SchemaStore, settings: AnnotationSettings) -> None:

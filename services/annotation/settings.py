@@ -24,6 +24,9 @@ class AnnotationSettings(ServiceSettings):
     total_budget_per_hour: int = Field(600, ge=0, description="Most tasks made in an hour, all cameras.")
     duplicate_distance: int = Field(6, ge=0, le=64, description="Hamming distance (of 64 bits) under which a "
                                     "frame's perceptual hash is a near-duplicate of a recently selected one.")
+    duplicate_cooldown_s: float = Field(5.0, ge=0, description="After a near-duplicate is refused, the camera's "
+                                        "results are not looked at for this long (a static scene would otherwise "
+                                        "have every frame fetched and hashed only to be refused).")
     drift_lookback_h: float = Field(24.0, gt=0, description="How far back vigil.monitoring is read at start for "
                                     "drift alerts still open.")
     # --- the queue (services/annotation/queue.py) ---
