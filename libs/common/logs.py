@@ -93,6 +93,17 @@ def route_standard_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
 
 
+class _Stderr:
+    """Whatever sys.stderr is when a line is written: loggers are cached on first use, and one cached while
+    stderr was another stream (a test capturing it) would otherwise keep writing to that stream once closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
     global _configured
     route_standard_logging(service, level)
@@ -106,7 +117,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

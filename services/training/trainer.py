@@ -212,7 +212,7 @@ def train_candidate(dataset_store, dataset: str, version: str, base_model_dir: P
                        embedding_dims if with_embedding else 0)
     of = lambda split: [proposals[item.item_id] for item in splits[split]]  # noqa: E731
     rescoring = fit(of("train"), of("val") or of("train"), spec, params.proposal_threshold, params.l2,
-                    params.min_ground_truth, seed)
+                    params.min_ground_truth, seed, keep_recall_above=params.champion_threshold)
     timings["fit"] = time.monotonic() - t1
     progress.step("fit", 1, 1, t1)
 
