@@ -84,3 +84,15 @@ def test_a_camera_without_thresholds_of_its_own_gets_the_class_threshold():
     model = fit(synthetic(60, seed=1), synthetic(30, seed=2), spec, proposal_threshold=0.05)
     assert model.thresholds.of("unknown-camera", "person") == model.thresholds.classes["person"]
     assert model.thresholds.of("", "bicycle") == model.thresholds.default
+
+
+def test_a_threshold_never_finds_fewer_true_boxes_than_the_champion_serves():
+    from services.training.rescoring import best_f1_threshold
+    # Ten boxes to find: the best F1 serves only the 4 proposals on top (the next 4 true ones sit among 20 false
+    # alarms); the champion served 8 true ones: the threshold must serve at least 8.
+    probabilities = np.array([0.99, 0.98, 0.97, 0.96] + [0.5] * 24)
+    truth = np.array([True] * 4 + [True, False, False, False, False, False] * 4)
+    f1_only, _ = best_f1_threshold(probabilities, truth, ground_truth=10)
+    floored, _ = best_f1_threshold(probabilities, truth, ground_truth=10, min_true=8)
+    assert (probabilities[truth] >= f1_only).sum() == 4
+    assert (probabilities[truth] >= floored).sum() >= 8
