@@ -112,14 +112,15 @@ def best_f1_threshold(probabilities: np.ndarray, truth: np.ndarray, ground_truth
 
 
 def calibrate(probabilities: np.ndarray, proposals: Proposals, min_ground_truth: int = 5,
-              keep_recall_above: float | None = None) -> Thresholds:
+              keep_recall_above: float | None = None, recall_slack: float = 0.0) -> Thresholds:
     """Thresholds for the best F1: per class over all cameras, and per camera and class where that camera holds
     at least `min_ground_truth` boxes of the class (fewer give a threshold of noise); `default` (for classes the
     validation split never holds) is the best over every proposal together.
 
     `keep_recall_above` (the champion's served score threshold): no threshold may find fewer true boxes than the
-    base detector served at that score does. The best F1 alone trades recall for precision, and the gate refuses a
-    class whose recall (or AP, which the lost recall caps) falls below the champion's."""
+    base detector served at that score does, times (1 + `recall_slack`). The best F1 alone trades recall for
+    precision, and the gate refuses a class whose recall (or AP, which the lost recall caps) falls below the
+    champion's."""
     labels, cameras = np.array(proposals.labels, dtype=object), np.array(proposals.cameras, dtype=object)
     champion_true = (proposals.truth & (proposals.scores >= keep_recall_above)
                      if keep_recall_above is not None and proposals.scores is not None
@@ -127,7 +128,7 @@ def calibrate(probabilities: np.ndarray, proposals: Proposals, min_ground_truth:
 
     def best(mask: np.ndarray, ground_truth: int) -> float:
         return best_f1_threshold(probabilities[mask], proposals.truth[mask], ground_truth,
-                                 int(champion_true[mask].sum()))[0]
+                                 int(np.ceil(champion_true[mask].sum() * (1 + recall_slack))))[0]
 
     per_class = Counter()
     for (camera, label), count in proposals.ground_truth.items():
@@ -142,8 +143,8 @@ def calibrate(probabilities: np.ndarray, proposals: Proposals, min_ground_truth:
 
 
 def fit(train: Sequence[ItemProposals], val: Sequence[ItemProposals], spec: FeatureSpec, proposal_threshold: float,
-        l2: float = 1.0, min_ground_truth: int = 5, seed: int = 0, keep_recall_above: float | None = None
-        ) -> Rescoring:
+        l2: float = 1.0, min_ground_truth: int = 5, seed: int = 0, keep_recall_above: float | None = None,
+        recall_slack: float = 0.0) -> Rescoring:
     """The re-scoring stage fitted on `train`, its thresholds calibrated on `val` (see calibrate for
     `keep_recall_above`). `seed` is recorded (the fit is deterministic: Newton's method from zero)."""
     train_rows = labelled_proposals(train, spec)
@@ -151,9 +152,10 @@ def fit(train: Sequence[ItemProposals], val: Sequence[ItemProposals], spec: Feat
     unthresholded = Rescoring(spec, mean, scale, weights, bias, Thresholds(0.0), proposal_threshold)
     val_rows = labelled_proposals(val, spec)
     thresholds = calibrate(unthresholded.probabilities(val_rows.features), val_rows, min_ground_truth,
-                           keep_recall_above)
+                           keep_recall_above, recall_slack)
     return Rescoring(spec, mean, scale, weights, bias, thresholds, proposal_threshold, {
         "l2": l2, "seed": seed, "min_ground_truth": min_ground_truth, "keep_recall_above": keep_recall_above,
+        "recall_slack": recall_slack,
         "fitted_on": {"proposals": int(len(train_rows.truth)), "true": int(train_rows.truth.sum())},
         "calibrated_on": {"proposals": int(len(val_rows.truth)), "true": int(val_rows.truth.sum()),
                           "ground_truth": int(sum(val_rows.ground_truth.values()))},
