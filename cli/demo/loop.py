@@ -156,7 +156,8 @@ def run_loop(stack, args: argparse.Namespace) -> dict:
                                          and seen.at >= timeline.drift_at and seen.event.state == "refused"))
 
         def step(stage: str):
-            return events.wait_for(ROLLOUTS, lambda e: e.candidate.version == run.candidate.version
+            # The training run names the candidate by its registry version, as does each rollout step.
+            return events.wait_for(ROLLOUTS, lambda e: str(e.registry_version) == run.candidate.version
                                    and e.stage in (stage, "rolled_back"), args.step_timeout,
                                    f"rollout step {stage}", since=timeline.drift_at)
 
@@ -165,7 +166,6 @@ def run_loop(stack, args: argparse.Namespace) -> dict:
             if seen.event.stage == "rolled_back":
                 raise RuntimeError(f"the candidate was rolled back: {seen.event.reason}")
             timeline.mark(stage, seen.at, reason=seen.event.reason)
-        timeline.facts.update(candidate_registry_version=seen.event.registry_version)
         timeline.facts.pop("reason", None)
         stop_annotating.set()
 

@@ -47,12 +47,12 @@ def test_the_loop_closes_by_itself_and_worse_candidates_are_stopped(stack, tmp_p
                                                             "latency_ratio")), worse["forced_reason"]
 
     # The registry: the candidate is the primary, its lineage goes back to the dataset version and the camera.
-    name, _, version = summary["candidate"].partition(":")
-    shown = vigil(stack, "models", "show", name, str(summary["candidate_registry_version"]), "--lineage")
+    name, _, registry_version = summary["candidate"].partition(":")
+    shown = vigil(stack, "models", "show", name, registry_version, "--lineage")
     assert shown.returncode == 0, shown.stderr
     assert summary["version"] in shown.stdout and "loop-test" in shown.stdout
 
     # The metrics store: each rollout step is a row.
-    steps = query(stack, f"SELECT stage FROM rollout_events WHERE candidate_version = '{version}' "
-                         f"ORDER BY event_time")
+    steps = query(stack, f"SELECT stage FROM rollout_events WHERE model_name = '{name}' "
+                         f"AND registry_version = {int(registry_version)} ORDER BY event_time")
     assert [row["stage"] for row in steps] == ["shadow", "canary", "promoted"]
