@@ -66,9 +66,14 @@ def test_dusk_streams_the_demo_footage_at_a_tenth_of_its_brightness_and_loops_wi
         try:
             capture = open_rtsp(camera.rtsp_url(port, path))
             try:
-                for _ in range(110):
+                misses = 0
+                while len(seen[path]) < 110:
                     ok, frame = capture.read()
-                    assert ok and frame.shape[:2] == FRAME_SIZE, path
+                    if not ok:  # a read lost on a loaded machine (RTP over TCP, the decoder's timeout): not the mount
+                        misses += 1
+                        assert misses <= 10, f"{path}: {misses} reads failed"
+                        continue
+                    assert frame.shape[:2] == FRAME_SIZE, path
                     distance = float(np.abs(frame.astype(np.int16) - reference).mean())
                     seen[path].append((time.monotonic(), luma(frame), distance))
             finally:
