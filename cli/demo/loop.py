@@ -74,10 +74,9 @@ class Timeline:
         order = ["drift_detected", "first_label", "labelled_and_committed", "trained", "shadow", "canary",
                  "promoted"]
         durations, previous = {}, 0.0
-        for step in order:
-            if step in self.marks:
-                durations[step] = round(self.marks[step] - previous, 1)
-                previous = self.marks[step]
+        for step in sorted((step for step in order if self.marks.get(step, -1.0) >= 0), key=self.marks.get):
+            durations[step] = round(self.marks[step] - previous, 1)
+            previous = self.marks[step]
         return durations
 
 
