@@ -21,57 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.common import machine_description, raw_throughput, sample_frames, say
+from bench.stack_throughput import (
+    bench_stack, frames_produced, pipeline_throughput, query, skip_backlog, stored_rows,
+)
 from libs.common.cache_dir import default_cache_dir
-from cli.stack.local import LocalStack, StackPorts, install_stack
-
-
-def stored_rows(stack: LocalStack, where: str = "1") -> int:
-    from tests.integration.conftest import query
-    return query(stack, f"SELECT count() AS n FROM inference_events WHERE {where}")[0]["n"]
-
-
-def pipeline_throughput(stack: LocalStack, seconds: float, settle_s: float = 5.0) -> float:
-    """Inference events per second produced during a window of `seconds`, counted once they are stored.
-
-    Counted by the time inference produced them, `settle_s` after the window: the sink stores in batches of up
-    to a second while it already reads the next, so counting rows as they land would be off by a batch at
-    either end of the window (a few percent of 15 s)."""
-    deadline = time.monotonic() + 180
-    while stored_rows(stack) < 50:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the pipeline stored no rows in 180 s")
-        time.sleep(1)
-    started = datetime.now(timezone.utc)
-    time.sleep(seconds)
-    ended = datetime.now(timezone.utc)
-    time.sleep(settle_s)
-    window = " AND ".join(f"produced_time {op} toDateTime64('{moment.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}', 3, 'UTC')"
-                          for op, moment in ((">=", started), ("<", ended)))
-    return stored_rows(stack, window) / (ended - started).total_seconds()
-
-
-def frames_produced(stack: LocalStack) -> int:
-    from libs.common.topics import FRAMES
-    from tests.integration.kafka_tools import end_offsets
-    return sum(end_offsets(stack.config.kafka_bootstrap, FRAMES).values())
-
-
-def skip_backlog(stack: LocalStack, group: str = "vigil-inference") -> None:
-    """Moves the (stopped) inference group to the end of vigil.frames, so it starts on fresh frames."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient
-    from libs.common.topics import FRAMES
-    from tests.integration.kafka_tools import end_offsets
-
-    ends = end_offsets(stack.config.kafka_bootstrap, FRAMES)
-    admin = AdminClient({"bootstrap.servers": stack.config.kafka_bootstrap})
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(FRAMES, p, o) for p, o in ends.items()])
-    for future in admin.alter_consumer_group_offsets([request]).values():
-        future.result(timeout=30)
+from cli.stack.local import LocalStack, install_stack
 
 
 def live_latency(stack: LocalStack, seconds: float) -> dict[str, float]:
-    from tests.integration.conftest import query
     since = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     time.sleep(seconds)
     row = query(stack, (
@@ -97,11 +54,8 @@ def main() -> int:
     say(f"      {raw_fps:.1f} frames/s")
 
     state = Path(tempfile.mkdtemp(prefix="vigil-bench-"))
-    ports = StackPorts.free()
-    stack = LocalStack(state=state, cache=cache, ports=ports)
-    try:
-        say("[2/4] end to end: paced file cameras at 10 fps each → ingest → inference → ClickHouse ...")
-        stack.supervisor.up(progress=say)
+    say("[2/4] end to end: paced file cameras at 10 fps each → ingest → inference → ClickHouse ...")
+    with bench_stack(state, cache, progress=say) as stack:
         ramp = []
         for cameras in (4, 8, 12, 16):
             for i in range(cameras):
@@ -134,12 +88,11 @@ def main() -> int:
         say("[4/4] live camera latency at 5 fps ...")
         stack.supervisor.stop("inference", progress=say)
         skip_backlog(stack)
-        live = LocalStack(state=state, cache=cache)  # the stack's own config: the RTSP camera at 5 fps
+        # The stack's own config: the RTSP camera at 5 fps.
+        live = LocalStack(state=state, cache=cache, extra_env=stack.extra_env)
         live.up(progress=say)
         time.sleep(5)
         latency = live_latency(live, args.seconds)
-    finally:
-        stack.supervisor.down(progress=say)
 
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),

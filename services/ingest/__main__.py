@@ -49,7 +49,8 @@ def main() -> None:
     status_publisher = StatusPublisher(kafka)
     camera_heartbeat = Heartbeat(max_age_s=30)
     fleet = CameraFleet(publisher, status_publisher.publish, settings.open_timeout_s,
-                        settings.reconnect_max_backoff_s, settings.frame_queue_size, settings.replica_id)
+                        settings.reconnect_max_backoff_s, settings.frame_queue_size, settings.replica_id,
+                        decode_threads=settings.decode_threads)
     follower = CameraRegistryFollower(
         kafka, fleet, replica_id=settings.replica_id,
         spec_defaults={"default_fps": settings.default_sample_fps, "default_quality": settings.default_jpeg_quality,

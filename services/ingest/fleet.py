@@ -20,8 +20,9 @@ CAMERAS_RUNNING = Gauge("vigil_ingest_cameras", "Cameras this replica runs")
 class CameraFleet:
     def __init__(self, sink: FrameSink, publish_status: Callable[[events_pb2.CameraStatus], None],
                  open_timeout_s: float, max_backoff_s: float, queue_size: int, replica_id: str = "",
-                 on_tick: Callable[[], None] = lambda: None) -> None:
+                 on_tick: Callable[[], None] = lambda: None, decode_threads: int = 1) -> None:
         self.sink = sink
+        self.decode_threads = decode_threads
         self.replica_id = replica_id
         self._publish = publish_status
         self.open_timeout_s = open_timeout_s
@@ -49,7 +50,7 @@ class CameraFleet:
             if current is not None:
                 current.stop()
             worker = CameraWorker(spec, self.sink, self._on_change, self.open_timeout_s, self.max_backoff_s,
-                                  self.queue_size, self.on_tick)
+                                  self.queue_size, self.on_tick, decode_threads=self.decode_threads)
             self._workers[spec.camera_id] = worker
             CAMERAS_RUNNING.set(len(self._workers))
         log.info("camera started" if current is None else "camera restarted with a new config",

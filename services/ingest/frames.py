@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 
 from libs.common.envelope import new_envelope
+from libs.common.stage_cpu import stage_cpu
 from protos import events_pb2
 from services.ingest.image_stats import image_stats
 
@@ -24,7 +25,8 @@ class FrameEventBuilder:
         self.sequence = 0
 
     def build(self, image: np.ndarray, capture_time_ns: int, time_from_stream: bool) -> events_pb2.Frame:
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        with stage_cpu("ingest.encode"):
+            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             raise FrameEncodingError(f"camera {self.camera_id}: JPEG encoding failed for {image.shape}")
         height, width = image.shape[:2]
@@ -37,7 +39,8 @@ class FrameEventBuilder:
             encoding="jpeg",
             data=jpeg.tobytes(),
             capture_time_from_stream=time_from_stream,
-            image_stats=image_stats(image),
         )
+        with stage_cpu("ingest.stats"):
+            frame.image_stats.CopyFrom(image_stats(image))
         self.sequence += 1
         return frame

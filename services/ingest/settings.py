@@ -26,6 +26,9 @@ class IngestSettings(ServiceSettings):
     rtsp_transport: str = Field("tcp", pattern="^(tcp|udp)$", description="RTSP transport for this process: tcp or udp.")
     stream_probe_s: float = Field(0.5, gt=0, description="How long FFmpeg probes a stream when opening it; "
                                                          "shorter opens faster (5 s is FFmpeg's own default).")
+    decode_threads: int = Field(1, ge=0, description="FFmpeg decoder threads per camera (0: one per core). One "
+                                                     "costs the least CPU per frame; more only shortens one "
+                                                     "camera's decode latency.")
     frame_queue_size: int = Field(4, ge=1, description="Frames held per camera between reader and producer; "
                                                        "when full the oldest is dropped (and counted).")
     status_interval_s: float = Field(5.0, gt=0, description="Camera status is published this often, and on every change.")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from libs.common.logs import get_logger
+from libs.common.stage_cpu import stage_cpu
 from protos import events_pb2
 from services.ingest.camera import CameraStream, ReadOptions
 from services.ingest.camera_spec import CameraSpec
@@ -52,7 +53,7 @@ class CameraCounters:
 class CameraWorker:
     def __init__(self, spec: CameraSpec, sink: FrameSink, on_change: Callable[["CameraWorker"], None],
                  open_timeout_s: float, max_backoff_s: float, queue_size: int,
-                 on_tick: Callable[[], None] = lambda: None) -> None:
+                 on_tick: Callable[[], None] = lambda: None, decode_threads: int = 1) -> None:
         self.spec = spec
         self.sink = sink
         self.on_change = on_change
@@ -65,7 +66,8 @@ class CameraWorker:
         self.stream = CameraStream(
             spec.source, self.stop_event,
             ReadOptions(open_timeout_s=open_timeout_s, stall_timeout_s=spec.stall_timeout_s,
-                        paced=not spec.unpaced, loop=spec.loop, live=spec.kind != "file"),
+                        paced=not spec.unpaced, loop=spec.loop, live=spec.kind != "file",
+                        decode_threads=decode_threads),
             max_backoff_s=max_backoff_s, queue_size=queue_size, keep=self.sampler.keep,
             on_state=self._set_state, on_tick=on_tick, on_read=self._count_read,
         )
@@ -93,11 +95,17 @@ class CameraWorker:
     def _run(self) -> None:
         try:
             for captured in self.stream:
-                if not self.motion.keep(captured.image):
+                with stage_cpu("ingest.motion"):
+                    moved = self.motion.keep(captured.image)
+                if not moved:
                     continue
-                image = fit_within(apply_roi(captured.image, self.spec.roi), self.spec.max_width, self.spec.max_height)
+                with stage_cpu("ingest.scale"):
+                    image = fit_within(apply_roi(captured.image, self.spec.roi), self.spec.max_width,
+                                       self.spec.max_height)
                 frame = self.builder.build(image, captured.capture_time_ns, captured.time_from_stream)
-                if self.sink.publish(frame):
+                with stage_cpu("ingest.produce"):
+                    published = self.sink.publish(frame)
+                if published:
                     self.counters.frames_produced += 1
                     self.counters.last_frame_ns = captured.capture_time_ns
                 else:

@@ -106,3 +106,32 @@ def test_stream_time_is_anchored_to_the_wall_clock_and_falls_back_when_missing()
     assert clock.capture_time(pos_ms=900.0, now_ns=6_000_000_000) == (6_000_000_000, False)  # went backwards
     far, _ = clock.capture_time(pos_ms=2000.0, now_ns=60_000_000_000)  # a restarted server: re-anchored
     assert far == 60_000_000_000
+
+
+def inter_coded_clip(opencv_samples_dir, tmp_path, frames=12):
+    """MPEG-4 Part 2 (P-frames between key frames): a codec FFmpeg decodes on several threads when let."""
+    capture = cv2.VideoCapture(str(opencv_samples_dir / "vtest.avi"))
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (768, 576))
+    for _ in range(frames):
+        writer.write(capture.read()[1])
+    writer.release()
+    return path
+
+
+def test_one_decoder_thread_decodes_the_same_frames_as_ffmpegs_own_choice_and_counts_its_cpu(
+        opencv_samples_dir, tmp_path):
+    from libs.common.stage_cpu import STAGE_RUNS
+
+    clip = inter_coded_clip(opencv_samples_dir, tmp_path)
+    decodes_before = STAGE_RUNS.labels("ingest.decode")._value.get()
+
+    def frames_with(decode_threads: int) -> list:
+        options = ReadOptions(live=False, paced=False, decode_threads=decode_threads)
+        return [f.image for f in CameraStream(str(clip), threading.Event(), options)]
+
+    single, chosen = frames_with(1), frames_with(0)
+    assert len(single) == len(chosen) == 12
+    assert all((a == b).all() for a, b in zip(single, chosen))
+    # Every grab is a decode, the one that finds the end of the file included.
+    assert STAGE_RUNS.labels("ingest.decode")._value.get() - decodes_before >= 24

@@ -11,6 +11,7 @@ from confluent_kafka import Message
 from libs.common.envelope import new_envelope
 from libs.common.kafka import DeliveringProducer, DeliveryFailed, Outbound, Outcome, Rejected, decode_each
 from libs.common.logs import get_logger, trace_context
+from libs.common.stage_cpu import stage_cpu
 from libs.common.topics import INFERENCE, INFERENCE_SHADOW, MONITORING
 from protos import events_pb2
 from services.inference.core.frame_pipeline import FramePipeline, InvalidFrame
@@ -18,12 +19,13 @@ from services.inference.core.frame_pipeline import FramePipeline, InvalidFrame
 
 def frame_batch_handler(pipeline: FramePipeline):
     def handle(batch: Sequence[Message]) -> list[Outcome]:
-        frames, positions, outcomes = decode_each(batch, events_pb2.Frame)
+        with stage_cpu("inference.consume"):
+            frames, positions, outcomes = decode_each(batch, events_pb2.Frame)
         for i, (result, shadow) in zip(positions, pipeline.run_with_shadows(frames)):
             if isinstance(result, InvalidFrame):
                 outcomes[i] = Rejected(result.reason, result.detail)
                 continue
-            with trace_context(result.envelope.trace_id):
+            with trace_context(result.envelope.trace_id), stage_cpu("inference.produce"):
                 key = result.camera_id.encode()
                 outcomes[i] = [Outbound(INFERENCE, result.SerializeToString(), key)] + (
                     [Outbound(INFERENCE_SHADOW, shadow.SerializeToString(), key)] if shadow is not None else [])

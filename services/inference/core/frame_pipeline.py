@@ -12,6 +12,7 @@ import numpy as np
 
 from libs.common.claimcheck import ClaimCheckError, ClaimCheckStore, frame_bytes
 from libs.common.envelope import derived_envelope
+from libs.common.stage_cpu import stage_cpu
 from protos import events_pb2
 from services.inference.core.images import ImageRefused, decode_image
 from services.inference.detectors import Detection, Detector
@@ -78,7 +79,8 @@ class FramePipeline:
 
     def _decode(self, frame: events_pb2.Frame) -> tuple[np.ndarray | InvalidFrame, float]:
         started = time.perf_counter()
-        image = decode_frame(frame, self.max_frame_bytes, self.claim_check)
+        with stage_cpu("inference.decode"):
+            image = decode_frame(frame, self.max_frame_bytes, self.claim_check)
         return image, (time.perf_counter() - started) * 1000
 
     def close(self) -> None:
@@ -121,7 +123,8 @@ class FramePipeline:
                     detector, queue, ref = self._queue_of(detector)
                     used[id(detector)] = queue
                     t1 = time.perf_counter()
-                    tensor, info = detector.preprocess(image)
+                    with stage_cpu("inference.preprocess"):
+                        tensor, info = detector.preprocess(image)
                     t2 = time.perf_counter()
                     job = {"detector": detector, "model": ref, "info": info, "decode_ms": decode_ms,
                            "preprocess_ms": (t2 - t1) * 1000, "started": t2, "shadow": is_shadow}
@@ -133,9 +136,11 @@ class FramePipeline:
                 del self._queues[key]
         for i, job in jobs:
             t0 = time.perf_counter()
-            # A re-scored model's thresholds are per camera (see detectors/rescored.py).
-            detections = postprocess_for_camera(job["detector"], job["outputs"], job["info"], frames[i].camera_id)
-            embedding = job["detector"].embedding(job["outputs"])
+            with stage_cpu("inference.postprocess"):
+                # A re-scored model's thresholds are per camera (see detectors/rescored.py).
+                detections = postprocess_for_camera(job["detector"], job["outputs"], job["info"],
+                                                    frames[i].camera_id)
+                embedding = job["detector"].embedding(job["outputs"])
             postprocess_ms = (time.perf_counter() - t0) * 1000
             frame, model = frames[i], job["model"]
             queue_ms = max(0.0, (batch_start_ns - frame.envelope.ingest_time.ToNanoseconds()) / 1e6)
