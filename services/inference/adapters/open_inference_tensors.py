@@ -5,7 +5,8 @@ length followed by the bytes, as Triton and KServe define it."""
 from __future__ import annotations
 
 import struct
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +29,46 @@ class TensorError(ValueError):
     """The request's tensor is not what was declared or expected; the message names the input."""
 
 
-def decode_input(tensor: inference_pb2.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
+@dataclass(frozen=True)
+class SharedMemoryPlace:
+    """Where a tensor's bytes are in a registered system shared memory region (Triton's parameters)."""
+    region: str
+    byte_size: int
+    offset: int = 0
+
+
+def shared_memory_place(parameters: Mapping[str, inference_pb2.InferParameter], what: str
+                        ) -> SharedMemoryPlace | None:
+    """The region a tensor's parameters name (shared_memory_region, shared_memory_byte_size, optional
+    shared_memory_offset), or None when its bytes come with the request. what: "input 'image'", for messages."""
+    if "shared_memory_region" not in parameters:
+        return None
+    region = parameters["shared_memory_region"]
+    if region.WhichOneof("parameter_choice") != "string_param" or not region.string_param:
+        raise TensorError(f"{what}: shared_memory_region must be a region's name")
+    if "shared_memory_byte_size" not in parameters:
+        raise TensorError(f"{what}: shared_memory_region needs shared_memory_byte_size")
+    byte_size = _integer_parameter(parameters["shared_memory_byte_size"], what, "shared_memory_byte_size")
+    offset = (_integer_parameter(parameters["shared_memory_offset"], what, "shared_memory_offset")
+              if "shared_memory_offset" in parameters else 0)
+    return SharedMemoryPlace(region.string_param, byte_size, offset)
+
+
+def _integer_parameter(parameter: inference_pb2.InferParameter, what: str, key: str) -> int:
+    # tritonclient sends int64; other clients may send uint64.
+    choice = parameter.WhichOneof("parameter_choice")
+    if choice not in ("int64_param", "uint64_param"):
+        raise TensorError(f"{what}: {key} must be an integer")
+    value = getattr(parameter, choice)
+    if value < 0:
+        raise TensorError(f"{what}: {key} must not be negative, got {value}")
+    return value
+
+
+def decode_input(tensor: inference_pb2.ModelInferRequest.InferInputTensor, raw: bytes | memoryview | None
+                 ) -> np.ndarray:
+    """raw: the raw contents, or a view of shared memory (np.frombuffer then reads it in place); None: the
+    tensor's typed contents."""
     name, datatype, shape = tensor.name, tensor.datatype, list(tensor.shape)
     if any(d < 0 for d in shape):
         raise TensorError(f"input '{name}': shape {shape} has a negative dimension")
@@ -61,7 +101,7 @@ def _unpack_bytes(raw: bytes, name: str) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise TensorError(f"input '{name}': BYTES element overruns the buffer")
-        values.append(raw[offset:offset + length])
+        values.append(bytes(raw[offset:offset + length]))  # a copy when raw is shared memory: small, and stable
         offset += length
     return values
 
