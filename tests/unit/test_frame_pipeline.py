@@ -6,7 +6,7 @@ import pytest
 from libs.common.envelope import new_envelope
 from protos import events_pb2
 from services.inference.detectors.yolo import YoloDetector
-from services.inference.core.frame_pipeline import FramePipeline, InvalidFrame
+from services.inference.core.frame_pipeline import FramePipeline, InvalidFrame, detection_messages
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +91,35 @@ def test_a_model_without_embedding_gives_results_without_one(yolov3_tiny_model_d
     plain = FramePipeline(YoloDetector.load(yolov3_tiny_model_dir, embeddings=False))
     result = plain.run([frame_event(footage_frames[0])])[0]
     assert result.detections and len(result.embedding) == 0
+
+
+def test_a_frame_twice_the_networks_input_is_decoded_at_half_scale_with_the_same_detections(
+        pipeline, footage_frames):
+    from libs.common.box_agreement import box_agreement
+    from services.inference.core.images import jpeg_reduction
+
+    # 1690x1267 frames: at least twice yolov3-tiny's 416x416, so they are decoded at 845x633.
+    large = [cv2.resize(img, (1690, 1267), interpolation=cv2.INTER_CUBIC) for img in footage_frames]
+    assert jpeg_reduction((1690, 1267), pipeline.model_for("cam").input_size) == 2
+    frames = [frame_event(img, sequence=i) for i, img in enumerate(large)]
+    reduced = pipeline.run(frames)
+    # The reference: the same JPEGs decoded at full size.
+    full_size = [pipeline.model_for("cam").detect(cv2.imdecode(np.frombuffer(f.data, np.uint8), cv2.IMREAD_COLOR))
+                 for f in frames]
+    assert all((r.width, r.height) == (1690, 1267) for r in reduced)
+    kept = matched = 0
+    for result, detections in zip(reduced, full_size):
+        reference = detection_messages(detections)
+        agreement = box_agreement(reference, list(result.detections))
+        kept += agreement.same_class_matches  # same label, IoU >= 0.5
+        matched += len(reference)
+    assert matched > 20 and kept / matched >= 0.95  # the INT8 gate's bar: 95% of the detections kept
+
+
+def test_only_frames_several_times_the_networks_input_are_decoded_at_a_reduced_scale():
+    from services.inference.core.images import jpeg_reduction
+
+    assert jpeg_reduction((1280, 720), (416, 416)) == 1  # 720 < 2 x 416
+    assert jpeg_reduction((1920, 1080), (416, 416)) == 2
+    assert jpeg_reduction((3840, 2160), (416, 416)) == 4
+    assert jpeg_reduction((3840, 2160), None) == 1

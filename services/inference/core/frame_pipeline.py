@@ -2,6 +2,7 @@
 AsyncInferQueue, postprocess. No transport here: the Kafka adapter feeds it and produces what it returns."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,8 +38,9 @@ def detection_messages(detections: Sequence[Detection]) -> list[events_pb2.Detec
     ]
 
 
-def decode_frame(frame: events_pb2.Frame, max_bytes: int,
-                 claim_check: ClaimCheckStore | None = None) -> np.ndarray | InvalidFrame:
+def decode_frame(frame: events_pb2.Frame, max_bytes: int, claim_check: ClaimCheckStore | None = None,
+                 at_least: tuple[int, int] | None = None) -> np.ndarray | InvalidFrame:
+    """The frame's pixels; with `at_least`, possibly at a reduced scale (see images.jpeg_reduction)."""
     if not frame.envelope.event_id:
         return InvalidFrame("invalid_event", "envelope.event_id is empty")
     if frame.WhichOneof("payload") == "ref" and frame.ref.size > max_bytes:
@@ -50,7 +52,7 @@ def decode_frame(frame: events_pb2.Frame, max_bytes: int,
     if not data:
         return InvalidFrame("empty_payload", "the frame has no image data")
     try:
-        return decode_image(data, max_bytes, what="frame")
+        return decode_image(data, max_bytes, what="frame", at_least=at_least)
     except ImageRefused as refused:
         return InvalidFrame(refused.reason, refused.detail)
 
@@ -77,10 +79,20 @@ class FramePipeline:
         self._lock = threading.Lock()  # one batch at a time owns the queues
         self._decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
 
+    def _reduced_decode_floor(self, camera_id: str) -> tuple[int, int] | None:
+        """The size a camera's frames may be decoded down to: the largest input of the models they go to, when
+        every one of them stretches the frame onto its input (their boxes then map back by the frame's size
+        alone); None (full size) when one does not (a letterboxing model, whose input follows the frame)."""
+        models = [m for m in (self.model_for(camera_id), self.shadow_for(camera_id)) if m is not None]
+        if not all(getattr(m, "stretches_frame", False) for m in models):
+            return None
+        return max(m.input_size[0] for m in models), max(m.input_size[1] for m in models)
+
     def _decode(self, frame: events_pb2.Frame) -> tuple[np.ndarray | InvalidFrame, float]:
         started = time.perf_counter()
         with stage_cpu("inference.decode"):
-            image = decode_frame(frame, self.max_frame_bytes, self.claim_check)
+            image = decode_frame(frame, self.max_frame_bytes, self.claim_check,
+                                 self._reduced_decode_floor(frame.camera_id))
         return image, (time.perf_counter() - started) * 1000
 
     def close(self) -> None:
@@ -125,6 +137,9 @@ class FramePipeline:
                     t1 = time.perf_counter()
                     with stage_cpu("inference.preprocess"):
                         tensor, info = detector.preprocess(image)
+                    if (info.width, info.height) != (frame.width, frame.height) and frame.width and frame.height:
+                        # Decoded at a reduced scale: boxes and the result's size are the frame's own.
+                        info = dataclasses.replace(info, width=frame.width, height=frame.height)
                     t2 = time.perf_counter()
                     job = {"detector": detector, "model": ref, "info": info, "decode_ms": decode_ms,
                            "preprocess_ms": (t2 - t1) * 1000, "started": t2, "shadow": is_shadow}

@@ -176,6 +176,7 @@ class RescoredDetector:
         self.base = base
         self.rescoring = rescoring
         self.name, self.version, self.input_size = base.name, base.version, base.input_size
+        self.stretches_frame = getattr(base, "stretches_frame", False)
         self._embeddings = embeddings
 
     @property

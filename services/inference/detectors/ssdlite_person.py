@@ -21,6 +21,7 @@ OUTPUTS = ("num_detections:0", "detection_boxes:0", "detection_scores:0", "detec
 
 class PersonDetectorSSDLite(StagedDetector):
     kind = KIND
+    stretches_frame = True  # boxes map back by the frame's size alone (see ResizeInfo)
     outputs = OUTPUTS
     input_size = (INPUT_SIZE, INPUT_SIZE)
 

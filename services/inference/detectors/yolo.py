@@ -66,6 +66,7 @@ class YoloDetector(StagedDetector):
     """A converted YOLO model dir compiled for one device. The frame is stretched onto the network input (no
     letterbox, as darknet and cv2.dnn do for yolov3-tiny)."""
     kind = KIND
+    stretches_frame = True  # boxes map back by the frame's size alone (see ResizeInfo)
 
     def __init__(self, compiled_model: ov.CompiledModel, metadata: dict, labels: list[str],
                  score_threshold: float = 0.25, nms_iou: float = 0.45,
