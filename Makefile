@@ -52,6 +52,8 @@ bench: install
 	$(PY) -m bench
 	$(PY) -m bench.ingest
 	$(PY) -m bench.inference
+	$(PY) -m bench.peers
+	$(PY) -m bench.cameras_per_box
 	$(PY) -m bench.metrics_sink
 	$(PY) -m bench.drift
 	$(PY) -m bench.annotation_selection
