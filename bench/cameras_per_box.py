@@ -11,7 +11,7 @@ keeps up with. One run, one machine, the whole stack as separate processes.
               librdkafka's threads from /proc; the broker, the sink and every other process of the stack from
               /proc. A process's CPU that no stage accounts for is its "other" row; for inference that row is
               what it spent beyond the model's own figure (OpenVINO's threads are not told apart in /proc).
-3. sizing     the same cameras added 4 at a time until the stack stores < 95% of the frames offered; the
+3. sizing     the same cameras added 2 at a time until the stack stores < 95% of the frames offered; the
               figure is the most cameras it kept up with. Measured for each configuration in --configs:
               before   (FFmpeg picks its decoder threads, as ingest did before this benchmark),
               default  (today's defaults: one decoder thread per camera),
@@ -226,9 +226,14 @@ def sizing_ramp(stack: LocalStack, clip: Path, max_width: int, seconds: float, s
     while cameras < most:
         add_cameras(stack, clip, cameras, cameras + step, max_width)
         cameras += step
-        time.sleep(8)  # the new cameras open, the pipeline settles
-        stored = pipeline_throughput(stack, seconds)
+        # The new cameras open and the pipeline settles; the first step also waits for the restarted services'
+        # consumer groups to settle.
+        time.sleep(8 if ramp else 20)
         offered = cameras * SAMPLE_FPS
+        stored = pipeline_throughput(stack, seconds)
+        if stored < 0.95 * offered:
+            # One window on a shared machine can be unlucky: a step fails only when a second one agrees.
+            stored = max(stored, pipeline_throughput(stack, seconds))
         ramp.append({"cameras": cameras, "offered_fps": offered, "stored_fps": round(stored, 1)})
         say(f"      {cameras} cameras: {offered:.0f} frames/s offered, {stored:.1f} stored")
         if stored < 0.95 * offered:
@@ -264,7 +269,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15, help="length of each measurement window")
     parser.add_argument("--stage-cameras", type=int, default=8, help="cameras while the stages are measured")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--step", type=int, default=4, help="cameras added at each step of a sizing ramp")
+    parser.add_argument("--step", type=int, default=2, help="cameras added at each step of a sizing ramp")
     parser.add_argument("--most", type=int, default=40, help="most cameras a ramp tries")
     parser.add_argument("--out", type=Path, default=Path("bench/results/cameras_per_box.json"))
     args = parser.parse_args()
