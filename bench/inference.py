@@ -7,6 +7,10 @@
               --clients concurrent client threads in this process; frames/s, latency p50/p99 per request;
               once with the footage's 768x576 frames (the figure that counts), once with frames the client
               resized to the network's 416x416 first (a third of the bytes to move);
+   tritonclient the same 768x576 frames from the same number of client threads through tritonclient (a process
+              of its own: its protos clash with ours), once inline (raw pixels in the request) and once through
+              system shared memory (each thread its own region, the frame written into it before each call, as a
+              same-host client does; only the region's name crosses gRPC), so the two compare with one client;
 3. Kafka      a backlog of JPEG frame events of 4 cameras produced to vigil.frames, worked off by the same
               service into vigil.inference; frames/s, and the in-service latency (decode to postprocess) p50/p99.
 
@@ -18,12 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -33,6 +40,45 @@ from bench.common import machine_description, process_cpu_s, raw_throughput, sam
 
 def quantiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
+
+
+def timed_clients(clients: int, seconds: float, call: Callable[[int, int], object], failure: type[BaseException],
+                  server_pid: int | None) -> dict:
+    """`clients` threads calling call(client, frame_index) for `seconds`: requests, failures, frames/s, latency,
+    and the CPU milliseconds a frame cost the server and this process (the client)."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    stop_at = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                call(offset, i)
+            except failure as error:
+                failures.append(str(error))
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - t0) * 1000)
+            i += clients
+
+    server_cpu_started = process_cpu_s(server_pid) if server_pid else 0.0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    client_cpu_s = time.process_time() - cpu_started
+    server_cpu_s = process_cpu_s(server_pid) - server_cpu_started if server_pid else float("nan")
+    done = max(len(latencies), 1)
+    return {"fps": len(latencies) / elapsed, "requests": len(latencies), "failed": len(failures),
+            "clients": clients, **quantiles(latencies or [float("nan")]),
+            "server_cpu_ms_per_frame": server_cpu_s * 1000 / done,
+            "client_cpu_ms_per_frame": client_cpu_s * 1000 / done}
 
 
 def grpc_throughput(port: int, frames: list, seconds: float, clients: int, server_pid: int | None = None) -> dict:
@@ -52,40 +98,64 @@ def grpc_throughput(port: int, frames: list, seconds: float, clients: int, serve
     stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
     for request in requests[:8]:
         stub.ModelInfer(request)
-    latencies: list[float] = []
-    failures: list[str] = []
-    stop_at = time.perf_counter() + seconds
-    lock = threading.Lock()
-
-    def client(offset: int) -> None:
-        i = offset
-        while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            try:
-                stub.ModelInfer(requests[i % len(requests)])
-            except grpc.RpcError as error:
-                failures.append(str(error.code()))
-                continue
-            with lock:
-                latencies.append((time.perf_counter() - t0) * 1000)
-            i += clients
-
-    server_cpu_started = process_cpu_s(server_pid) if server_pid else 0.0
-    started, cpu_started = time.perf_counter(), time.process_time()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    client_cpu_s = time.process_time() - cpu_started
-    server_cpu_s = process_cpu_s(server_pid) - server_cpu_started if server_pid else float("nan")
+    result = timed_clients(clients, seconds, lambda _, i: stub.ModelInfer(requests[i % len(requests)]),
+                           grpc.RpcError, server_pid)
     channel.close()
-    done = max(len(latencies), 1)
-    return {"fps": len(latencies) / elapsed, "requests": len(latencies), "failed": len(failures),
-            "clients": clients, "frame": f"{frames[0].shape[1]}x{frames[0].shape[0]}", **quantiles(latencies),
-            "server_cpu_ms_per_frame": server_cpu_s * 1000 / done,
-            "client_cpu_ms_per_frame": client_cpu_s * 1000 / done}
+    return {**result, "frame": f"{frames[0].shape[1]}x{frames[0].shape[0]}"}
+
+
+def tritonclient_throughput(port: int, footage: Path, seconds: float, clients: int, server_pid: int,
+                            shared_memory: bool) -> dict:
+    """The tritonclient leg, run in a process of its own (this module with --tritonclient-leg); its figures."""
+    leg = subprocess.run([sys.executable, "-m", "bench.inference", "--tritonclient-leg",
+                          "shared-memory" if shared_memory else "inline", "--port", str(port), "--footage",
+                          str(footage), "--seconds", str(seconds), "--clients", str(clients),
+                          "--server-pid", str(server_pid)], capture_output=True, text=True, timeout=seconds + 300)
+    if leg.returncode != 0:
+        raise RuntimeError(f"the tritonclient leg failed: {leg.stderr[-2000:]}")
+    return json.loads(leg.stdout)
+
+
+def tritonclient_leg(port: int, frames: list, seconds: float, clients: int, server_pid: int,
+                     shared_memory: bool) -> dict:
+    """In the tritonclient process: each client thread its own client and, through shared memory, its own region,
+    into which it writes each frame before the call (the copy a same-host client makes instead of gRPC's)."""
+    import tritonclient.grpc as triton
+    import tritonclient.utils.shared_memory as shm
+    from tritonclient.utils import InferenceServerException
+
+    url = f"127.0.0.1:{port}"
+    shape, frame_bytes = list(frames[0].shape), frames[0].nbytes
+    connections = [triton.InferenceServerClient(url=url) for _ in range(clients)]
+    regions = []
+    if shared_memory:
+        connections[0].unregister_system_shared_memory()
+        for k, connection in enumerate(connections):
+            name, key = f"bench-{k}", f"/vigil-bench-{os.getpid()}-{k}"
+            regions.append(shm.create_shared_memory_region(name, key, frame_bytes))
+            connection.register_system_shared_memory(name, key, frame_bytes)
+
+    def call(client: int, i: int):
+        image = triton.InferInput("image", shape, "UINT8")
+        if shared_memory:
+            shm.set_shared_memory_region(regions[client], [frames[i % len(frames)]])
+            image.set_shared_memory(f"bench-{client}", frame_bytes)
+        else:
+            image.set_data_from_numpy(frames[i % len(frames)])
+        return connections[client].infer("yolov3-tiny", [image])
+
+    try:
+        for k in range(clients):  # warm: every client's channel connected, every region touched
+            call(k, k)
+        result = timed_clients(clients, seconds, call, InferenceServerException, server_pid)
+    finally:
+        if shared_memory:
+            connections[0].unregister_system_shared_memory()
+        for region in regions:
+            shm.destroy_shared_memory_region(region)
+        for connection in connections:
+            connection.close()
+    return {**result, "frame": f"{shape[1]}x{shape[0]}"}
 
 
 def kafka_throughput(stack, frames: list, count: int, service_pid: int | None = None) -> dict:
@@ -125,7 +195,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent gRPC client threads")
     parser.add_argument("--kafka-frames", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path("bench/results/inference.json"))
+    # The tritonclient leg's own process (started by tritonclient_throughput, not by hand).
+    parser.add_argument("--tritonclient-leg", choices=("inline", "shared-memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--footage", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--server-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tritonclient_leg:
+        print(json.dumps(tritonclient_leg(args.port, sample_frames(args.footage, 64), args.seconds, args.clients,
+                                          args.server_pid, args.tritonclient_leg == "shared-memory")))
+        return 0
 
     from cli.stack.camera import fetch_footage
     from libs.common.cache_dir import default_cache_dir
@@ -157,6 +236,13 @@ def main() -> int:
         say(f"gRPC path, frames resized to 416x416 by the client, {args.seconds:.0f}s ...")
         grpc_small = grpc_throughput(stack.config.ports.grpc, network_sized, args.seconds, args.clients, service)
         say(f"      {grpc_small['fps']:.1f} frames/s")
+        tritonclient = {}
+        for leg, through_shm in (("inline", False), ("shared_memory", True)):
+            say(f"gRPC path through tritonclient, {leg.replace('_', ' ')}, {args.clients} clients, "
+                f"{args.seconds:.0f}s ...")
+            tritonclient[leg] = tritonclient_throughput(stack.config.ports.grpc, footage, args.seconds,
+                                                        args.clients, service, through_shm)
+            say(f"      {tritonclient[leg]['fps']:.1f} frames/s")
         say(f"Kafka path, backlog of {args.kafka_frames} frames ...")
         kafka_throughput(stack, frames, 64)  # warm the consumer group and the producer
         kafka_result = kafka_throughput(stack, frames, args.kafka_frames, service)
@@ -172,17 +258,22 @@ def main() -> int:
         "int8_kept_detections": int8_metrics,
         "grpc": {**grpc_result, "ratio_to_raw": round(grpc_result["fps"] / base, 3)},
         "grpc_network_sized_frames": {**grpc_small, "ratio_to_raw": round(grpc_small["fps"] / base, 3)},
+        **{f"grpc_tritonclient_{leg}": {**figures, "ratio_to_raw": round(figures["fps"] / base, 3)}
+           for leg, figures in tritonclient.items()},
         "kafka": {**kafka_result, "ratio_to_raw": round(kafka_result["fps"] / base, 3)},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"\n{'measurement':<48}{'frames/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}{'CPU ms/frame':>24}")
+    print(f"\n{'measurement':<48}{'frames/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}{'CPU ms/frame':>28}")
     for name, figures in (("raw FP32 (default precision, " + raw["fp32_default"]["precision"] + ")",
                            raw["fp32_default"]), ("raw FP32 (f32 forced)", raw["fp32_f32"]),
                           ("raw INT8", raw["int8"]),
                           (f"gRPC, {args.clients} clients, 768x576 raw pixels", grpc_result),
                           (f"gRPC, {args.clients} clients, 416x416 raw pixels", grpc_small),
+                          (f"tritonclient, {args.clients} clients, 768x576 inline", tritonclient["inline"]),
+                          (f"tritonclient, {args.clients} clients, 768x576 system shm",
+                           tritonclient["shared_memory"]),
                           ("Kafka, 4 cameras, 768x576 JPEG (backlog)", kafka_result)):
         p50 = f"{figures['p50_ms']:.0f}" if "p50_ms" in figures else "-"
         p99 = f"{figures['p99_ms']:.0f}" if "p99_ms" in figures else "-"
@@ -190,7 +281,7 @@ def main() -> int:
                f"{figures['server_cpu_ms_per_frame']:.1f} service" + (
                    f" + {figures['client_cpu_ms_per_frame']:.1f} client" if "client_cpu_ms_per_frame" in figures
                    else ""))
-        print(f"{name:<48}{figures['fps']:>9.1f}{p50:>8}{p99:>8}{figures['fps'] / base:>7.2f}{cpu:>24}")
+        print(f"{name:<48}{figures['fps']:>9.1f}{p50:>8}{p99:>8}{figures['fps'] / base:>7.2f}{cpu:>28}")
     return 0
 
 

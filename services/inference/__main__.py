@@ -18,6 +18,7 @@ from services.inference.adapters.kafka_adapter import frame_batch_handler, model
 from services.inference.core.frame_pipeline import FramePipeline
 from services.inference.core.model_repository import DirectoryRepository, PinnedRepository
 from services.inference.core.model_server import ModelServer
+from services.inference.core.shared_memory import SharedMemoryRegistry
 from services.inference.detectors import detector_loader
 from services.inference.model_dirs import built, cache_dir_or_default, default_detector_dir
 from services.inference.model_registry_follower import ModelRegistryFollower
@@ -85,9 +86,12 @@ def main() -> None:
                     *settings.preload_models}
     for name in sorted(extra_models - {detector.name, None}):
         server.load(name)  # a camera's model that cannot load stops the start: better than serving it wrongly
+    shared_memory = SharedMemoryRegistry()
+    # Registered before the gRPC server, so run after it: no call still reads a region when it is unmapped.
+    runtime.on_stop("shared memory regions", shared_memory.close)
     grpc_server, grpc_port = start_grpc_server(server, settings.grpc_host, settings.grpc_port, settings.grpc_workers,
                                                settings.max_input_bytes, grpc_security(settings),
-                                               settings.grpc_max_concurrent)
+                                               settings.grpc_max_concurrent, shared_memory)
     # Registered first, so run last: in-flight gRPC calls finish after the loops have stopped, new ones are refused.
     runtime.on_stop("gRPC server", lambda: grpc_server.stop(grace=settings.shutdown_timeout_s / 2).wait())
     server.warm_up()

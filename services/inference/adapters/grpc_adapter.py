@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2) over gRPC, a thin shell around ModelServer: wire types in and out,
-core exceptions to status codes, optional TLS and bearer-token check, a bound on concurrent calls, and repository
-load/unload kept to administrators (an admin token, or without one the local host only)."""
+core exceptions to status codes, optional TLS and bearer-token check, a bound on concurrent calls, repository
+load/unload kept to administrators (an admin token, or without one the local host only), and system shared memory
+(Triton's extension) kept to callers on this host, the only ones that can share memory with it."""
 from __future__ import annotations
 
 import hmac
@@ -8,14 +9,20 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 from prometheus_client import Counter, Histogram
 
 from protos import inference_pb2, inference_pb2_grpc
-from services.inference.adapters.open_inference_tensors import TensorError, decode_input, encode_output
+from services.inference.adapters.open_inference_tensors import (
+    SharedMemoryPlace, TensorError, decode_input, encode_output, shared_memory_place,
+)
 from services.inference.core.model_repository import ModelNotFound
 from services.inference.core.model_server import (
     DETECTOR_INPUTS, DETECTOR_OUTPUTS, EXTENSIONS, SERVER_NAME, SERVER_VERSION, InputTooLarge, InvalidRequest,
     ModelLoadFailed, ModelServer, UnloadRefused,
+)
+from services.inference.core.shared_memory import (
+    InvalidRegion, KeyNotFound, RegionExists, RegionNotFound, SharedMemoryError, SharedMemoryRegistry, TooManyRegions,
 )
 
 # Labelled by the name of the model that was resolved (a loaded model), never by what a client asked for: any
@@ -29,6 +36,11 @@ ADMIN_TOKEN_METADATA = "x-vigil-admin-token"
 DEFAULT_MAX_CONCURRENT = 128
 
 pb = inference_pb2
+SHARED_MEMORY_CODES = {
+    RegionNotFound: grpc.StatusCode.NOT_FOUND, KeyNotFound: grpc.StatusCode.NOT_FOUND,
+    RegionExists: grpc.StatusCode.ALREADY_EXISTS, InvalidRegion: grpc.StatusCode.INVALID_ARGUMENT,
+    TooManyRegions: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 # Room for the request's metadata around an input of the largest accepted size.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
@@ -59,16 +71,31 @@ def is_local_peer(peer: str) -> bool:
     return False
 
 
+class SharedMemoryFromAfar(PermissionError):
+    """A caller not on this host named a shared memory region: whatever it names is another client's memory."""
+
+
+def shared_memory_code(exc: SharedMemoryError) -> grpc.StatusCode:
+    return next(code for kind, code in SHARED_MEMORY_CODES.items() if isinstance(exc, kind))
+
+
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, server: ModelServer, admin_token: str | None = None) -> None:
+    def __init__(self, server: ModelServer, admin_token: str | None = None,
+                 shared_memory: SharedMemoryRegistry | None = None) -> None:
         self.server = server
         self.admin_token = admin_token
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
 
     def _require_admin(self, context) -> None:
         presented = dict(context.invocation_metadata() or ()).get(ADMIN_TOKEN_METADATA)
         refusal = admin_call_refusal(context.peer(), presented, self.admin_token)
         if refusal is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+
+    def _require_local(self, context, what: str) -> None:
+        if not is_local_peer(context.peer()):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{what} from {context.peer()} refused: shared memory is for callers on this host")
 
     def _metric_label(self, request: pb.ModelInferRequest) -> str:
         try:
@@ -108,7 +135,7 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         label = self._metric_label(request)
         with GRPC_SECONDS.labels(label).time():
             try:
-                response = self._infer(request)
+                response = self._infer(request, context.peer())
                 GRPC_REQUESTS.labels(label, "OK").inc()
                 return response
             except ModelNotFound as exc:
@@ -117,6 +144,10 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
             except (InvalidRequest, TensorError) as exc:
                 code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            except SharedMemoryError as exc:
+                code, message = shared_memory_code(exc), str(exc)
+            except SharedMemoryFromAfar as exc:
+                code, message = grpc.StatusCode.PERMISSION_DENIED, str(exc)
             GRPC_REQUESTS.labels(label, code.name).inc()
             context.abort(code, message)
 
@@ -147,33 +178,97 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.RepositoryModelUnloadResponse()
 
-    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        raw = list(request.raw_input_contents)
-        if raw and len(raw) != len(request.inputs):
-            raise InvalidRequest(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    # -- the system shared memory extension ------------------------------------------------------------------
+
+    def SystemSharedMemoryStatus(self, request, context):  # noqa: N802
+        regions = self._on_shared_memory(context, lambda: self.shared_memory.status(request.name))
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(regions={
+            r.name: status(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size) for r in regions
+        })
+
+    def SystemSharedMemoryRegister(self, request, context):  # noqa: N802
+        self._require_local(context, "shared memory registration")
+        self._on_shared_memory(context, lambda: self.shared_memory.register(request.name, request.key,
+                                                                            request.offset, request.byte_size))
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def SystemSharedMemoryUnregister(self, request, context):  # noqa: N802
+        self._require_local(context, "shared memory unregistration")
+        self._on_shared_memory(context, lambda: self.shared_memory.unregister(request.name))
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @staticmethod
+    def _on_shared_memory(context, action):
+        """action()'s result; a registry refusal ends the call with its status."""
+        try:
+            return action()
+        except SharedMemoryError as exc:
+            context.abort(shared_memory_code(exc), str(exc))
+
+    # -- inference ---------------------------------------------------------------------------------------------
+
+    def _infer(self, request: pb.ModelInferRequest, peer: str) -> pb.ModelInferResponse:
+        in_places = [shared_memory_place(t.parameters, f"input '{t.name}'") for t in request.inputs]
+        out_places = {o.name: shared_memory_place(o.parameters, f"output '{o.name}'") for o in request.outputs}
+        if not is_local_peer(peer) and any(p is not None for p in (*in_places, *out_places.values())):
+            raise SharedMemoryFromAfar(f"shared memory named by {peer}, not on this host")
         self.server.model(request.model_name, request.model_version)  # NOT_FOUND before any input error
         for tensor in request.inputs:
             self.server.check_input_size(tensor.name, tensor.datatype, list(tensor.shape))
-        inputs = {
-            tensor.name: (tensor.datatype, decode_input(tensor, raw[i] if raw else None))
-            for i, tensor in enumerate(request.inputs)
-        }
+        inputs = self._inputs(request, in_places)
         camera = request.parameters.get("camera_id")  # optional: picks a re-scored model's camera thresholds
         model, outputs = self.server.detect(request.model_name, request.model_version, inputs,
                                             camera.string_param if camera is not None else "")
+        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
+        self._add_outputs(response, request, outputs, out_places)
+        return response
+
+    def _add_outputs(self, response: pb.ModelInferResponse, request: pb.ModelInferRequest,
+                     outputs: dict[str, np.ndarray], places: dict[str, SharedMemoryPlace | None]) -> None:
+        """The outputs asked for (all when none is named): into shared memory when the request says so, else as
+        raw contents."""
         wanted = {o.name for o in request.outputs} or {t.name for t in DETECTOR_OUTPUTS}
         unknown = wanted - {t.name for t in DETECTOR_OUTPUTS}
         if unknown:
             raise InvalidRequest(f"unknown output '{sorted(unknown)[0]}' requested")
-        response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for spec in DETECTOR_OUTPUTS:
             if spec.name not in wanted:
                 continue
             value = outputs[spec.name]
             meta, data = encode_output(spec.name, value, spec.datatype, value.shape)
+            place = places.get(spec.name)
+            if place is not None:
+                self.shared_memory.write(place.region, place.offset, data, place.byte_size)
+                # As Triton: an empty entry, so raw_output_contents stays aligned with outputs (clients index it).
+                data = b""
             response.outputs.append(meta)
             response.raw_output_contents.append(data)
-        return response
+
+    def _inputs(self, request: pb.ModelInferRequest, places: list[SharedMemoryPlace | None]
+                ) -> dict[str, tuple[str, np.ndarray]]:
+        """name -> (datatype, array). As in Triton, raw_input_contents holds only the inputs not in shared memory,
+        in order; one in shared memory is read in place."""
+        raw = list(request.raw_input_contents)
+        inline = sum(place is None for place in places)
+        if raw and len(raw) != inline:
+            raise InvalidRequest(f"{len(raw)} raw_input_contents for {inline} inputs not in shared memory")
+        raw_contents = iter(raw)
+        inputs = {}
+        for tensor, place in zip(request.inputs, places):
+            if place is not None:
+                data = self._shared_input(tensor.name, place)
+            else:
+                data = next(raw_contents) if raw else None
+            inputs[tensor.name] = (tensor.datatype, decode_input(tensor, data))
+        return inputs
+
+    def _shared_input(self, name: str, place: SharedMemoryPlace) -> memoryview:
+        # The declared shape was checked against the limit; this bounds BYTES inputs, whose shape says little.
+        if place.byte_size > self.server.max_input_bytes:
+            raise InputTooLarge(f"input '{name}': {place.byte_size} bytes in shared memory > limit "
+                                f"{self.server.max_input_bytes}")
+        return self.shared_memory.read(place.region, place.offset, place.byte_size)
 
 
 @dataclass(frozen=True)
@@ -206,11 +301,12 @@ class BearerTokenCheck(grpc.ServerInterceptor):
 
 
 def start_grpc_server(server: ModelServer, host: str, port: int, workers: int, max_input_bytes: int,
-                      security: GrpcSecurity = GrpcSecurity(), max_concurrent: int | None = None
-                      ) -> tuple[grpc.Server, int]:
+                      security: GrpcSecurity = GrpcSecurity(), max_concurrent: int | None = None,
+                      shared_memory: SharedMemoryRegistry | None = None) -> tuple[grpc.Server, int]:
     """max_concurrent: calls admitted at once, running on one of the `workers` threads or waiting for one
     (default: DEFAULT_MAX_CONCURRENT); a call beyond it is refused at once with RESOURCE_EXHAUSTED instead of
-    joining an unbounded queue, so a burst cannot pile up latency and memory without end."""
+    joining an unbounded queue, so a burst cannot pile up latency and memory without end. shared_memory: the
+    registry of system shared memory regions (default: one of its own); the caller closes it after stopping."""
     max_message = max_input_bytes + MESSAGE_OVERHEAD_BYTES
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -222,8 +318,8 @@ def start_grpc_server(server: ModelServer, host: str, port: int, workers: int, m
             ("grpc.max_send_message_length", max_message),
         ],
     )
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server, security.admin_token),
-                                                                  grpc_server)
+    servicer = InferenceServicer(server, security.admin_token, shared_memory)
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, grpc_server)
     address = f"{host}:{port}"
     if security.tls_cert and security.tls_key:
         bound = grpc_server.add_secure_port(address, grpc.ssl_server_credentials([(security.tls_key,

@@ -84,7 +84,7 @@ def decode_input(tensor: inference_pb2.ModelInferRequest.InferInputTensor, raw: 
     if raw is not None:
         expected = count * np.dtype(dtype).itemsize
         if len(raw) != expected:
-            raise TensorError(f"input '{name}': {len(raw)} raw bytes, expected {expected} for {datatype} {shape}")
+            raise TensorError(f"input '{name}': {len(raw)} bytes, expected {expected} for {datatype} {shape}")
         return np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
     values = getattr(tensor.contents, CONTENTS_FIELD[datatype])
     if len(values) != count:

@@ -17,7 +17,7 @@ from services.inference.detectors.rescored import detect_for_camera
 
 SERVER_NAME = "vigil-inference"
 SERVER_VERSION = "0.2.0"
-EXTENSIONS = ("model_repository",)
+EXTENSIONS = ("model_repository", "system_shared_memory")
 
 
 class InvalidRequest(ValueError):
