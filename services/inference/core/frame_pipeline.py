@@ -15,7 +15,7 @@ from libs.common.claimcheck import ClaimCheckError, ClaimCheckStore, frame_bytes
 from libs.common.envelope import derived_envelope
 from libs.common.stage_cpu import stage_cpu
 from protos import events_pb2
-from services.inference.core.images import ImageRefused, decode_image
+from services.inference.core.images import ImageRefused, declared_size, decode_image
 from services.inference.detectors import Detection, Detector
 from services.inference.detectors.rescored import postprocess_for_camera
 
@@ -39,8 +39,9 @@ def detection_messages(detections: Sequence[Detection]) -> list[events_pb2.Detec
 
 
 def decode_frame(frame: events_pb2.Frame, max_bytes: int, claim_check: ClaimCheckStore | None = None,
-                 at_least: tuple[int, int] | None = None) -> np.ndarray | InvalidFrame:
-    """The frame's pixels; with `at_least`, possibly at a reduced scale (see images.jpeg_reduction)."""
+                 at_least: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]] | InvalidFrame:
+    """The frame's pixels and the image's own (width, height) as its header declares it; with `at_least`, the
+    pixels may be at a reduced scale (see images.jpeg_reduction), smaller than that size."""
     if not frame.envelope.event_id:
         return InvalidFrame("invalid_event", "envelope.event_id is empty")
     if frame.WhichOneof("payload") == "ref" and frame.ref.size > max_bytes:
@@ -52,7 +53,8 @@ def decode_frame(frame: events_pb2.Frame, max_bytes: int, claim_check: ClaimChec
     if not data:
         return InvalidFrame("empty_payload", "the frame has no image data")
     try:
-        return decode_image(data, max_bytes, what="frame", at_least=at_least)
+        image = decode_image(data, max_bytes, what="frame", at_least=at_least)
+        return image, declared_size(data) or (image.shape[1], image.shape[0])
     except ImageRefused as refused:
         return InvalidFrame(refused.reason, refused.detail)
 
@@ -88,7 +90,7 @@ class FramePipeline:
             return None
         return max(m.input_size[0] for m in models), max(m.input_size[1] for m in models)
 
-    def _decode(self, frame: events_pb2.Frame) -> tuple[np.ndarray | InvalidFrame, float]:
+    def _decode(self, frame: events_pb2.Frame) -> tuple[tuple[np.ndarray, tuple[int, int]] | InvalidFrame, float]:
         started = time.perf_counter()
         with stage_cpu("inference.decode"):
             image = decode_frame(frame, self.max_frame_bytes, self.claim_check,
@@ -123,10 +125,11 @@ class FramePipeline:
             used: dict[int, object] = {}
             # Decoded on a few threads (OpenCV lets go of the GIL), in order: a frame goes to OpenVINO as soon
             # as it is decoded, while the next ones still are, so the device does not wait for the whole batch.
-            for i, (frame, (image, decode_ms)) in enumerate(zip(frames, self._decoders.map(self._decode, frames))):
-                if isinstance(image, InvalidFrame):
-                    outcomes[i] = image
+            for i, (frame, (decoded, decode_ms)) in enumerate(zip(frames, self._decoders.map(self._decode, frames))):
+                if isinstance(decoded, InvalidFrame):
+                    outcomes[i] = decoded
                     continue
+                image, source_size = decoded
                 primary = self.model_for(frame.camera_id)
                 shadow = self.shadow_for(frame.camera_id)
                 for detector, is_shadow in ((primary, False), (shadow, True)):
@@ -137,9 +140,10 @@ class FramePipeline:
                     t1 = time.perf_counter()
                     with stage_cpu("inference.preprocess"):
                         tensor, info = detector.preprocess(image)
-                    if (info.width, info.height) != (frame.width, frame.height) and frame.width and frame.height:
-                        # Decoded at a reduced scale: boxes and the result's size are the frame's own.
-                        info = dataclasses.replace(info, width=frame.width, height=frame.height)
+                    if (image.shape[1], image.shape[0]) != source_size:
+                        # Decoded at a reduced scale (only for models that stretch the frame, whose info is
+                        # the frame's size alone): boxes and the result's size are the image's own.
+                        info = dataclasses.replace(info, width=source_size[0], height=source_size[1])
                     t2 = time.perf_counter()
                     job = {"detector": detector, "model": ref, "info": info, "decode_ms": decode_ms,
                            "preprocess_ms": (t2 - t1) * 1000, "started": t2, "shadow": is_shadow}
